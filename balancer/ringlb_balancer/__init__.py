@@ -1,0 +1,1 @@
+"""ringlb balancer: routes HTTP requests to replicas by consistent hashing."""

@@ -1,0 +1,155 @@
+"""The membership document the operator or supervisor pushes with ``PUT /membership``.
+
+Parsing is strict and total: any document that passes ``parse`` can be routed with, so a bad
+push is refused whole with 400 and the ring in force is never half-updated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ringlb_balancer.hashing import HashingConfig
+from ringlb_balancer.naming import MAX_REPLICAS, PlanError, check_name, check_unique
+
+KEY_SOURCES = ("header", "cookie", "client-ip")
+MAX_REVISION = 2**63 - 1
+
+
+class MembershipError(ValueError):
+    """A membership document that cannot be applied; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """Where the hashing key of a request comes from."""
+
+    source: str = "header"
+    name: str = "X-Request-ID"
+
+
+@dataclass(frozen=True)
+class Membership:
+    revision: int
+    members: tuple[Member, ...] = ()
+    hashing: HashingConfig = field(default_factory=HashingConfig)
+    key: KeyConfig = field(default_factory=KeyConfig)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "members": [{"name": m.name, "address": m.address} for m in self.members],
+            "hashing": {
+                "strategy": self.hashing.strategy,
+                "tableSize": self.hashing.table_size,
+                "vnodes": self.hashing.vnodes,
+                "seedFormulas": self.hashing.seed_formulas,
+                "boundedLoad": self.hashing.bounded_load,
+            },
+            "key": asdict(self.key),
+        }
+
+
+EMPTY = Membership(revision=0)
+
+_HASHING_FIELDS = {
+    "strategy": ("strategy", str),
+    "tableSize": ("table_size", int),
+    "vnodes": ("vnodes", int),
+    "seedFormulas": ("seed_formulas", str),
+    "boundedLoad": ("bounded_load", (int, float)),
+}
+
+
+def _address(text: object, where: str) -> tuple[str, int]:
+    if not isinstance(text, str) or ":" not in text:
+        raise MembershipError(f"{where}: address must be a string 'IP:port'")
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise MembershipError(f"{where}: address host must be an IP address, got {host!r}") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise MembershipError(f"{where}: address port must be 1-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def parse(doc: object) -> Membership:
+    """Validate a pushed document; raise ``MembershipError`` naming the first bad field."""
+    if not isinstance(doc, dict):
+        raise MembershipError("body must be a JSON object with revision, members, hashing")
+    unknown = set(doc) - {"revision", "members", "hashing", "key"}
+    if unknown:
+        raise MembershipError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    revision = doc.get("revision")
+    if not isinstance(revision, int) or isinstance(revision, bool) or not 1 <= revision <= MAX_REVISION:
+        raise MembershipError("revision: required, an integer from 1 to 2^63-1")
+    raw_members = doc.get("members")
+    if not isinstance(raw_members, list):
+        raise MembershipError("members: required, a list of {name, address}")
+    if len(raw_members) > MAX_REPLICAS:
+        raise MembershipError(f"members: at most {MAX_REPLICAS}")
+    members = []
+    for i, raw in enumerate(raw_members):
+        where = f"members[{i}]"
+        if not isinstance(raw, dict) or set(raw) != {"name", "address"}:
+            raise MembershipError(f"{where}: must be an object with exactly name and address")
+        try:
+            name = check_name(raw["name"])
+        except PlanError as exc:
+            raise MembershipError(f"{where}.name: {exc}") from None
+        members.append(Member(name, *_address(raw["address"], where)))
+    try:
+        check_unique([m.name for m in members])
+    except PlanError as exc:
+        raise MembershipError(f"members: {exc}") from None
+    if len({m.address for m in members}) != len(members):
+        raise MembershipError("members: two members share an address")
+    return Membership(revision, tuple(members), _hashing(doc.get("hashing", {})), _key(doc.get("key", {})))
+
+
+def _hashing(raw: object) -> HashingConfig:
+    if not isinstance(raw, dict):
+        raise MembershipError("hashing: must be an object")
+    kwargs: dict[str, Any] = {}
+    for json_name, value in raw.items():
+        if json_name not in _HASHING_FIELDS:
+            raise MembershipError(f"hashing.{json_name}: unknown field")
+        attr, kind = _HASHING_FIELDS[json_name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise MembershipError(f"hashing.{json_name}: wrong type")
+        kwargs[attr] = value
+    config = HashingConfig(**kwargs)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise MembershipError(f"hashing: {exc}") from None
+    return config
+
+
+def _key(raw: object) -> KeyConfig:
+    if not isinstance(raw, dict) or set(raw) - {"source", "name"}:
+        raise MembershipError("key: must be an object with source and name")
+    key = KeyConfig(**raw)
+    if key.source not in KEY_SOURCES:
+        raise MembershipError(f"key.source: one of {', '.join(KEY_SOURCES)}")
+    if key.source != "client-ip" and not (isinstance(key.name, str) and key.name.strip()):
+        raise MembershipError("key.name: the header or cookie name is required")
+    return key

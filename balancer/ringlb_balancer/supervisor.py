@@ -1,0 +1,256 @@
+"""Local mode: the operator's job done with plain processes on loopback.
+
+The supervisor owns the desired replica list, keeps one gunicorn replica process per name
+(respawning a dead one on the same port, so its ring position and keys come back to it), and
+pushes the membership of ready replicas to the balancer, exactly as the operator does in a
+cluster. The balancer's /add and /rm reach it through the same scaler interface as the
+Kubernetes resource.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hmac
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+from ringlb_balancer import naming
+from ringlb_balancer.hashing import HashingConfig
+from ringlb_balancer.health import heartbeat
+from ringlb_balancer.membership import KeyConfig, Member
+
+log = logging.getLogger("ringlb.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor dies, even by SIGKILL: no orphans."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Replica:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    restarts: int = 0
+
+
+@dataclass
+class LocalConfig:
+    replicas: list[str] = field(default_factory=lambda: ["Server 1", "Server 2", "Server 3"])
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 2
+    replica_workers: int = 1
+    hashing: HashingConfig = field(default_factory=HashingConfig)
+    key: KeyConfig = field(default_factory=KeyConfig)
+    token: str = ""
+    log_dir: str = ""
+
+
+class Supervisor:
+    def __init__(self, config: LocalConfig) -> None:
+        self.config = config
+        for name in config.replicas:
+            naming.check_name(name)
+        naming.check_unique(config.replicas)
+        self.desired = list(config.replicas)
+        self.version = 1
+        self.replicas: dict[str, Replica] = {}
+        self.lock = threading.Lock()
+        self.revision = 0
+        self.pushed: list[Member] | None = None
+        self.membership_token = secrets.token_urlsafe(24)
+        self.scaler_token = secrets.token_urlsafe(24)
+        self.stopping = threading.Event()
+        self.balancer: subprocess.Popen[bytes] | None = None
+        self.api = make_server("127.0.0.1", 0, self._scaler_app(), threaded=True)
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {self.membership_token}"
+
+    @property
+    def balancer_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    # -- the scaler API the balancer calls for /add and /rm ---------------------------------
+    def _scaler_app(self) -> Flask:
+        app = Flask("ringlb_supervisor")
+
+        @app.before_request
+        def check_token() -> Any:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {self.scaler_token}".encode()):
+                return jsonify({"error": "bad token"}), 401
+            return None
+
+        @app.get("/replicas")
+        def get_replicas() -> Any:
+            with self.lock:
+                return jsonify({"replicas": self.desired, "version": str(self.version)})
+
+        @app.put("/replicas")
+        def put_replicas() -> Any:
+            doc = request.get_json(silent=True)
+            if not isinstance(doc, dict) or not isinstance(doc.get("replicas"), list):
+                return jsonify({"error": "body must be {replicas: [...], version: ...}"}), 400
+            try:
+                names = [naming.check_name(n) for n in doc["replicas"]]
+                naming.check_unique(names)
+            except naming.PlanError as exc:
+                return jsonify({"error": str(exc)}), 400
+            if len(names) > naming.MAX_REPLICAS:
+                return jsonify({"error": f"at most {naming.MAX_REPLICAS} replicas"}), 400
+            with self.lock:
+                if str(doc.get("version")) != str(self.version):
+                    return jsonify({"error": "version conflict"}), 409
+                self.desired = names
+                self.version += 1
+            log.info("desired replicas: %s", names)
+            return jsonify({"replicas": names, "version": str(self.version)})
+
+        return app
+
+    # -- processes -------------------------------------------------------------------------
+    def _log_file(self, name: str) -> Any:
+        if not self.config.log_dir:
+            return subprocess.DEVNULL
+        os.makedirs(self.config.log_dir, exist_ok=True)
+        return open(os.path.join(self.config.log_dir, naming.dns_name(name) + ".log"), "ab")
+
+    def _spawn_replica(self, replica: Replica) -> None:
+        env = dict(os.environ, SERVER_ID=replica.name)
+        cmd = [
+            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{replica.port}",
+            "--workers", str(self.config.replica_workers), "--worker-class", "gthread",
+            "--threads", "4", "--keep-alive", "30", "--no-control-socket", "ringlb_replica.wsgi:app",
+        ]
+        replica.process = subprocess.Popen(
+            cmd, env=env, stdout=self._log_file(replica.name), stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        replica.ready = False
+
+    def start_balancer(self) -> None:
+        env = dict(
+            os.environ,
+            RINGLB_BIND=f"{self.config.host}:{self.config.port}",
+            RINGLB_WORKERS=str(self.config.workers),
+            RINGLB_TOKEN=self.config.token,
+            RINGLB_MEMBERSHIP_TOKEN=self.membership_token,
+            RINGLB_SCALER=f"http://127.0.0.1:{self.api.server_port}",
+            RINGLB_SCALER_TOKEN=self.scaler_token,
+            RINGLB_SCALE_TIMEOUT="20",
+        )
+        cmd = [
+            sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
+            "ringlb_balancer.wsgi:app",
+        ]
+        self.balancer = subprocess.Popen(
+            cmd, env=env, stdout=self._log_file("balancer"), stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    def _stop(self, process: subprocess.Popen[bytes] | None) -> None:
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    # -- reconciliation --------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """One level-based pass: make processes match the desired list, push if needed."""
+        with self.lock:
+            desired = list(self.desired)
+        used_ports = {r.port for r in self.replicas.values()}
+        for name in desired:
+            replica = self.replicas.get(name)
+            if replica is None:
+                port = free_port()
+                while port in used_ports or port == self.config.port:
+                    port = free_port()
+                replica = self.replicas[name] = Replica(name, port)
+                used_ports.add(port)
+            if replica.process is None or replica.process.poll() is not None:
+                if replica.process is not None:
+                    replica.restarts += 1
+                    log.warning("replica %s exited (%s); respawning", name, replica.process.returncode)
+                self._spawn_replica(replica)
+            elif not replica.ready:
+                replica.ready = heartbeat(Member(name, "127.0.0.1", replica.port), 0.5)
+        for name in [n for n in self.replicas if n not in desired]:
+            self._stop(self.replicas.pop(name).process)
+        members = [
+            Member(n, "127.0.0.1", self.replicas[n].port) for n in desired if self.replicas[n].ready
+        ]
+        if members != self.pushed:
+            self.push(members)
+
+    def push(self, members: list[Member]) -> None:
+        doc = {
+            "revision": self.revision + 1,
+            "members": [{"name": m.name, "address": m.address} for m in members],
+            "hashing": {
+                "strategy": self.config.hashing.strategy,
+                "tableSize": self.config.hashing.table_size,
+                "vnodes": self.config.hashing.vnodes,
+                "seedFormulas": self.config.hashing.seed_formulas,
+                "boundedLoad": self.config.hashing.bounded_load,
+            },
+            "key": {"source": self.config.key.source, "name": self.config.key.name},
+        }
+        try:
+            reply = self.session.put(f"{self.balancer_url}/membership", json=doc, timeout=5)
+        except requests.RequestException:
+            return  # balancer not up yet: the next pass pushes again
+        if reply.status_code == 200:
+            self.revision += 1
+            self.pushed = members
+            log.info("membership revision %d: %s", self.revision, [m.name for m in members])
+        else:
+            log.error("balancer refused membership: %s %s", reply.status_code, reply.text)
+
+    def run(self, interval: float = 0.2) -> None:
+        threading.Thread(target=self.api.serve_forever, daemon=True, name="scaler-api").start()
+        self.start_balancer()
+        try:
+            while not self.stopping.wait(interval):
+                if self.balancer is not None and self.balancer.poll() is not None:
+                    log.error("balancer exited with %s; restarting it", self.balancer.returncode)
+                    self.pushed = None
+                    self.revision = 0
+                    self.start_balancer()
+                self.reconcile()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.api.shutdown()
+        self._stop(self.balancer)
+        for replica in self.replicas.values():
+            self._stop(replica.process)

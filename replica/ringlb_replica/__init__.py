@@ -1,0 +1,1 @@
+"""ringlb replica: the small Flask server the balancer routes to."""
