@@ -43,3 +43,46 @@ bench: venv ## balancer vs nginx, side by side (installs nginx and wrk if missin
 
 analysis: venv ## the seed's analyses A-1..A-4 -> docs/analysis/
 	$(PY) scripts/analysis.py $(ARGS)
+
+# --- images and clusters -------------------------------------------------------------------
+images: ## build the three images (BASE_IMAGE=... to use a local base image)
+	BASE_IMAGE=$(BASE_IMAGE) scripts/images.sh $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
+
+deploy: ## CRD, RBAC, namespace, operator into the current kube-context
+	kubectl apply -k manifests/
+	kubectl -n ringlb-system rollout status deployment/ringlb-operator --timeout=180s
+
+undeploy: ## remove what deploy applied
+	kubectl delete -k manifests/ --ignore-not-found
+
+kind-up: ## kind cluster + images loaded + operator deployed
+	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	$(MAKE) images
+	kind load docker-image --name $(KIND_CLUSTER) $(IMAGES)
+	$(MAKE) deploy
+
+kind-down: ## delete the kind cluster
+	kind delete cluster --name $(KIND_CLUSTER)
+
+NS ?= default
+NAME ?= web
+port-forward: ## balancer of ReplicaSet $(NAME) in $(NS) -> localhost:5000
+	kubectl -n $(NS) port-forward service/$(NAME)-balancer 5000:5000
+
+LOCAL_BASE_IMAGE := ringlb/python-base:3.11-bookworm
+local-up: ## single-node Kubernetes built from source on this machine
+	scripts/local-cluster.sh up
+
+local-down: ## stop every process local-up started and remove its state
+	scripts/local-cluster.sh down
+
+local-images: ## build the images on a debootstrapped base and load them into local-up's cluster
+	scripts/base-image.sh
+	$(MAKE) images BASE_IMAGE=$(LOCAL_BASE_IMAGE)
+	scripts/local-cluster.sh load-images $(IMAGES)
+
+local-e2e: venv ## local-up, images, deploy, e2e, local-down (down even when e2e fails)
+	scripts/local-cluster.sh up
+	set -e; export KUBECONFIG=$$(scripts/local-cluster.sh kubeconfig); \
+	status=0; { $(MAKE) local-images && $(MAKE) deploy && $(MAKE) e2e; } || status=$$?; \
+	scripts/local-cluster.sh down; exit $$status
