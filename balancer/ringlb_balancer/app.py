@@ -1,4 +1,8 @@
-"""Assembles the balancer: the forwarding fast path plus the Flask app for its own endpoints."""
+"""Assembles the balancer's state and its Flask app (the balancer's own endpoints).
+
+Forwarding is not a Flask view: ``worker.ProxyWorker`` serves every other path itself and calls
+this app only for the paths in ``api.CONTROL_PATHS``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ from flask import Flask
 
 from ringlb_balancer import api
 from ringlb_balancer.config import Settings
-from ringlb_balancer.health import HealthChecker
-from ringlb_balancer.proxy import Proxy, StartResponse
 from ringlb_balancer.routing import RoutingStore
 from ringlb_balancer.scaling import HttpScaler, KubernetesScaler, Scaler
 from ringlb_balancer.shared import SharedState
@@ -26,16 +28,15 @@ def make_scaler(settings: Settings) -> Scaler | None:
 
 
 class Balancer:
-    """The WSGI application: its own paths go to Flask, every other path is forwarded."""
+    """One process's balancer state: settings, shared map, routing store, Flask app."""
 
     def __init__(self, settings: Settings, scaler: Scaler | None = None) -> None:
         self.settings = settings
         self.shared = SharedState(settings.state_dir or tempfile.mkdtemp(prefix="ringlb-"))
         self.store = RoutingStore(self.shared)
-        self.proxy = Proxy(settings, self.shared, self.store)
+        self.keepalive = 5.0  # seconds an idle client connection is kept; gunicorn's setting
         self.flask = Flask("ringlb_balancer")
         self.flask.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-        self.flask.json.sort_keys = False  # keep the seed API's field order
         self.flask.extensions["ringlb"] = {
             "settings": settings,
             "store": self.store,
@@ -43,13 +44,8 @@ class Balancer:
         }
         api.register(self.flask)
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") in api.CONTROL_PATHS:
-            return self.flask(environ, start_response)
-        return self.proxy(environ, start_response)
-
-    def health_checker(self) -> HealthChecker:
-        return HealthChecker(self.settings, self.store)
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self.flask(environ, start_response)
 
 
 def create_app(settings: Settings | None = None, scaler: Scaler | None = None) -> Balancer:

@@ -14,8 +14,7 @@ from typing import Any
 
 bind = os.environ.get("RINGLB_BIND", "0.0.0.0:5000")
 workers = int(os.environ.get("RINGLB_WORKERS", "2"))
-worker_class = os.environ.get("RINGLB_WORKER_CLASS", "sync")
-threads = int(os.environ.get("RINGLB_THREADS", "1"))
+worker_class = "ringlb_balancer.worker.ProxyWorker"
 keepalive = 5
 timeout = 60
 graceful_timeout = 10

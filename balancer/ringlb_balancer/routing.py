@@ -26,16 +26,10 @@ class Routing:
 
     membership: Membership
     strategy: hashing.Strategy
-    key_environ: str = field(init=False)
+    key_header: str = field(init=False)  # lower-cased, as requests index their headers
 
     def __post_init__(self) -> None:
-        key = self.membership.key
-        if key.source == "header":
-            self.key_environ = "HTTP_" + key.name.upper().replace("-", "_")
-        elif key.source == "cookie":
-            self.key_environ = "HTTP_COOKIE"
-        else:
-            self.key_environ = "REMOTE_ADDR"
+        self.key_header = self.membership.key.name.lower()
 
     @classmethod
     def build(cls, membership: Membership) -> "Routing":
