@@ -24,15 +24,12 @@ control_socket_disable = True  # one per host by default; several balancers (and
 _created: list[str] = []
 _checker: Any = None
 
-
-def on_starting(server: Any) -> None:
-    if not os.environ.get("RINGLB_STATE_DIR"):
-        os.environ["RINGLB_STATE_DIR"] = tempfile.mkdtemp(prefix="ringlb-state-")
-        _created.append(os.environ["RINGLB_STATE_DIR"])
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ringlb-metrics-")
-        _created.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-
+# Set at import, in the master, before gunicorn imports the worker class: prometheus_client
+# picks its multiprocess value store when first imported, and workers inherit the choice.
+for _var, _prefix in (("RINGLB_STATE_DIR", "ringlb-state-"), ("PROMETHEUS_MULTIPROC_DIR", "ringlb-metrics-")):
+    if not os.environ.get(_var):
+        os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
+        _created.append(os.environ[_var])
 
 def when_ready(server: Any) -> None:
     global _checker
@@ -45,12 +42,10 @@ def when_ready(server: Any) -> None:
     _checker = HealthChecker(settings, RoutingStore(SharedState(settings.state_dir)))
     _checker.start()
 
-
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-
 
 def on_exit(server: Any) -> None:
     if _checker is not None:
