@@ -10,9 +10,10 @@ import random
 import re
 from collections.abc import Sequence
 
-MAX_REPLICAS = 64
-"""Cap on replicas behind one balancer: the seed strategy holds 56 at most (512 slots / 9)
-and the shared health table is sized from it; /add beyond it is refused with 400."""
+MAX_REPLICAS = 56
+"""Cap on replicas behind one balancer, whatever the strategy: the seed strategy holds 56 at
+most (512 slots / 9 virtual servers), and one cap for all keeps a strategy switch always valid.
+/add beyond it is refused with 400; the CRD schema and the membership API use the same cap."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,38}[A-Za-z0-9])?$")
 NAME_RULE = (

@@ -12,7 +12,7 @@ import pickle
 from dataclasses import dataclass, field
 
 from ringlb_balancer import hashing
-from ringlb_balancer.membership import EMPTY, Membership
+from ringlb_balancer.membership import EMPTY, Membership, MembershipError
 from ringlb_balancer.shared import HEALTHY, SharedState
 
 
@@ -75,7 +75,10 @@ class RoutingStore:
                 )
             if membership.revision == in_force:
                 return self.routing, False
-            routing = Routing.build(membership)
+            try:
+                routing = Routing.build(membership)
+            except ValueError as exc:  # e.g. more members than the strategy can place
+                raise MembershipError(f"hashing: {exc}") from None
             old_flags = self.shared.health_flags(len(self.routing.membership.members))
             old_index = {m: i for i, m in enumerate(self.routing.membership.members)}
             # A member that stays keeps its health: an ejected replica is not trusted again just

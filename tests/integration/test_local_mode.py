@@ -112,7 +112,7 @@ def test_add_and_rm_follow_the_seed_contract(local: LocalMode) -> None:
         ("post", "/add", {"n": 1, "hostnames": ["Server 1"]}, 400, "<Error> hostname(s) already in use: Server 1"),
         ("delete", "/rm", {"n": 1, "hostnames": ["Nope"]}, 400, "<Error> not a current replica: Nope"),
         ("delete", "/rm", {"n": 4}, 400, "<Error> cannot remove 4 replicas: only 3 exist"),
-        ("post", "/add", {"n": 0}, 400, '<Error> "n" must be between 1 and 64'),
+        ("post", "/add", {"n": 0}, 400, '<Error> "n" must be between 1 and 56'),
         ("post", "/add", {"n": "2"}, 400, '<Error> "n" is required and must be an integer'),
         ("post", "/add", {"hostnames": []}, 400, '<Error> "n" is required and must be an integer'),
         ("post", "/add", [1, 2], 400, '<Error> body must be a JSON object like {"n": 1, "hostnames": []}'),
