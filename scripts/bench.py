@@ -112,6 +112,29 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def plot(summary: dict[str, dict[str, float]], args: argparse.Namespace, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    colors = ["#7f7f7f", "#1f77b4"]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    for ax, (metric, label) in zip(axes, (("rps", "requests/s (higher is better)"),
+                                          ("p50", "p50 latency, ms (lower is better)"),
+                                          ("p99", "p99 latency, ms (lower is better)"))):
+        values = [summary[n][metric] for n in names]
+        bars = ax.bar(names, values, color=colors)
+        ax.bar_label(bars, fmt="%.0f" if metric == "rps" else "%.1f")
+        ax.set_title(label, fontsize=10)
+        ax.margins(y=0.15)
+    fig.suptitle(f"ringlb vs nginx, same 3 replicas; {os.cpu_count()} cores, wrk -c{args.connections}, "
+                 f"median of {args.rounds} x {args.seconds}s", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="per round (default 10)")
@@ -122,6 +145,7 @@ def main() -> int:
     parser.add_argument("--nginx-workers", default="1")
     parser.add_argument("--strategy", default="maglev")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--plot", help="also draw req/s and p99 side by side into this PNG")
     args = parser.parse_args()
     ensure_tools()
 
@@ -192,6 +216,8 @@ def main() -> int:
         print(f"{name:<8} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f} {s['errors']:>7} {s['requests']:>9}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary, "rounds": results}, indent=2))
+    if args.plot:
+        plot(summary, args, Path(args.plot))
     ratio = summary["ringlb"]["rps"] / summary["nginx"]["rps"]
     p99_ratio = summary["ringlb"]["p99"] / summary["nginx"]["p99"]
     print(f"ratio_vs_nginx={ratio:.2f} p99_ratio={p99_ratio:.2f}")

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +31,8 @@ class Echo(BaseHTTPRequestHandler):
     def _echo(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length) if length else b""
+        if self.path == "/slow":
+            time.sleep(0.02)
         if self.path.startswith("/status/"):
             code = int(self.path.split("/")[2])
             self.send_response(code)
@@ -236,3 +240,22 @@ def test_no_members_means_503(balancer) -> None:
     assert reply.json() == {"message": "<Error> no replica is available", "status": "failure"}
     ready = requests.get(f"{balancer.url}/readyz", timeout=5)
     assert ready.status_code == 200  # it holds a membership, even an empty one
+
+
+def hot_key_spread(balancer: BalancerProcess) -> set[str]:
+    """Which servers answer 320 concurrent requests that all carry the same key."""
+
+    def burst(_: int) -> set[str]:
+        with requests.Session() as session:
+            return {session.get(f"{balancer.url}/slow", headers={"X-Request-ID": "hot"}, timeout=10).json()["server"]
+                    for _ in range(20)}
+
+    with ThreadPoolExecutor(16) as pool:
+        return set().union(*pool.map(burst, range(16)))
+
+
+def test_bounded_load_spreads_a_hot_key(balancer, echoes) -> None:
+    members = [(s.name, s.server_address[1]) for s in echoes]
+    assert len(hot_key_spread(balancer)) == 1, "plain consistent hashing sends one key to one member"
+    assert balancer.push(members, hashing={"boundedLoad": 1.25}).status_code == 200
+    assert len(hot_key_spread(balancer)) == 3, "with bounded load the overflow walks on to the others"
