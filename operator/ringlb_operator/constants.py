@@ -1,0 +1,104 @@
+"""Every name the operator, its manifests and its tests share, spelled once."""
+
+from __future__ import annotations
+
+import os
+
+GROUP = "ringlb.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ReplicaSet"
+PLURAL = "replicasets"
+SHORT_NAME = "lbrs"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# --- labels and annotations on every child -------------------------------------------------
+LABEL_NAME = "app.kubernetes.io/name"  # always "ringlb"
+LABEL_INSTANCE = "app.kubernetes.io/instance"  # the resource's name
+LABEL_COMPONENT = "app.kubernetes.io/component"  # "replica" or "balancer"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"  # always "ringlb-operator"
+LABEL_RESOURCE = f"{GROUP}/resource"  # the owning resource's name; the pod index keys on it
+LABEL_IDENTITY = f"{GROUP}/identity"  # DNS form of a replica's ring identity (label-safe)
+ANNOTATION_IDENTITY = f"{GROUP}/identity"  # the ring identity itself, e.g. "Server 1"
+ANNOTATION_TEMPLATE_HASH = f"{GROUP}/template-hash"  # what a pod was built from
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"  # what a Deployment/Service/Role was built from
+APP_NAME = "ringlb"
+MANAGER = "ringlb-operator"
+COMPONENT_REPLICA = "replica"
+COMPONENT_BALANCER = "balancer"
+
+# --- condition types and reasons (CamelCase, as kubectl users expect) -----------------------
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+
+
+class Reason:
+    """Condition reasons and Event reasons; the docs' troubleshooting table lists each."""
+
+    ALL_READY = "AllReplicasReady"
+    REPLICAS_NOT_READY = "ReplicasNotReady"
+    BALANCER_NOT_READY = "BalancerNotReady"
+    NOT_ACKNOWLEDGED = "MembershipNotAcknowledged"
+    SCALED_TO_ZERO = "ScaledToZero"
+    RECONCILED = "Reconciled"
+    SCALING_UP = "ScalingUp"
+    SCALING_DOWN = "ScalingDown"
+    REPLACING = "ReplacingPods"
+    ROLLING = "RollingUpdate"
+    PUSHING = "PushingMembership"
+    AS_EXPECTED = "AsExpected"
+    INVALID_SPEC = "InvalidSpec"
+    CHILD_CONFLICT = "ChildConflict"
+    IMAGE_PULL_BACKOFF = "ImagePullBackOff"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    INVALID_IMAGE = "InvalidImageName"
+    CRASH_LOOP = "CrashLoopBackOff"
+    UNSCHEDULABLE = "Unschedulable"
+    NOT_ACKNOWLEDGING = "BalancerNotAcknowledging"
+    API_ERROR = "ApiError"
+    # Event-only reasons
+    CREATED = "Created"
+    REPLACED = "Replaced"
+    DELETED = "Deleted"
+    PUSHED = "MembershipPushed"
+    PUSH_FAILED = "MembershipPushFailed"
+
+
+# Waiting reasons of a container that mean "this will not fix itself soon": surfaced in Degraded.
+STUCK_WAITING_REASONS = (
+    Reason.IMAGE_PULL_BACKOFF,
+    Reason.ERR_IMAGE_PULL,
+    Reason.INVALID_IMAGE,
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    Reason.CRASH_LOOP,
+)
+
+# --- defaults (the CRD repeats them as schema defaults; a test keeps the two equal) ----------
+DEFAULT_REPLICAS = 3
+DEFAULT_BALANCER_REPLICAS = 2
+MAX_BALANCER_REPLICAS = 10
+DEFAULT_SERVICE_TYPE = "ClusterIP"
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+PULL_POLICIES = ("IfNotPresent", "Always", "Never")
+DEFAULT_PULL_POLICY = "IfNotPresent"
+KEY_SOURCES = ("header", "cookie", "client-ip")
+DEFAULT_KEY_HEADER = "X-Request-ID"
+DEFAULT_KEY_COOKIE = "ringlb-key"
+PORT = 5000  # the seed's port: balancer and replicas listen on it in every mode
+SECRET_TOKEN_KEY = "token"
+MAX_RESOURCE_NAME = 40  # leaves room for "-balancer" and "-<identity>" within 63 characters
+RESOURCE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # DNS-1035: Services need a leading letter
+
+BALANCER_IMAGE = os.environ.get("RINGLB_BALANCER_IMAGE", "ringlb/balancer:0.1.0")
+REPLICA_IMAGE = os.environ.get("RINGLB_REPLICA_IMAGE", "ringlb/replica:0.1.0")
+
+# --- timing -----------------------------------------------------------------------------------
+RESYNC_SECONDS = 30.0  # a full pass even when no event arrived (level-based safety net)
+DEBOUNCE_SECONDS = 0.2  # events arrive in bursts (a pod's status changes several times)
+PUSH_BACKOFF_MIN = 1.0
+PUSH_BACKOFF_MAX = 30.0
+PUSH_TIMEOUT = 3.0  # per HTTP request to one balancer pod
+PUSH_ATTEMPTS = 3  # per balancer pod within one pass; later passes retry with backoff
+BUILDER_VERSION = "1"  # bump when children.py changes a pod in a way that needs a restart

@@ -1,0 +1,257 @@
+"""End-to-end fixtures: the current kube-context, one namespace per test, port-forwards.
+
+Assumes ``make deploy`` ran and the images are in the cluster. Without a reachable cluster the
+tests are skipped, or fail when RINGLB_E2E_REQUIRED=1 (CI sets it so a missing cluster is red).
+Traffic goes only to 127.0.0.1 through ``kubectl port-forward``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "manifests" / "samples" / "web.yaml"
+OPERATOR_NS = "ringlb-system"
+READY_TIMEOUT = float(os.environ.get("RINGLB_E2E_READY_TIMEOUT", "180"))
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, timeout=timeout)
+    if check and run.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({run.returncode}): {run.stderr.strip()}")
+    return run
+
+
+def kubectl_json(*args: str) -> Any:
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = READY_TIMEOUT, interval: float = 1.0) -> T:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except (AssertionError, requests.RequestException, ValueError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster() -> None:
+    try:
+        run = subprocess.run(["kubectl", "version", "--request-timeout=5s", "-o", "json"], capture_output=True, text=True, timeout=20)
+        reachable = run.returncode == 0 and "serverVersion" in run.stdout
+    except (OSError, subprocess.TimeoutExpired):
+        reachable = False
+    if not reachable:
+        message = "no reachable cluster in the current kube-context (run make kind-up or make local-e2e)"
+        if os.environ.get("RINGLB_E2E_REQUIRED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    crd = kubectl("get", "crd", "replicasets.ringlb.io", check=False)
+    if crd.returncode != 0:
+        pytest.fail("the ReplicaSet CRD is not installed: run make deploy first")
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace; resources are deleted before it (owner references do the rest)."""
+    name = f"ringlb-e2e-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        if getattr(request.node, "rep_call_failed", False):
+            print(kubectl("-n", name, "get", "lbrs,pods,events", "-o", "wide", check=False).stdout)
+        kubectl("-n", name, "delete", "lbrs", "--all", "--wait=true", "--timeout=120s", check=False, timeout=150)
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call_failed = report.failed  # type: ignore[attr-defined]
+
+
+def resource(namespace: str, name: str = "web") -> dict[str, Any]:
+    return kubectl_json("-n", namespace, "get", "lbrs", name)
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def replica_pods(namespace: str, name: str = "web") -> list[dict[str, Any]]:
+    selector = f"ringlb.io/resource={name},app.kubernetes.io/component=replica"
+    return kubectl_json("-n", namespace, "get", "pods", "-l", selector)["items"]
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def wait_ready(namespace: str, replicas: int, name: str = "web") -> dict[str, Any]:
+    """The resource once Ready with ``replicas`` members at the generation last written."""
+
+    def check() -> dict[str, Any] | None:
+        obj = resource(namespace, name)
+        st = obj.get("status", {})
+        ok = (
+            condition(obj, "Ready").get("status") == "True"
+            and st.get("readyReplicas") == replicas
+            and st.get("observedGeneration") == obj["metadata"]["generation"]
+            and len([p for p in replica_pods(namespace, name) if pod_ready(p)]) == replicas
+        )
+        return obj if ok else None
+
+    return wait_for(f"{namespace}/{name} Ready with {replicas} replicas", check)
+
+
+def apply(namespace: str, doc: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc), check=check)
+
+
+def sample(**spec: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["spec"].update(spec)
+    return doc
+
+
+@pytest.fixture
+def web(namespace: str) -> str:
+    """The sample applied and Ready; yields its namespace."""
+    kubectl("-n", namespace, "apply", "-f", str(SAMPLE))
+    wait_ready(namespace, 3)
+    return namespace
+
+
+def token(namespace: str, name: str = "web") -> str:
+    data = kubectl("-n", namespace, "get", "secret", f"{name}-balancer-token", "-o", "jsonpath={.data.token}").stdout
+    return base64.b64decode(data).decode()
+
+
+class PortForward:
+    """``kubectl port-forward`` to the balancer Service on a random local port."""
+
+    def __init__(self, namespace: str, name: str = "web") -> None:
+        self.proc = subprocess.Popen(
+            ["kubectl", "-n", namespace, "port-forward", f"service/{name}-balancer", ":5000", "--address", "127.0.0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            match = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if match:
+                self.url = f"http://127.0.0.1:{match.group(1)}"
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+            if self.proc.poll() is not None:
+                break
+        self.close()
+        raise AssertionError(f"port-forward did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def _drain(self) -> None:
+        for _ in self.proc.stdout or []:
+            pass
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def forward(web: str) -> Iterator[PortForward]:
+    pf = PortForward(web)
+    try:
+        wait_for("the port-forward to answer", lambda: requests.get(pf.url + "/rep", timeout=5).ok, timeout=30)
+        yield pf
+    finally:
+        pf.close()
+
+
+@dataclass
+class LoadResult:
+    per_server: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    sent: int = 0
+
+
+HELLO = re.compile(r"Hello from Server: (.+)$")
+
+
+def load(url: str, requests_total: int, threads: int = 32, seconds: float = 120.0, stop: threading.Event | None = None) -> LoadResult:
+    """GET /home ``requests_total`` times with random keys, bounded in count and time."""
+    result = LoadResult()
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    per_thread = -(-requests_total // threads)
+
+    def worker() -> None:
+        session = requests.Session()
+        for _ in range(per_thread):
+            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                return
+            try:
+                reply = session.get(url + "/home", headers={"X-Request-ID": uuid.uuid4().hex}, timeout=10)
+                server = HELLO.search(reply.json()["message"]).group(1) if reply.ok else None  # type: ignore[union-attr]
+                error = None if server else f"{reply.status_code} {reply.text[:100]}"
+            except (requests.RequestException, ValueError, AttributeError, KeyError) as exc:
+                server, error = None, f"{type(exc).__name__}: {exc}"[:200]
+            with lock:
+                result.sent += 1
+                if server:
+                    result.per_server[server] += 1
+                else:
+                    result.failures.append(error or "?")
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(threads):
+            pool.submit(worker)
+    return result
+
+
+def rep(url: str) -> list[str]:
+    body = requests.get(url + "/rep", timeout=10).json()
+    return list(body["message"]["replicas"])

@@ -1,0 +1,190 @@
+"""The issue's end-to-end list, against real pods in the current kube-context."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+from .conftest import (
+    OPERATOR_NS,
+    PortForward,
+    apply,
+    condition,
+    kubectl,
+    kubectl_json,
+    load,
+    pod_ready,
+    rep,
+    replica_pods,
+    resource,
+    sample,
+    token,
+    wait_for,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+SERVERS = ["Server 1", "Server 2", "Server 3"]
+
+
+def identities(namespace: str) -> dict[str, str]:
+    """pod name -> ring identity, from the live pods."""
+    return {p["metadata"]["name"]: p["metadata"]["annotations"]["ringlb.io/identity"] for p in replica_pods(namespace)}
+
+
+def test_sample_becomes_ready_and_spreads_traffic(web: str, forward: PortForward) -> None:
+    obj = resource(web)
+    st = obj["status"]
+    assert st["replicas"] == 3 and st["readyReplicas"] == 3 and st["ringRevision"] >= 1
+    assert [m["name"] for m in st["members"]] == SERVERS and all(m["ready"] for m in st["members"])
+    assert st["selector"] == "app.kubernetes.io/component=replica,ringlb.io/resource=web"
+    assert condition(obj, "Degraded")["status"] == "False"
+    assert sorted(identities(web).items()) == [(f"web-server-{i}", f"Server {i}") for i in (1, 2, 3)]
+    table = kubectl("-n", web, "get", "lbrs", "web").stdout.split("\n")
+    assert table[0].split() == ["NAME", "DESIRED", "READY", "STRATEGY", "REVISION", "AGE"]
+    assert table[1].split()[:5] == ["web", "3", "3", "maglev", str(st["ringRevision"])]
+    assert rep(forward.url) == SERVERS
+    result = load(forward.url, 10_000, threads=32, seconds=180)
+    assert result.failures == [] and result.sent == 10_000, result.failures[:5]
+    assert set(result.per_server) == set(SERVERS)
+    assert min(result.per_server.values()) > 10_000 * 0.15, result.per_server  # maglev is even
+
+
+def test_kubectl_scale_up_and_down(web: str, forward: PortForward) -> None:
+    kubectl("-n", web, "scale", "lbrs/web", "--replicas=5")
+    wait_ready(web, 5)
+    wanted = SERVERS + ["Server 4", "Server 5"]
+    wait_for("/rep to list 5", lambda: rep(forward.url) == wanted, timeout=60)
+    result = load(forward.url, 3000, seconds=120)
+    assert result.failures == [] and set(result.per_server) == set(wanted), result.per_server
+
+    kubectl("-n", web, "scale", "lbrs/web", "--replicas=2")
+    wait_for("/rep to list 2", lambda: rep(forward.url) == ["Server 1", "Server 2"], timeout=120)
+    wait_ready(web, 2)
+    wait_for("retired pods gone", lambda: sorted(identities(web)) == ["web-server-1", "web-server-2"], timeout=120)
+    result = load(forward.url, 2000, seconds=120)
+    assert result.failures == [] and set(result.per_server) == {"Server 1", "Server 2"}, result.per_server
+
+
+def test_deleted_pod_comes_back_with_its_identity_under_load(web: str, forward: PortForward) -> None:
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in replica_pods(web)}
+    stop = threading.Event()
+    outcome: dict[str, object] = {}
+    loader = threading.Thread(target=lambda: outcome.update(result=load(forward.url, 40_000, threads=16, seconds=150, stop=stop)))
+    loader.start()
+    try:
+        time.sleep(3)
+        kubectl("-n", web, "delete", "pod", "web-server-2", "--wait=false")
+
+        def replaced() -> bool:
+            pods = {p["metadata"]["name"]: p for p in replica_pods(web)}
+            pod = pods.get("web-server-2")
+            return bool(pod and pod["metadata"]["uid"] != before["web-server-2"] and pod_ready(pod))
+
+        wait_for("web-server-2 replaced and Ready", replaced, timeout=120)
+        wait_ready(web, 3)
+        time.sleep(5)  # let traffic reach the new pod
+    finally:
+        stop.set()
+        loader.join(200)
+    result = outcome["result"]
+    assert result.failures == [], result.failures[:5]  # type: ignore[attr-defined]
+    pod = next(p for p in replica_pods(web) if p["metadata"]["name"] == "web-server-2")
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["SERVER_ID"] == "Server 2" and pod["metadata"]["annotations"]["ringlb.io/identity"] == "Server 2"
+    after = load(forward.url, 1500, seconds=60)
+    assert after.per_server["Server 2"] > 0 and after.failures == []
+    events = kubectl("-n", web, "get", "events", "--field-selector", "involvedObject.kind=ReplicaSet", "-o", "json").stdout
+    assert "Replaced" in events
+
+
+def test_hung_replica_is_restarted_by_its_liveness_probe(web: str) -> None:
+    def restarts() -> int:
+        pod = kubectl_json("-n", web, "get", "pod", "web-server-1")
+        return sum(cs["restartCount"] for cs in pod["status"].get("containerStatuses", []))
+
+    before = restarts()
+    # Stop every process of the container but PID 1 (gunicorn's master, which the kernel
+    # protects inside its namespace): the workers stop answering /heartbeat.
+    kubectl("-n", web, "exec", "web-server-1", "--", "python3", "-c", "import os, signal; os.kill(-1, signal.SIGSTOP)")
+    wait_for("web-server-1 restarted by its liveness probe", lambda: restarts() > before, timeout=120, interval=2)
+    wait_ready(web, 3)
+
+
+def test_add_and_rm_through_the_balancer(web: str, forward: PortForward) -> None:
+    unauthorized = requests.post(forward.url + "/add", json={"n": 1}, timeout=10)
+    assert unauthorized.status_code == 401
+    auth = {"Authorization": f"Bearer {token(web)}"}
+    added = requests.post(forward.url + "/add", json={"n": 2, "hostnames": ["S5"]}, headers=auth, timeout=90)
+    assert added.status_code == 200, added.text
+    assert added.json()["message"] == {"N": 5, "replicas": SERVERS + ["S5", "Server 4"]}
+    spec = resource(web)["spec"]
+    assert spec["replicas"] == 5 and spec["hostnames"] == SERVERS + ["S5", "Server 4"]
+    wait_ready(web, 5)
+    assert identities(web)["web-s5"] == "S5"
+
+    removed = requests.delete(forward.url + "/rm", json={"n": 1, "hostnames": ["S5"]}, headers=auth, timeout=90)
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["message"]["replicas"] == SERVERS + ["Server 4"]
+    assert resource(web)["spec"]["replicas"] == 4
+    wait_ready(web, 4)
+    wait_for("pod web-s5 gone", lambda: "web-s5" not in identities(web), timeout=120)
+
+
+def test_operator_restart_mid_change_converges_without_duplicates(web: str) -> None:
+    revision = resource(web)["status"]["ringRevision"]
+    kubectl("-n", web, "scale", "lbrs/web", "--replicas=6")
+    time.sleep(1)
+    kubectl("-n", OPERATOR_NS, "delete", "pod", "-l", "app.kubernetes.io/component=operator", "--wait=false")
+    obj = wait_ready(web, 6)
+    assert obj["status"]["ringRevision"] > revision
+    pods = replica_pods(web)
+    assert sorted(p["metadata"]["name"] for p in pods) == sorted(f"web-server-{i}" for i in range(1, 7))
+    assert sorted(identities(web).values()) == sorted(f"Server {i}" for i in range(1, 7))
+    for kind in ("deployment", "service", "secret", "serviceaccount", "role", "rolebinding"):
+        items = kubectl_json("-n", web, "get", kind, "-l", "ringlb.io/resource=web")["items"]
+        assert len(items) == 1, (kind, [i["metadata"]["name"] for i in items])
+    wait_for(
+        "the operator back",
+        lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize(
+    "spec,field",
+    [
+        ({"replicas": 1000}, "spec.replicas"),
+        ({"hashing": {"strategy": "rendezvous"}}, "spec.hashing.strategy"),
+        ({"hostnames": ["S5", "S5"]}, "spec.hostnames"),
+        ({"hostnames": ["not/valid"]}, "spec.hostnames"),
+        ({"balancer": {"serviceType": "ExternalName"}}, "spec.balancer.serviceType"),
+        ({"hashing": {"vnodes": 0}}, "spec.hashing.vnodes"),
+    ],
+)
+def test_invalid_resource_is_rejected_naming_the_field(namespace: str, spec: dict, field: str) -> None:
+    run = apply(namespace, sample(**spec), check=False)
+    assert run.returncode != 0 and field in run.stderr, run.stderr
+    assert kubectl("-n", namespace, "get", "lbrs", "web", check=False).returncode != 0
+
+
+def test_invalid_name_is_rejected(namespace: str) -> None:
+    doc = sample()
+    doc["metadata"]["name"] = "a" * 45
+    run = apply(namespace, doc, check=False)
+    assert run.returncode != 0 and "metadata.name" in run.stderr, run.stderr
+
+
+def test_deleting_the_resource_garbage_collects_everything(web: str) -> None:
+    kubectl("-n", web, "delete", "lbrs", "web", "--wait=true", "--timeout=120s", timeout=150)
+
+    def gone() -> bool:
+        for kind in ("pods", "deployment", "service", "secret", "serviceaccount", "role", "rolebinding"):
+            if kubectl_json("-n", web, "get", kind, "-l", "ringlb.io/resource=web")["items"]:
+                return False
+        return True
+
+    wait_for("every child of web deleted", gone, timeout=180)

@@ -1,0 +1,139 @@
+"""The kopf glue: settings, the pod index, wake-ups and the daemon loop against fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+import pytest
+
+from ringlb_operator import constants as c
+from ringlb_operator import handlers, main
+from ringlb_operator.children import replica_pod
+from ringlb_operator.spec import parse
+
+from .conftest import OWNER, FakeKube, resource, running, views
+
+
+def test_configure_sets_annotations_storage_and_peering(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RINGLB_PRIORITY", raising=False)
+    settings = kopf.OperatorSettings()
+    memo = kopf.Memo()
+    handlers.configure(settings, memo, kube=kube)
+    assert settings.peering.name == "ringlb" and 1 <= settings.peering.priority <= 32767
+    assert settings.persistence.finalizer == "ringlb.io/daemon"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    assert memo.kube is kube and memo.wakeups == {}
+    explicit = kopf.OperatorSettings()
+    explicit.peering.mandatory, explicit.peering.name, explicit.peering.priority = True, "mine", 666
+    handlers.configure(explicit, kopf.Memo(), kube=kube)
+    assert (explicit.peering.name, explicit.peering.priority) == ("mine", 666)
+
+
+def test_index_keys_pods_by_owner() -> None:
+    pod = running(replica_pod(OWNER, parse({}), "Server 1"), "10.0.0.1")
+    [(key, view)] = handlers.index_pod(pod).items()
+    assert key == ("ns", "web") and view.identity == "Server 1" and view.ready and view.owner_uid == OWNER.uid
+
+
+def test_registrations() -> None:
+    registry = kopf.get_default_registry()
+    ids = {h.id for h in registry._spawning.get_all_handlers()} | {h.id for h in registry._watching.get_all_handlers()}
+    assert any("reconciler" in i for i in ids) and any("pod_changed" in i for i in ids)
+    assert any("ringlb_pods" in h.id for h in registry._indexing.get_all_handlers())
+    assert main.OURS[c.LABEL_RESOURCE] is kopf.PRESENT
+
+
+class Stopped:
+    """A DaemonStopped stand-in: falsy until set, awaitable wait()."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        await self.event.wait()
+
+
+class Pusher:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def push_all(self, targets: Any, document: Any, token: str) -> list:
+        self.calls += 1
+        return []
+
+
+def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "event", lambda body, type, reason, message: events.append((type, reason)))
+    monkeypatch.setattr(c, "DEBOUNCE_SECONDS", 0.0)
+    memo = kopf.Memo()
+    memo.kube = kube
+    memo.wakeups = {}
+    body = resource()
+
+    class LiveIndex:  # what kopf's index would hold once the watch events arrived
+        def get(self, key: Any, default: Any) -> Any:
+            return views(kube) if key == ("ns", "web") else default
+
+    async def scenario() -> None:
+        stopped = Stopped()
+        task = asyncio.create_task(
+            handlers.run(stopped=stopped, body=body, namespace="ns", name="web", memo=memo, logger=_Log(), pods=LiveIndex(), pusher=Pusher())  # type: ignore[arg-type]
+        )
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if kube.pods():
+                break
+        assert kube.pods() == ["web-server-1", "web-server-2", "web-server-3"]
+        creates = kube.count("create", "Pod")
+        body["spec"] = {"replicas": 4}
+        handlers.wake(memo, "ns", "web")
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(kube.pods()) == 4:
+                break
+        assert len(kube.pods()) == 4 and kube.count("create", "Pod") == creates + 1
+        stopped.event.set()
+        handlers.wake(memo, "ns", "web")
+        await asyncio.wait_for(task, 2)
+        assert ("ns", "web") not in memo.wakeups
+
+    asyncio.run(scenario())
+    assert ("Normal", c.Reason.CREATED) in events
+
+
+def test_daemon_survives_api_errors(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
+    kube.fail[("patch_status", c.KIND)] = 500
+    memo = kopf.Memo()
+    memo.kube, memo.wakeups = kube, {}
+    log = _Log()
+
+    async def scenario() -> None:
+        stopped = Stopped()
+        task = asyncio.create_task(
+            handlers.run(stopped=stopped, body=resource(), namespace="ns", name="web", memo=memo, logger=log, pods={}, pusher=Pusher())  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.1)
+        stopped.event.set()
+        handlers.wake(memo, "ns", "web")
+        await asyncio.wait_for(task, 2)
+
+    asyncio.run(scenario())
+    assert any("retrying" in m for m in log.messages)
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def warning(self, msg: str) -> None:
+        self.messages.append(msg)
+
+    def exception(self, msg: str) -> None:
+        self.messages.append(msg)

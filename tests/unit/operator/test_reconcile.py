@@ -1,0 +1,264 @@
+"""The desired-state functions and whole reconcile passes against an in-memory cluster."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ringlb_operator import children, desired, spec
+from ringlb_operator import constants as c
+from ringlb_operator.desired import PushState
+from ringlb_operator.observe import PodView, pod_view
+from ringlb_operator.reconcile import reconcile_once
+
+from .conftest import OWNER, FakeKube, balancer_pod, resource, running, views
+
+NOW = "2025-01-01T00:00:00Z"
+LATER = "2025-01-01T00:05:00Z"
+
+
+class FakePusher:
+    """Acknowledges everything unless told otherwise; keeps the documents it was given."""
+
+    def __init__(self, refuse: dict[str, PushState] | None = None) -> None:
+        self.documents: list[dict[str, Any]] = []
+        self.refuse = refuse or {}
+
+    def push_all(self, targets: list, document: dict[str, Any], token: str) -> list[PushState]:
+        assert token
+        self.documents.append(copy.deepcopy(document))
+        return [self.refuse.get(t.pod, PushState(t.pod, True, document["revision"])) for t in targets]
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {cond["type"]: cond for cond in status["conditions"]}
+
+
+def converge(kube: FakeKube, res: dict[str, Any], pusher: FakePusher, balancers: list[PodView], passes: int = 4) -> dict[str, Any]:
+    """Run passes as the daemon would, with every replica pod Running and Ready."""
+    outcome = None
+    for _ in range(passes):
+        outcome = reconcile_once(kube, pusher, res, views(kube) + balancers, NOW)
+        res["status"] = outcome.status
+    assert outcome is not None
+    return outcome.status
+
+
+def test_first_pass_creates_everything_once(kube: FakeKube) -> None:
+    out = reconcile_once(kube, FakePusher(), resource(), [], NOW)
+    assert kube.pods() == ["web-server-1", "web-server-2", "web-server-3"]
+    for kind in ("Secret", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"):
+        assert kube.count("create", kind) == 1, kind
+    assert [e.reason for e in out.events] == [c.Reason.CREATED] * 3
+    st = out.status
+    assert st["readyReplicas"] == 0 and st["ringRevision"] == 1
+    assert conditions(st)["Ready"]["status"] == "False"
+    assert conditions(st)["Progressing"]["reason"] == c.Reason.SCALING_UP
+
+
+def test_converges_and_then_writes_nothing(kube: FakeKube) -> None:
+    res = resource()
+    pusher = FakePusher()
+    balancers = [balancer_pod("b-1", "10.1.0.1"), balancer_pod("b-2", "10.1.0.2")]
+    st = converge(kube, res, pusher, balancers)
+    assert st["readyReplicas"] == 3 and st["replicas"] == 3
+    assert st["balancer"] == {"replicas": 2, "readyReplicas": 2, "acknowledged": 2}
+    assert [m["name"] for m in pusher.documents[-1]["members"]] == ["Server 1", "Server 2", "Server 3"]
+    assert pusher.documents[-1]["members"][0]["address"].endswith(":5000")
+    assert conditions(st)["Ready"] == {**conditions(st)["Ready"], "status": "True", "reason": c.Reason.ALL_READY}
+    assert conditions(st)["Degraded"]["status"] == "False"
+    assert conditions(st)["Progressing"]["status"] == "False"
+    assert st["members"] == [{"name": f"Server {i}", "pod": f"web-server-{i}", "ready": True} for i in (1, 2, 3)]
+    assert st["selector"] == "app.kubernetes.io/component=replica,ringlb.io/resource=web"
+    writes, patches = len(kube.writes), len(kube.status_patches)
+    out = reconcile_once(kube, pusher, res, views(kube) + balancers, LATER)
+    assert len(kube.writes) == writes and len(kube.status_patches) == patches  # idempotent
+    assert out.status["ringRevision"] == st["ringRevision"] and not out.events
+
+
+def test_revision_is_saved_before_the_push_and_survives_restart(kube: FakeKube) -> None:
+    res = resource()
+    pusher = FakePusher()
+    st = converge(kube, res, pusher, [balancer_pod("b-1", "10.1.0.1")])
+    revision = st["ringRevision"]
+    # A new operator process sees the same status: same revision, and a new balancer pod
+    # (revision 0) still gets the document.
+    fresh = FakePusher()
+    reconcile_once(kube, fresh, copy.deepcopy(res), views(kube) + [balancer_pod("b-2", "10.1.0.2", ready=False)], LATER)
+    assert fresh.documents and fresh.documents[0]["revision"] == revision
+
+
+def test_scale_up_and_down_bumps_revision_and_retires_after_ack(kube: FakeKube) -> None:
+    res = resource()
+    pusher = FakePusher()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    st = converge(kube, res, pusher, balancers)
+    r1 = st["ringRevision"]
+    res["spec"] = {"replicas": 5}
+    st = converge(kube, res, pusher, balancers)
+    assert kube.pods() == [f"web-server-{i}" for i in range(1, 6)]
+    assert st["ringRevision"] > r1 and st["readyReplicas"] == 5
+    r2 = st["ringRevision"]
+    res["spec"] = {"replicas": 2}
+    out = reconcile_once(kube, pusher, res, views(kube) + balancers, NOW)
+    # The ring without 3..5 was pushed and acknowledged in this pass, then the pods deleted.
+    assert [m["name"] for m in pusher.documents[-1]["members"]] == ["Server 1", "Server 2"]
+    assert kube.pods() == ["web-server-1", "web-server-2"]
+    assert out.status["ringRevision"] == r2 + 1
+    assert {e.reason for e in out.events} >= {c.Reason.DELETED}
+
+
+def test_retiring_waits_for_serving_balancers(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    converge(kube, res, FakePusher(), balancers)
+    res["spec"] = {"replicas": 1}
+    refusing = FakePusher({"b-1": PushState("b-1", False, 0, "unreachable: ConnectTimeout")})
+    out = reconcile_once(kube, refusing, res, views(kube) + balancers, NOW)
+    assert len(kube.pods()) == 3  # not deleted while the balancer may still route to them
+    assert out.push_failed and out.retry_in
+    assert conditions(out.status)["Degraded"]["reason"] == c.Reason.NOT_ACKNOWLEDGING
+    assert any(e.reason == c.Reason.PUSH_FAILED and e.type == "Warning" for e in out.events)
+
+
+def test_deleted_pod_is_recreated_with_same_identity(kube: FakeKube) -> None:
+    res = resource()
+    converge(kube, res, FakePusher(), [balancer_pod("b-1", "10.1.0.1")])
+    kube.delete("Pod", "ns", "web-server-2")
+    out = reconcile_once(kube, FakePusher(), res, views(kube) + [balancer_pod("b-1", "10.1.0.1")], NOW)
+    assert "web-server-2" in kube.pods()
+    recreated = kube.objects[("Pod", "ns", "web-server-2")]
+    assert recreated["metadata"]["annotations"][c.ANNOTATION_IDENTITY] == "Server 2"
+    assert [e.reason for e in out.events if e.reason != c.Reason.PUSHED] == [c.Reason.REPLACED]
+
+
+def test_terminating_pod_is_left_alone_and_failed_pod_deleted(kube: FakeKube) -> None:
+    s = spec.parse({"replicas": 2})
+    pods = [children.replica_pod(OWNER, s, i) for i in s.identities()]
+    gone = running(pods[0], "10.0.0.1")
+    gone["metadata"]["deletionTimestamp"] = NOW
+    failed = running(pods[1], "10.0.0.2", ready=False)
+    failed["status"]["phase"] = "Failed"
+    plan = desired.plan_pods(OWNER, s, [pod_view(gone), pod_view(failed)], set())
+    assert plan.create == [] and plan.delete_now == ["web-server-2"]
+    assert plan.progress == c.Reason.REPLACING
+
+
+def test_template_change_rolls_one_pod_at_a_time(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    converge(kube, res, FakePusher(), balancers)
+    res["spec"] = {"replicas": 3, "template": {"image": "ringlb/replica:0.2.0"}}
+    out = reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW)
+    assert kube.count("delete", "Pod") == 1 and len(kube.pods()) == 2
+    assert conditions(out.status)["Progressing"]["reason"] == c.Reason.ROLLING
+    # Next pass: the replaced pod is recreated from the new template, not yet Ready, so no
+    # further pod is touched.
+    reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW)
+    assert len(kube.pods()) == 3
+    not_ready = [v if v.name != "web-server-1" else pod_view(running(kube.objects[("Pod", "ns", v.name)], "10.0.0.9", ready=False)) for v in views(kube)]
+    reconcile_once(kube, FakePusher(), res, not_ready + balancers, NOW)
+    assert kube.count("delete", "Pod") == 1
+
+
+def test_bad_image_and_unschedulable_are_reported(kube: FakeKube) -> None:
+    res = resource({"replicas": 2})
+    reconcile_once(kube, FakePusher(), res, [], NOW)
+    body = kube.objects[("Pod", "ns", "web-server-1")]
+    stuck = running(
+        body,
+        "10.0.0.1",
+        ready=False,
+        containerStatuses=[{"name": "replica", "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}],
+    )
+    pending = copy.deepcopy(kube.objects[("Pod", "ns", "web-server-2")])
+    pending["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available"}]}
+    out = reconcile_once(kube, FakePusher(), res, [pod_view(stuck), pod_view(pending)], NOW)
+    degraded = conditions(out.status)["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "ImagePullBackOff"
+    assert "web-server-1" in degraded["message"] and "0/2 nodes are available" in degraded["message"]
+
+
+def test_invalid_spec_changes_nothing_and_says_why(kube: FakeKube) -> None:
+    out = reconcile_once(kube, FakePusher(), resource({"replicas": 2, "hostnames": ["S5", "s5"]}), [], NOW)
+    assert kube.writes == []
+    degraded = conditions(out.status)["Degraded"]
+    assert degraded["reason"] == c.Reason.INVALID_SPEC and "spec.hostnames" in degraded["message"]
+    assert out.events and out.events[0].type == "Warning"
+
+
+def test_foreign_children_are_not_adopted(kube: FakeKube) -> None:
+    foreign = children.replica_pod(OWNER, spec.parse({}), "Server 1")
+    foreign["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    kube.create(foreign)
+    svc = children.service(OWNER, spec.parse({}))
+    svc["metadata"]["ownerReferences"] = []
+    kube.create(svc)
+    out = reconcile_once(kube, FakePusher(), resource(), views(kube), NOW)
+    degraded = conditions(out.status)["Degraded"]
+    assert degraded["reason"] == c.Reason.CHILD_CONFLICT
+    assert "Service web-balancer" in degraded["message"] and "pod web-server-1" in degraded["message"]
+    assert kube.count("patch", "Service") == 0
+
+
+def test_spec_change_patches_the_deployment(kube: FakeKube) -> None:
+    res = resource()
+    reconcile_once(kube, FakePusher(), res, [], NOW)
+    res["spec"] = {"replicas": 3, "balancer": {"replicas": 4}}
+    reconcile_once(kube, FakePusher(), res, [], NOW)
+    assert kube.objects[("Deployment", "ns", "web-balancer")]["spec"]["replicas"] == 4
+    assert kube.count("patch", "Deployment") == 1 and kube.count("create", "Deployment") == 1
+
+
+def test_token_is_created_once_and_reused(kube: FakeKube) -> None:
+    res = resource()
+    pusher = FakePusher()
+    converge(kube, res, pusher, [balancer_pod("b-1", "10.1.0.1")])
+    assert kube.count("create", "Secret") == 1
+
+
+def test_api_errors_are_reported_not_raised(kube: FakeKube) -> None:
+    kube.fail[("create", "Pod")] = 403
+    out = reconcile_once(kube, FakePusher(), resource(), [], NOW)
+    degraded = conditions(out.status)["Degraded"]
+    assert degraded["reason"] == c.Reason.API_ERROR and "403" in degraded["message"]
+    assert out.retry_in
+
+
+def test_409_from_a_balancer_raises_the_floor(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    st = converge(kube, res, FakePusher(), balancers)
+    res["spec"] = {"replicas": 2}
+    held = st["ringRevision"] + 7
+    out = reconcile_once(kube, FakePusher({"b-1": PushState("b-1", False, held, "409 stale")}), res, views(kube) + balancers, NOW)
+    assert out.floor == held + 1 and out.retry_in == 0.0
+    pusher = FakePusher()
+    reconcile_once(kube, pusher, res, views(kube) + balancers, NOW, floor=out.floor)
+    assert pusher.documents[-1]["revision"] == held + 1
+
+
+def test_ring_revision_rules() -> None:
+    s = spec.parse({})
+    members = [{"name": "Server 1", "address": "10.0.0.1:5000"}]
+    first = desired.ring({}, members, s)
+    assert first.revision == 1 and first.bumped
+    same = desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, s)
+    assert same.revision == 1 and not same.bumped
+    other = desired.ring({"ringRevision": 1, "ringHash": first.hash}, [], s)
+    assert other.revision == 2 and other.bumped
+    hashing = desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, spec.parse({"hashing": {"strategy": "ring"}}))
+    assert hashing.bumped
+    assert desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, s, floor=9).revision == 9
+
+
+def test_condition_transition_time_moves_only_on_flip() -> None:
+    old = [desired.condition([], "Ready", False, "X", "m", NOW, 1)]
+    assert desired.condition(old, "Ready", False, "Y", "n", LATER, 2)["lastTransitionTime"] == NOW
+    assert desired.condition(old, "Ready", True, "Y", "n", LATER, 2)["lastTransitionTime"] == LATER
+
+
+def test_scaled_to_zero_is_ready(kube: FakeKube) -> None:
+    res = resource({"replicas": 0})
+    st = converge(kube, res, FakePusher(), [balancer_pod("b-1", "10.1.0.1")])
+    assert kube.pods() == [] and conditions(st)["Ready"]["reason"] == c.Reason.SCALED_TO_ZERO
