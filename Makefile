@@ -52,7 +52,8 @@ deploy: ## CRD, RBAC, namespace, operator into the current kube-context
 	kubectl apply -k manifests/
 	kubectl -n ringlb-system rollout status deployment/ringlb-operator --timeout=180s
 
-undeploy: ## remove what deploy applied
+undeploy: ## remove what deploy applied (ReplicaSets first, while the operator can finalize them)
+	-kubectl delete lbrs --all -A --wait --timeout=120s
 	kubectl delete -k manifests/ --ignore-not-found
 
 kind-up: ## kind cluster + images loaded + operator deployed

@@ -61,10 +61,14 @@ running() { # NAME: true if the recorded PID is alive and is still our program
   tr '\0' ' ' < /proc/$pid/cmdline | grep -q -- "${2:-$1}"
 }
 
-start() { # NAME CMD...   (no-op if already running)
+start() { # NAME CMD...   (no-op if already running; restart if $CONF is newer than the pid file)
   local name=$1; shift
   if running "$name" "$(basename "$1")"; then
-    log "$name already running (pid $(pid_of "$name"))"; return 0
+    if [[ -n "${CONF:-}" && "$CONF" -nt "$PIDS/$name.pid" ]]; then
+      log "$name: $CONF changed, restarting"; stop "$name" 20 "$(basename "$1")"
+    else
+      log "$name already running (pid $(pid_of "$name"))"; return 0
+    fi
   fi
   mkdir -p "$LOGS" "$PIDS"
   setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
@@ -140,7 +144,8 @@ ssl_cert() { # NAME CN O SANS(comma list or "") USAGE(client|server|both)
   } > "$PKI/$name.ext"
   openssl genrsa -out "$PKI/$name.key" 2048 2>/dev/null
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+  local ca=${SIGN_CA:-ca}
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -CAcreateserial \
     -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
@@ -169,14 +174,19 @@ EOF
   chmod 600 "$out"
 }
 
+ssl_ca() { # NAME CN
+  [[ -s "$PKI/$1.crt" ]] && return 0
+  openssl genrsa -out "$PKI/$1.key" 2048 2>/dev/null
+  openssl req -x509 -new -key "$PKI/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/$1.crt" 2>/dev/null
+}
+
 gen_pki() {
   mkdir -p "$PKI"; chmod 700 "$PKI"
-  if [[ ! -s "$PKI/ca.crt" ]]; then
-    openssl genrsa -out "$PKI/ca.key" 2048 2>/dev/null
-    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=ringlb-local-ca" -days 3650 -sha256 \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-      -out "$PKI/ca.crt" 2>/dev/null
-  fi
+  ssl_ca ca ringlb-local-ca
+  ssl_ca front-proxy-ca ringlb-local-front-proxy-ca
+  SIGN_CA=front-proxy-ca ssl_cert front-proxy-client front-proxy-client "" "" client
   [[ -s "$PKI/sa.key" ]] || { openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null; openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null; }
   ssl_cert apiserver kube-apiserver "" \
     "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$API_SERVICE_IP,IP:$NODE_IP" server
@@ -229,6 +239,23 @@ host_net_cleanup() {
     iptables -t nat -S 2>/dev/null | grep -- "-j $chain\$" | grep -vq "^-A CNI-" && continue
     iptables -t nat -X "$chain" 2>/dev/null || true
   done
+  # what kubelet leaves (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and
+  # anything kube-proxy --cleanup missed
+  local ipt table
+  for ipt in iptables ip6tables; do
+    command -v $ipt >/dev/null || continue
+    for table in filter nat mangle; do
+      while read -r rule; do
+        eval "$ipt -t $table ${rule/-A/-D}" 2>/dev/null || true
+      done < <($ipt -t $table -S 2>/dev/null | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' || true)
+      for chain in $($ipt -t $table -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^KUBE-/ {print $2}'); do
+        $ipt -t $table -F "$chain" 2>/dev/null || true
+      done
+      for chain in $($ipt -t $table -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^KUBE-/ {print $2}'); do
+        $ipt -t $table -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
   ip link del "$CNI_BRIDGE" 2>/dev/null || true
   ip link del "$NODE_IF" 2>/dev/null || true
 }
@@ -257,9 +284,25 @@ load_images() { # IMG...
 }
 
 # ---------------------------------------------------------------- components
+put() { # FILE: write stdin to FILE only if the content differs (kube-proxy exits on a change)
+  local tmp="$1.tmp.$$"
+  cat > "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
+has_cap_sys_resource() { # bit 24 of the effective capability set
+  local eff; eff=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+  (( (16#$eff >> 24) & 1 ))
+}
+
 write_configs() {
+  # Without CAP_SYS_RESOURCE (as in this sandbox VM) runc cannot lower
+  # oom_score_adj (pause wants -998) and every sandbox fails with
+  # "can't get final child's PID from pipe": clamp to containerd's own value.
+  local restrict_oom=false
+  has_cap_sys_resource || restrict_oom=true
   mkdir -p "$CFG" "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kubelet"
-  cat > "$CFG/containerd.toml" <<EOF
+  put "$CFG/containerd.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
 state = "$STATE/containerd/state"
@@ -277,6 +320,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "docker.io/$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"
+  restrict_oom_score_adj = $restrict_oom
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -289,7 +333,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
 EOF
-  cat > "$STATE/cni/net.d/10-$CNI_NAME.conflist" <<EOF
+  put "$STATE/cni/net.d/10-$CNI_NAME.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "$CNI_NAME",
@@ -311,7 +355,7 @@ EOF
   ]
 }
 EOF
-  cat > "$CFG/scheduler.yaml" <<EOF
+  put "$CFG/scheduler.yaml" <<EOF
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
 clientConnection:
@@ -319,7 +363,7 @@ clientConnection:
 leaderElection:
   leaderElect: false
 EOF
-  cat > "$CFG/kubelet.yaml" <<EOF
+  put "$CFG/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -351,7 +395,7 @@ evictionHard:
 rotateCertificates: false
 serverTLSBootstrap: false
 EOF
-  cat > "$CFG/kube-proxy.yaml" <<EOF
+  put "$CFG/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -359,6 +403,7 @@ clientConnection:
 mode: iptables
 hostnameOverride: $NODE_NAME
 clusterCIDR: $POD_CIDR
+nodePortAddresses: ["$NODE_IP/32"]
 bindAddress: 127.0.0.1
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
@@ -398,6 +443,11 @@ start_control_plane() {
     --service-account-signing-key-file="$PKI/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range="$SERVICE_CIDR" \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --allow-privileged=true --profiling=false --v=1
   wait_for kube-apiserver 120 apiserver_ready
@@ -412,22 +462,22 @@ start_control_plane() {
     --service-cluster-ip-range="$SERVICE_CIDR" --allocate-node-cidrs=false \
     --profiling=false --v=1
 
-  start kube-scheduler "$K8S_BIN/kube-scheduler" --config="$CFG/scheduler.yaml" \
+  CONF="$CFG/scheduler.yaml" start kube-scheduler "$K8S_BIN/kube-scheduler" --config="$CFG/scheduler.yaml" \
     --authentication-kubeconfig="$STATE/scheduler.kubeconfig" \
     --authorization-kubeconfig="$STATE/scheduler.kubeconfig" \
     --bind-address=127.0.0.1 --profiling=false --v=1
 }
 
 start_node() {
-  start containerd containerd --config "$CFG/containerd.toml"
+  CONF="$CFG/containerd.toml" start containerd containerd --config "$CFG/containerd.toml"
   wait_for containerd 60 ctr -a "$CTR_SOCK" version
   ctr_ images ls -q 2>/dev/null | grep -qx "docker.io/$PAUSE_IMAGE" || load_images "$PAUSE_IMAGE"
 
-  start kubelet "$K8S_BIN/kubelet" --config="$CFG/kubelet.yaml" \
+  CONF="$CFG/kubelet.yaml" start kubelet "$K8S_BIN/kubelet" --config="$CFG/kubelet.yaml" \
     --kubeconfig="$STATE/kubelet.kubeconfig" --hostname-override="$NODE_NAME" \
     --node-ip="$NODE_IP" --root-dir="$STATE/kubelet" --v=1
 
-  start kube-proxy "$K8S_BIN/kube-proxy" --config="$CFG/kube-proxy.yaml" --v=1
+  CONF="$CFG/kube-proxy.yaml" start kube-proxy "$K8S_BIN/kube-proxy" --config="$CFG/kube-proxy.yaml" --v=1
 }
 
 node_ready() {
