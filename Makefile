@@ -18,10 +18,10 @@ KIND_CLUSTER ?= ringlb
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[operator,analysis,test]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[operator,analysis,test]'
 	touch $@
 
 venv: $(VENV)/.installed ## create .venv with everything installed
