@@ -192,5 +192,5 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(405)
     def wrong_method(exc: Any) -> Any:
-        allowed = ", ".join(exc.valid_methods or [])
+        allowed = ", ".join(sorted(exc.valid_methods or []))
         return failure(f"<Error> method not allowed here; use {allowed}", 405)

@@ -182,7 +182,7 @@ def seed_server_ids(members: Sequence[str]) -> list[int]:
 def seed_request_id(key: str) -> int:
     """The integer request id the seed formulas take: the key itself when it is a number (the
     seed sent random 6-digit ids), otherwise a 6-digit number derived from a stable hash."""
-    if key.isdigit() and len(key) <= 18:
+    if key.isascii() and key.isdigit() and len(key) <= 18:
         return int(key)
     return 100_000 + hash64(key) % 900_000
 

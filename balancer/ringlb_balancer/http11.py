@@ -7,6 +7,7 @@ function gets the bytes received so far and either returns a complete message or
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 MAX_HEAD = 64 * 1024
@@ -19,6 +20,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 REWRITTEN = frozenset({"host", "content-length", "expect", "x-forwarded-for", "x-forwarded-proto"})
+
+
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_DIGITS3 = re.compile(r"[0-9]{3}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
 
 class BadMessage(ValueError):
@@ -60,9 +66,10 @@ def _split_head(head: bytes) -> tuple[str, list[tuple[str, str]], dict[str, str]
     lower: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or " " in name:
+        if not sep or not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value:
+            # bare CR/LF would let a client inject headers into the forwarded request
             raise BadMessage(f"malformed header line {line[:60]!r}")
-        value = value.strip()
+        value = value.strip(" \t")
         headers.append((name, value))
         key = name.lower()
         lower[key] = f"{lower[key]}, {value}" if key in lower else value
@@ -73,7 +80,7 @@ def _content_length(lower: dict[str, str]) -> int:
     text = lower.get("content-length")
     if text is None:
         return -1
-    if not text.isdigit():  # also refuses "1, 2": conflicting lengths are a smuggling vector
+    if not (text.isascii() and text.isdigit()):  # refuses "1, 2" too: a smuggling vector
         raise BadMessage("invalid Content-Length")
     return int(text)
 
@@ -90,11 +97,10 @@ def decode_chunked(buf: bytes | bytearray, start: int, limit: int) -> tuple[byte
             if len(buf) - pos > 1024:
                 raise BadMessage("chunk size line too long")
             return None
-        size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
-        try:
-            length = int(size_text, 16)
-        except ValueError:
-            raise BadMessage("invalid chunk size") from None
+        size_text = bytes(buf[pos:eol]).split(b";", 1)[0].strip(b" \t")
+        if not _HEX.fullmatch(size_text):  # int(x, 16) would take "-2", "+5", "0x5", "5_0"
+            raise BadMessage("invalid chunk size")
+        length = int(size_text, 16)
         pos = eol + 2
         if length == 0:
             while True:  # trailer section, ends with an empty line
@@ -118,8 +124,8 @@ def decode_chunked(buf: bytes | bytearray, start: int, limit: int) -> tuple[byte
 def parse_request(buf: bytearray, max_body: int) -> tuple[Request, int] | None:
     """One request from the front of ``buf``: (request, bytes consumed) or ``None``."""
     end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_HEAD:
+    if end < 0 or end > MAX_HEAD:
+        if end > MAX_HEAD or len(buf) > MAX_HEAD:
             raise BadMessage("request head too large", 431)
         return None
     start_line, headers, lower = _split_head(bytes(buf[:end]))
@@ -164,7 +170,7 @@ def parse_response(
         return None
     start_line, raw_headers, lower = _split_head(bytes(buf[:end]))
     parts = start_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _DIGITS3.fullmatch(parts[1]):
         raise BadMessage(f"bad status line {start_line[:80]!r}", 502)
     status = int(parts[1])
     connection = lower.get("connection", "").lower()

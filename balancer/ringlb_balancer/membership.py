@@ -86,7 +86,7 @@ def _address(text: object, where: str) -> tuple[str, int]:
         ipaddress.ip_address(host)
     except ValueError:
         raise MembershipError(f"{where}: address host must be an IP address, got {host!r}") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise MembershipError(f"{where}: address port must be 1-65535, got {port_text!r}")
     return host, int(port_text)
 
@@ -148,8 +148,8 @@ def _key(raw: object) -> KeyConfig:
     if not isinstance(raw, dict) or set(raw) - {"source", "name"}:
         raise MembershipError("key: must be an object with source and name")
     key = KeyConfig(**raw)
-    if key.source not in KEY_SOURCES:
+    if not isinstance(key.source, str) or key.source not in KEY_SOURCES:
         raise MembershipError(f"key.source: one of {', '.join(KEY_SOURCES)}")
-    if key.source != "client-ip" and not (isinstance(key.name, str) and key.name.strip()):
+    if not isinstance(key.name, str) or (key.source != "client-ip" and not key.name.strip()):
         raise MembershipError("key.name: the header or cookie name is required")
     return key

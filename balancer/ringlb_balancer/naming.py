@@ -16,6 +16,8 @@ most (512 slots / 9 virtual servers), and one cap for all keeps a strategy switc
 /add beyond it is refused with 400; the CRD schema and the membership API use the same cap."""
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,38}[A-Za-z0-9])?$")
+"""Also the CRD's pattern (ECMA syntax, hence ``$``); match it with ``fullmatch``, since
+Python's ``$`` also matches before a trailing newline."""
 NAME_RULE = (
     "1-40 characters: letters, digits, space, '.', '_' or '-', starting and ending with a "
     "letter or digit"
@@ -28,7 +30,7 @@ class PlanError(ValueError):
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise PlanError(f"<Error> invalid hostname {name!r}: {NAME_RULE}")
     return name
 
