@@ -226,10 +226,10 @@ host_net_cleanup() {
     while iptables -D FORWARD $dir "$POD_CIDR" -m comment --comment ringlb-local -j ACCEPT 2>/dev/null; do :; done
   done
   # CNI bridge/ipMasq and portmap leftovers of our network
-  local rule chain
+  local rule chain pat='name: \"'"$CNI_NAME"'\"'
   while read -r rule; do
     eval "iptables -t nat ${rule/-A/-D}" 2>/dev/null || true
-  done < <(iptables -t nat -S POSTROUTING 2>/dev/null | grep -- "name: \"\\?$CNI_NAME\"\\?" || true)
+  done < <(iptables -t nat -S POSTROUTING 2>/dev/null | grep -F -- "$pat" || true)
   for chain in $(iptables -t nat -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^CNI-/ {print $2}'); do
     # only chains no longer referenced by anything else of another CNI user
     iptables -t nat -S 2>/dev/null | grep -- "-j $chain\$" | grep -vq "^-A CNI-" && continue
@@ -258,6 +258,8 @@ host_net_cleanup() {
   done
   ip link del "$CNI_BRIDGE" 2>/dev/null || true
   ip link del "$NODE_IF" 2>/dev/null || true
+  rm -f /var/lib/cni/results/"$CNI_NAME"-* 2>/dev/null || true
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------- images
@@ -500,7 +502,8 @@ cmd_up() {
   start_node
   wait_for "node $NODE_NAME Ready" 180 node_ready
   wait_for "service account default/default" 120 kubectl -n default get serviceaccount default
-  log "cluster up in $((SECONDS - t0))s"
+  mkdir -p "$STATE/bin"; ln -sf "$K8S_BIN/kubectl" "$STATE/bin/kubectl"
+  log "cluster up in $((SECONDS - t0))s; kubectl: $STATE/bin/kubectl"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 
@@ -514,6 +517,7 @@ remove_pods() {
     ns="$(ctr_ containers info "$c" 2>/dev/null | grep -o '"/var/run/netns/[^"]*"\|"/run/netns/[^"]*"' | tr -d '"' | head -1 || true)"
     [[ -n "$ns" ]] && netns+=("$ns")
   done
+  for c in $(ctr_ containers ls -q 2>/dev/null); do rm -f /var/lib/cni/results/*-"$c"-* 2>/dev/null || true; done
   for c in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true; done
   sleep 1
   for c in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$c" >/dev/null 2>&1 || true; done
@@ -531,7 +535,7 @@ drain_pods() { # let the kubelet tear pods down properly (CNI DEL, hostports) fi
   log "deleting all pods"
   kubectl delete pods --all-namespaces --all --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
   local i
-  for ((i = 0; i < 30; i++)); do
+  for ((i = 0; i < 15; i++)); do
     [[ -z "$(ctr_ tasks ls -q 2>/dev/null)" ]] && break
     sleep 1
   done
