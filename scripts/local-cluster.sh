@@ -4,13 +4,14 @@
 # kube-controller-manager, kube-scheduler, a dedicated containerd, kubelet and
 # kube-proxy run as plain processes; all state lives in <repo>/.local-cluster/.
 #
-# Usage: scripts/local-cluster.sh up|down|status|kubeconfig|load-images IMG...|docker
+# Usage: scripts/local-cluster.sh up|down|status|kubeconfig|bin-dir|load-images IMG...|docker
 #   up           install prerequisites (apt), build binaries (cached), start everything,
 #                wait for a Ready node; idempotent
 #   down         stop every process `up` started (PID files), remove pods, mounts,
 #                network leftovers and the state dir
 #   status       show the processes and the node
 #   kubeconfig   print the admin kubeconfig path
+#   bin-dir      print the dir holding the matching kubectl (v1.34) for PATH
 #   load-images  docker save IMG... | ctr import into the cluster's containerd
 #   docker       make sure dockerd runs (started by us => stopped by `down`)
 set -euo pipefail
@@ -505,6 +506,7 @@ cmd_up() {
   mkdir -p "$STATE/bin"; ln -sf "$K8S_BIN/kubectl" "$STATE/bin/kubectl"
   log "cluster up in $((SECONDS - t0))s; kubectl: $STATE/bin/kubectl"
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+  echo "export PATH=$STATE/bin:\$PATH"
 }
 
 # ---------------------------------------------------------------- down
@@ -589,7 +591,8 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
+  bin-dir) echo "$STATE/bin" ;;
   load-images) shift; (($#)) || die "usage: $0 load-images IMG..."; load_images "$@" ;;
   docker) mkdir -p "$STATE" "$LOGS" "$PIDS"; ensure_docker ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|load-images IMG...|docker" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|bin-dir|load-images IMG...|docker" >&2; exit 2 ;;
 esac

@@ -172,15 +172,19 @@ class Supervisor:
             preexec_fn=_die_with_parent,
         )
 
-    def _stop(self, process: subprocess.Popen[bytes] | None) -> None:
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    @staticmethod
+    def _stop_all(processes: list[subprocess.Popen[bytes] | None], grace: float = 5.0) -> None:
+        """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
+        running = [p for p in processes if p is not None and p.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     # -- reconciliation --------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -203,13 +207,15 @@ class Supervisor:
                 self._spawn_replica(replica)
             elif not replica.ready:
                 replica.ready = heartbeat(Member(name, "127.0.0.1", replica.port), 0.5)
-        for name in [n for n in self.replicas if n not in desired]:
-            self._stop(self.replicas.pop(name).process)
         members = [
             Member(n, "127.0.0.1", self.replicas[n].port) for n in desired if self.replicas[n].ready
         ]
         if members != self.pushed:
             self.push(members)
+        # Removed replicas leave the ring first, then stop (all at once: each takes a while
+        # to shut down gracefully).
+        removed = [self.replicas.pop(n) for n in list(self.replicas) if n not in desired]
+        self._stop_all([r.process for r in removed])
 
     def push(self, members: list[Member]) -> None:
         doc = {
@@ -251,6 +257,4 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.api.shutdown()
-        self._stop(self.balancer)
-        for replica in self.replicas.values():
-            self._stop(replica.process)
+        self._stop_all([self.balancer, *(r.process for r in self.replicas.values())])

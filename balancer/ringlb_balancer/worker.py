@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import unquote
@@ -39,6 +40,7 @@ from ringlb_balancer.http11 import (
     serialize_request,
     serialize_response,
 )
+from ringlb_balancer.membership import EMPTY
 from ringlb_balancer.routing import Routing
 from ringlb_balancer.shared import EJECTED
 
@@ -254,6 +256,16 @@ class ClientConnection(asyncio.Protocol):
 _REASONS = {400: "Bad Request", 413: "Content Too Large", 431: "Request Header Fields Too Large", 502: "Bad Gateway"}
 
 
+@dataclass
+class Active:
+    """Per-member objects for one membership, index-aligned with its member list."""
+
+    routing: Routing
+    pools: list[UpstreamPool]
+    answered: list[Any]  # the 2xx request counter of each member
+    consecutive_5xx: list[int]
+
+
 class Engine:
     """Routing and forwarding for one worker process."""
 
@@ -266,26 +278,27 @@ class Engine:
         self.worker_alive = worker_alive
         self.clients: set[ClientConnection] = set()
         self.control_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ringlb-control")
-        self.routing: Routing | None = None
-        self.pools: list[UpstreamPool] = []
-        self.answered: list[Any] = []
-        self.consecutive_5xx: list[int] = []
+        self.active = Active(Routing.build(EMPTY), [], [], [])
 
     # -- membership -------------------------------------------------------------------------
-    def _switch(self, routing: Routing) -> None:
-        """Per-member objects for a new membership; pools of members that stayed are kept."""
-        old = {(p.name, p.address): p for p in self.pools}
-        self.pools = []
+    def current(self) -> Active:
+        """The per-member objects for the membership in force, rebuilt when it changed; pools
+        of members that stayed are kept."""
+        routing = self.store.current()
+        if routing is self.active.routing:
+            return self.active
+        old = {(p.name, p.address): p for p in self.active.pools}
+        pools = []
         for m in routing.membership.members:
             pool = old.pop((m.name, (m.host, m.port)), None)
-            self.pools.append(pool or UpstreamPool(m.name, m.host, m.port, self.settings, self.loop))
+            pools.append(pool or UpstreamPool(m.name, m.host, m.port, self.settings, self.loop))
         for pool in old.values():
             pool.close()
-        self.answered = [metrics.REQUESTS.labels(m.name, "2xx") for m in routing.membership.members]
-        self.consecutive_5xx = [0] * len(self.pools)
+        answered = [metrics.REQUESTS.labels(m.name, "2xx") for m in routing.membership.members]
         self.shared.clear_row()
-        self.routing = routing
+        self.active = Active(routing, pools, answered, [0] * len(pools))
         metrics.REVISION.set(routing.membership.revision)
+        return self.active
 
     def key(self, request: Request, routing: Routing, client: ClientConnection) -> str:
         source = routing.membership.key.source
@@ -330,10 +343,13 @@ class Engine:
 
     async def forward(self, request: Request, client: ClientConnection) -> None:
         started = time.perf_counter()
-        routing = self.store.current()
-        if routing is not self.routing:
-            self._switch(routing)
-        if not self.pools:
+        # The request keeps this view to the end: a membership switched while it waits must not
+        # re-index its retries. Shared flags and counters follow the membership in force, so
+        # they are touched only while this view is still the active one.
+        active = self.current()
+        routing = active.routing
+        pools = active.pools
+        if not pools:
             metrics.FAILURES.labels("empty").inc()
             client.reply(503, "Service Unavailable", JSON, seed_error("<Error> no replica is available"), request.keep_alive)
             return
@@ -342,7 +358,7 @@ class Engine:
         bounded = routing.membership.hashing.bounded_load
         if bounded:
             index = hashing.bounded_choice(
-                self.healthy(strategy.preference(key)), self.shared.total_inflight(len(self.pools)), bounded
+                self.healthy(strategy.preference(key)), self.shared.total_inflight(len(pools)), bounded
             )
         else:
             index = strategy.owner(key)
@@ -361,16 +377,16 @@ class Engine:
             error: UpstreamError | None = None
             response: Response | None = None
             try:
-                response = await self.pools[index].request(data, method == "HEAD")
+                response = await pools[index].request(data, method == "HEAD")
             except UpstreamError as exc:
                 error = exc
             finally:
-                if self.routing is routing:
+                if self.active is active:
                     self.shared.inflight[slot] -= 1
             if response is not None and response.status < 500:
-                self.consecutive_5xx[index] = 0
+                active.consecutive_5xx[index] = 0
                 break
-            self.note_failure(index, member.name, error)
+            self.note_failure(active, index, error)
             if not (idempotent or (error is not None and not error.sent)) or tried >= self.settings.max_attempts:
                 break
             if fallback is None:
@@ -390,21 +406,22 @@ class Engine:
             client.reply(400, "Bad Request", JSON,
                          seed_error(f"<Error> '{path}' endpoint does not exist in server replicas"), request.keep_alive)
             return
-        if response.status < 300 and self.routing is routing:
-            self.answered[index].inc()
+        if response.status < 300:
+            active.answered[index].inc()
         else:
             metrics.REQUESTS.labels(member.name, f"{response.status // 100}xx").inc()
         client.reply(response.status, response.reason, response.headers, response.body, request.keep_alive,
                      response.content_length if method == "HEAD" and response.content_length >= 0 else None)
 
-    def note_failure(self, index: int, name: str, error: UpstreamError | None) -> None:
+    def note_failure(self, active: "Active", index: int, error: UpstreamError | None) -> None:
         """Passive health: a connection failure ejects at once, 5xx answers after a run."""
         if error is None:
-            self.consecutive_5xx[index] += 1
-            if self.consecutive_5xx[index] < self.settings.failures_to_eject:
+            active.consecutive_5xx[index] += 1
+            if active.consecutive_5xx[index] < self.settings.failures_to_eject:
                 return
-        if self.routing is not None and index < len(self.pools) and not self.shared.ejected(index):
+        if active is self.active and not self.shared.ejected(index):
             self.shared.set_health(index, EJECTED)
+            name = active.routing.membership.members[index].name
             metrics.EJECTIONS.labels(name, "5xx" if error is None else "connection").inc()
 
     def call_flask(self, request: Request, client: ClientConnection) -> tuple[int, str, list[tuple[str, str]], bytes]:

@@ -59,8 +59,13 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
+class EchoServer(ThreadingHTTPServer):
+    request_queue_size = 256  # the default 5 refuses connections under the concurrent tests
+    daemon_threads = True
+
+
 def start_echo(name: str) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server = EchoServer(("127.0.0.1", 0), Echo)
     server.name = name  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
