@@ -84,6 +84,7 @@ local-images: ## build the images on a debootstrapped base and load them into lo
 
 local-e2e: venv ## local-up, images, deploy, e2e, local-down (down even when e2e fails)
 	scripts/local-cluster.sh up
-	set -e; export KUBECONFIG=$$(scripts/local-cluster.sh kubeconfig); \
+	export KUBECONFIG=$$(scripts/local-cluster.sh kubeconfig) PATH=$$(scripts/local-cluster.sh bin-dir):$$PATH; \
 	status=0; { $(MAKE) local-images && $(MAKE) deploy && $(MAKE) e2e; } || status=$$?; \
+	if [ $$status -ne 0 ]; then scripts/local-cluster.sh diagnose || true; fi; \
 	scripts/local-cluster.sh down; exit $$status

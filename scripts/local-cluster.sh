@@ -4,12 +4,13 @@
 # kube-controller-manager, kube-scheduler, a dedicated containerd, kubelet and
 # kube-proxy run as plain processes; all state lives in <repo>/.local-cluster/.
 #
-# Usage: scripts/local-cluster.sh up|down|status|kubeconfig|bin-dir|load-images IMG...|docker
+# Usage: scripts/local-cluster.sh up|down|status|diagnose|kubeconfig|bin-dir|load-images IMG...|docker
 #   up           install prerequisites (apt), build binaries (cached), start everything,
 #                wait for a Ready node; idempotent
 #   down         stop every process `up` started (PID files), remove pods, mounts,
 #                network leftovers and the state dir
 #   status       show the processes and the node
+#   diagnose     status plus pods, events, operator and component logs (for failed runs)
 #   kubeconfig   print the admin kubeconfig path
 #   bin-dir      print the dir holding the matching kubectl (v1.34) for PATH
 #   load-images  docker save IMG... | ctr import into the cluster's containerd
@@ -586,13 +587,31 @@ cmd_status() {
   fi
 }
 
+# What a failed CI run needs to be understood: cluster state, operator logs, component logs.
+cmd_diagnose() {
+  cmd_status
+  [[ -s "$KUBECONFIG_ADMIN" ]] || return 0
+  bin_dirs
+  export KUBECONFIG="$KUBECONFIG_ADMIN"
+  kubectl get lbrs,pods,deploy,svc -A -o wide 2>&1 || true
+  kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -40 || true
+  kubectl -n ringlb-system logs deploy/ringlb-operator --tail=60 2>&1 || true
+  local f
+  for f in "$LOGS"/*.log; do
+    [[ -e "$f" ]] || continue
+    echo "--- tail of $f"
+    tail -n 15 "$f"
+  done
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  diagnose) cmd_diagnose ;;
   down) cmd_down ;;
   status) cmd_status ;;
   kubeconfig) echo "$KUBECONFIG_ADMIN" ;;
   bin-dir) echo "$STATE/bin" ;;
   load-images) shift; (($#)) || die "usage: $0 load-images IMG..."; load_images "$@" ;;
   docker) mkdir -p "$STATE" "$LOGS" "$PIDS"; ensure_docker ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|bin-dir|load-images IMG...|docker" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|diagnose|kubeconfig|bin-dir|load-images IMG...|docker" >&2; exit 2 ;;
 esac

@@ -223,11 +223,10 @@ def load(url: str, requests_total: int, threads: int = 32, seconds: float = 120.
     result = LoadResult()
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
-    per_thread = -(-requests_total // threads)
 
-    def worker() -> None:
+    def worker(count: int) -> None:
         session = requests.Session()
-        for _ in range(per_thread):
+        for _ in range(count):
             if time.monotonic() > deadline or (stop is not None and stop.is_set()):
                 return
             try:
@@ -243,9 +242,9 @@ def load(url: str, requests_total: int, threads: int = 32, seconds: float = 120.
                 else:
                     result.failures.append(error or "?")
 
+    shares = [requests_total // threads + (i < requests_total % threads) for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
-        for _ in range(threads):
-            pool.submit(worker)
+        list(pool.map(worker, shares))  # list(): re-raises anything a worker did not catch
     return result
 
 
