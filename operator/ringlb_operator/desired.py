@@ -40,8 +40,9 @@ class PodPlan:
 
 
 def previous_members(status: Mapping[str, Any] | None) -> set[str]:
-    """Identities that had a pod in the last status: their missing pods are replacements."""
-    return {m.get("name", "") for m in (status or {}).get("members") or [] if m.get("pod")}
+    """Identities the last status already listed: a missing pod of one of them is a
+    replacement (its pod may have shown as gone already while it was terminating)."""
+    return {m.get("name", "") for m in (status or {}).get("members") or []}
 
 
 def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]) -> PodPlan:

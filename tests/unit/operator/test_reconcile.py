@@ -132,6 +132,20 @@ def test_deleted_pod_is_recreated_with_same_identity(kube: FakeKube) -> None:
     assert [e.reason for e in out.events if e.reason != c.Reason.PUSHED] == [c.Reason.REPLACED]
 
 
+def test_pod_already_shown_gone_while_terminating_is_still_a_replacement(kube: FakeKube) -> None:
+    """kubectl delete: the pod terminates first (the status shows it without a pod), then it is
+    gone; its recreation is still a replacement of a known identity, not a scale-up."""
+    res = resource()
+    converge(kube, res, FakePusher(), [balancer_pod("b-1", "10.1.0.1")])
+    res["status"]["members"] = [
+        {"name": m["name"], "pod": "" if m["name"] == "Server 2" else m["pod"], "ready": m["name"] != "Server 2"}
+        for m in res["status"]["members"]
+    ]
+    kube.delete("Pod", "ns", "web-server-2")
+    out = reconcile_once(kube, FakePusher(), res, views(kube) + [balancer_pod("b-1", "10.1.0.1")], NOW)
+    assert [e.reason for e in out.events if e.reason != c.Reason.PUSHED] == [c.Reason.REPLACED]
+
+
 def test_terminating_pod_is_left_alone_and_failed_pod_deleted(kube: FakeKube) -> None:
     s = spec.parse({"replicas": 2})
     pods = [children.replica_pod(OWNER, s, i) for i in s.identities()]
