@@ -462,9 +462,8 @@ def task_a2(opts: Options, report: Report) -> None:
         "Scaling between the runs went through the balancer's own `POST /add` and `DELETE /rm` "
         "(3 → 4 → 5 → 6, then `/rm` back to 2), and each call returned only once the new "
         "membership was in force (the *scaling call* column: `/add` of one replica takes about "
-        "half a second — spawn, first heartbeat, push; the `/rm` of four replicas takes several "
-        "seconds because the local supervisor stops the removed replicas one after another, each "
-        "gunicorn taking ~2 s to shut down gracefully, before it pushes the smaller membership).\n"
+        "half a second — spawn, first heartbeat, push; `/rm` returns as soon as the supervisor "
+        "has pushed the smaller membership, before it stops the removed replicas).\n"
     )
     report.sections["A-2"] = text
     report.data["A-2"] = {label: results[label] for label in labels}
