@@ -31,9 +31,14 @@ def _state() -> tuple[Settings, RoutingStore, Scaler | None]:
     return ext["settings"], ext["store"], ext["scaler"]
 
 
+def seed_json(message: Any, status: str) -> bytes:
+    """A seed-API body, serialized with json.dumps' default separators as the seed's were:
+    its clients compare these bodies byte for byte."""
+    return json.dumps({"message": message, "status": status}).encode()
+
+
 def seed_body(message: Any, status: str, code: int = 200) -> Response:
-    """A seed-API answer, serialized with json.dumps' default separators as the seed's were."""
-    return Response(json.dumps({"message": message, "status": status}), code, content_type="application/json")
+    return Response(seed_json(message, status), code, content_type="application/json")
 
 
 def ok(message: Any) -> Response:
@@ -180,7 +185,7 @@ def openapi() -> Response:
     return Response(OPENAPI, content_type="application/json")
 
 
-OPENAPI = json.dumps(json.loads(resources.files("ringlb_balancer").joinpath("openapi.json").read_text()))
+OPENAPI = resources.files("ringlb_balancer").joinpath("openapi.json").read_bytes()
 
 
 def register(app: Flask) -> None:

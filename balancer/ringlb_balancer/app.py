@@ -34,7 +34,6 @@ class Balancer:
         self.settings = settings
         self.shared = SharedState(settings.state_dir or tempfile.mkdtemp(prefix="ringlb-"))
         self.store = RoutingStore(self.shared)
-        self.keepalive = 5.0  # seconds an idle client connection is kept; gunicorn's setting
         self.flask = Flask("ringlb_balancer")
         self.flask.config["MAX_CONTENT_LENGTH"] = 64 * 1024
         self.flask.extensions["ringlb"] = {

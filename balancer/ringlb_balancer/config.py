@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -31,7 +32,7 @@ class Settings:
     failures_to_eject: int = 3  # consecutive 5xx answers before a member is ejected
 
     @classmethod
-    def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Settings":
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f"RINGLB_{f.name.upper()}")

@@ -133,11 +133,14 @@ class Supervisor:
         return app
 
     # -- processes -------------------------------------------------------------------------
-    def _log_file(self, name: str) -> Any:
+    def _popen(self, cmd: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+        """Start a child that dies with the supervisor, its output in ``log_dir`` if set."""
         if not self.config.log_dir:
-            return subprocess.DEVNULL
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent)
         os.makedirs(self.config.log_dir, exist_ok=True)
-        return open(os.path.join(self.config.log_dir, naming.dns_name(name) + ".log"), "ab")
+        with open(os.path.join(self.config.log_dir, naming.dns_name(log_name) + ".log"), "ab") as log:
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
     def _spawn_replica(self, replica: Replica) -> None:
         env = dict(os.environ, SERVER_ID=replica.name)
@@ -146,10 +149,7 @@ class Supervisor:
             "--workers", str(self.config.replica_workers), "--worker-class", "gthread",
             "--threads", "4", "--keep-alive", "30", "--no-control-socket", "ringlb_replica.wsgi:app",
         ]
-        replica.process = subprocess.Popen(
-            cmd, env=env, stdout=self._log_file(replica.name), stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        replica.process = self._popen(cmd, env, replica.name)
         replica.ready = False
 
     def start_balancer(self) -> None:
@@ -167,10 +167,7 @@ class Supervisor:
             sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
             "ringlb_balancer.wsgi:app",
         ]
-        self.balancer = subprocess.Popen(
-            cmd, env=env, stdout=self._log_file("balancer"), stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
+        self.balancer = self._popen(cmd, env, "balancer")
 
     @staticmethod
     def _stop_all(processes: list[subprocess.Popen[bytes] | None], grace: float = 5.0) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import random
 import signal
@@ -28,7 +27,7 @@ from urllib.parse import unquote
 from gunicorn.workers.base import Worker
 
 from ringlb_balancer import hashing, metrics
-from ringlb_balancer.api import CONTROL_PATHS
+from ringlb_balancer.api import CONTROL_PATHS, seed_json
 from ringlb_balancer.app import Balancer
 from ringlb_balancer.config import Settings
 from ringlb_balancer.http11 import (
@@ -62,8 +61,7 @@ class _Stale(Exception):
 
 
 def seed_error(message: str) -> bytes:
-    """Error bodies in the seed's format (json.dumps separators, as its clients compare)."""
-    return json.dumps({"message": message, "status": "failure"}).encode()
+    return seed_json(message, "failure")
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -269,8 +267,11 @@ class Active:
 class Engine:
     """Routing and forwarding for one worker process."""
 
-    def __init__(self, balancer: Balancer, loop: asyncio.AbstractEventLoop, worker_alive: Callable[[], bool]) -> None:
+    def __init__(
+        self, balancer: Balancer, loop: asyncio.AbstractEventLoop, worker_alive: Callable[[], bool], keepalive: float
+    ) -> None:
         self.balancer = balancer
+        self.keepalive = keepalive  # seconds an idle client connection is kept (gunicorn's setting)
         self.settings = balancer.settings
         self.shared = balancer.shared
         self.store = balancer.store
@@ -468,7 +469,7 @@ class Engine:
     def close_idle(self, now: float) -> None:
         """Close keep-alive clients idle past gunicorn's ``keepalive`` and clients that never
         finished sending a request (slow-loris) within the read timeout."""
-        keepalive = self.balancer.keepalive
+        keepalive = self.keepalive
         for client in list(self.clients):
             idle = now - client.last_active
             if not client.busy and (
@@ -499,9 +500,7 @@ class ProxyWorker(Worker):
         self.alive = False
 
     def run(self) -> None:
-        balancer: Balancer = self.wsgi
-        balancer.keepalive = self.cfg.keepalive
-        engine = Engine(balancer, self.loop, lambda: self.alive)
+        engine = Engine(self.wsgi, self.loop, lambda: self.alive, self.cfg.keepalive)
         try:
             self.loop.run_until_complete(self._serve(engine))
         finally:
