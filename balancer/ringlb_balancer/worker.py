@@ -202,6 +202,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.last_active = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -232,7 +233,8 @@ class ClientConnection(asyncio.Protocol):
         request, consumed = parsed
         del self.buf[:consumed]
         self.busy = True
-        self.engine.loop.create_task(self.engine.handle(request, self))
+        # Held here: the event loop keeps only weak references to tasks.
+        self.task = self.engine.loop.create_task(self.engine.handle(request, self))
 
     def reply(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes,
               keep_alive: bool, content_length: int | None = None) -> None:

@@ -70,7 +70,8 @@ def test_ten_thousand_requests_reach_every_replica_without_errors(local: LocalMo
     assert time.monotonic() - started < 120
 
 
-def test_add_and_rm_follow_the_seed_contract(local: LocalMode) -> None:
+def test_add_and_rm_follow_the_seed_contract(own_local: LocalMode) -> None:
+    local = own_local
     reply = requests.post(f"{local.url}/add", json={"n": 4, "hostnames": ["S5", "S4", "S10", "S11"]}, timeout=60)
     assert reply.status_code == 200, reply.text
     assert reply.content == (
@@ -94,12 +95,14 @@ def test_add_and_rm_follow_the_seed_contract(local: LocalMode) -> None:
     reply = requests.post(f"{local.url}/add", json={"n": 1}, timeout=60)
     assert reply.status_code == 200
     added = set(reply.json()["message"]["replicas"]) - set(remaining["replicas"])
-    assert len(added) == 1 and added.pop().startswith("Server ")
+    assert len(added) == 1
+    generated = added.pop()
+    assert generated.startswith("Server ")
 
-    # back to the three seed replicas for the tests that follow
-    extra = [n for n in local.rep()["replicas"] if n not in ("Server 1", "Server 2", "Server 3")]
-    reply = requests.delete(f"{local.url}/rm", json={"n": len(extra), "hostnames": extra}, timeout=60)
-    assert reply.content == SEED_REP
+    reply = requests.delete(f"{local.url}/rm", json={"n": 2, "hostnames": [generated]}, timeout=60)
+    assert reply.status_code == 200
+    after = reply.json()["message"]
+    assert after["N"] == 3 and generated not in after["replicas"] and local.rep() == after
 
 
 @pytest.mark.parametrize(
