@@ -64,8 +64,10 @@ def ensure_tools() -> None:
     missing = [p for p, b in (("nginx-light", "nginx"), ("wrk", "wrk")) if not shutil.which(b)]
     if missing:
         print(f"installing {', '.join(missing)} with apt-get", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        if subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)  # a new machine's lists are empty
+            subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
 
 
 def free_port() -> int:
