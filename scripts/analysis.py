@@ -985,7 +985,7 @@ def task_a4(opts: Options, report: Report) -> None:
         "![A-4 live](a4_bounded_live.png)\n\n"
         "| live run | per replica | hot owner's share | failed | p99 ms | req/s |\n|---|---|---|---|---|---|\n"
         + "\n".join(live_rows) + "\n\n"
-        f"Half of these requests carry the same key, so plain consistent hashing sends them all "
+        "Half of these requests carry the same key, so plain consistent hashing sends them all "
         "to one replica (≈ 50% + 1/3 of the rest ≈ 67%). With bounded load the balancer counts "
         "in-flight requests per member (shared by all its worker processes) and sends a request "
         "to the next member in preference order when the owner already has ceil(1.25 × mean) "
