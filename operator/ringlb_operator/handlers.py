@@ -30,8 +30,21 @@ Key = tuple[str, str]  # (namespace, resource name)
 EVENT_REPEAT_SECONDS = 300.0  # the same Event message is not posted again sooner than this
 
 
+WAKEUP_HANDLERS = ("pod_changed", "resource_changed")
+
+
+class QuietWakeups(logging.Filter):
+    """Drops kopf's "Handler 'pod_changed' succeeded." lines: the wake-up handlers run on every
+    pod event, and their success lines would drown what the reconciler says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith(" succeeded.") and any(f"'{h}'" in message for h in WAKEUP_HANDLERS))
+
+
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, kube: Kube | None = None) -> None:
     """Operator-wide settings, in one place (``@kopf.on.startup``)."""
+    logging.getLogger("kopf.objects").addFilter(QuietWakeups())
     # kopf's bookkeeping goes to annotations under our prefix; the CRD's status schema is ours.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)

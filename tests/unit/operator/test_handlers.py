@@ -137,3 +137,17 @@ class _Log:
 
     def exception(self, msg: str) -> None:
         self.messages.append(msg)
+
+
+def test_wakeup_success_lines_are_dropped_and_everything_else_kept() -> None:
+    import logging
+
+    quiet = handlers.QuietWakeups()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    assert not quiet.filter(record("Handler 'pod_changed' succeeded."))
+    assert not quiet.filter(record("Handler 'resource_changed' succeeded."))
+    assert quiet.filter(record("Handler 'reconciler' succeeded."))
+    assert quiet.filter(record("Handler 'pod_changed' failed with an exception. Will retry."))
