@@ -7,6 +7,7 @@ push is refused whole with 400 and the ring in force is never half-updated.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,18 +53,24 @@ class Membership:
         return [m.name for m in self.members]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "revision": self.revision,
-            "members": [{"name": m.name, "address": m.address} for m in self.members],
-            "hashing": {
-                "strategy": self.hashing.strategy,
-                "tableSize": self.hashing.table_size,
-                "vnodes": self.hashing.vnodes,
-                "seedFormulas": self.hashing.seed_formulas,
-                "boundedLoad": self.hashing.bounded_load,
-            },
-            "key": asdict(self.key),
-        }
+        members = [{"name": m.name, "address": m.address} for m in self.members]
+        return {"revision": self.revision, **content(members, self.hashing, self.key)}
+
+
+def content(members: Sequence[Mapping[str, str]], hashing: HashingConfig, key: KeyConfig) -> dict[str, Any]:
+    """The document of ``PUT /membership`` minus its revision: the one serializer that the
+    supervisor and the operator use too, so what they push is what ``parse`` reads."""
+    return {
+        "members": [dict(m) for m in members],
+        "hashing": {
+            "strategy": hashing.strategy,
+            "tableSize": hashing.table_size,
+            "vnodes": hashing.vnodes,
+            "seedFormulas": hashing.seed_formulas,
+            "boundedLoad": float(hashing.bounded_load),
+        },
+        "key": asdict(key),
+    }
 
 
 EMPTY = Membership(revision=0)

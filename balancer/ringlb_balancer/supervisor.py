@@ -30,7 +30,7 @@ from werkzeug.serving import make_server
 from ringlb_balancer import naming
 from ringlb_balancer.hashing import HashingConfig
 from ringlb_balancer.health import heartbeat
-from ringlb_balancer.membership import KeyConfig, Member
+from ringlb_balancer.membership import KeyConfig, Member, Membership
 
 log = logging.getLogger("ringlb.supervisor")
 
@@ -215,18 +215,7 @@ class Supervisor:
         self._stop_all([r.process for r in removed])
 
     def push(self, members: list[Member]) -> None:
-        doc = {
-            "revision": self.revision + 1,
-            "members": [{"name": m.name, "address": m.address} for m in members],
-            "hashing": {
-                "strategy": self.config.hashing.strategy,
-                "tableSize": self.config.hashing.table_size,
-                "vnodes": self.config.hashing.vnodes,
-                "seedFormulas": self.config.hashing.seed_formulas,
-                "boundedLoad": self.config.hashing.bounded_load,
-            },
-            "key": {"source": self.config.key.source, "name": self.config.key.name},
-        }
+        doc = Membership(self.revision + 1, tuple(members), self.config.hashing, self.config.key).to_json()
         try:
             reply = self.session.put(f"{self.balancer_url}/membership", json=doc, timeout=5)
         except requests.RequestException:

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ringlb_balancer import membership
+from ringlb_balancer.membership import KeyConfig
 from ringlb_operator import children
 from ringlb_operator import constants as c
 from ringlb_operator.children import Owner
@@ -125,18 +127,7 @@ class Ring:
 
 def ring_content(members: list[dict[str, str]], spec: Spec) -> dict[str, Any]:
     """The membership document minus its revision (what the revision versions)."""
-    h = spec.hashing
-    return {
-        "members": members,
-        "hashing": {
-            "strategy": h.strategy,
-            "tableSize": h.table_size,
-            "vnodes": h.vnodes,
-            "seedFormulas": h.seed_formulas,
-            "boundedLoad": float(h.bounded_load),
-        },
-        "key": h.key(),
-    }
+    return membership.content(members, spec.hashing.config(), KeyConfig(**spec.hashing.key()))
 
 
 def ring(status: Mapping[str, Any] | None, members: list[dict[str, str]], spec: Spec, floor: int = 0) -> Ring:
