@@ -12,8 +12,8 @@ IMAGES := $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 KIND_CLUSTER ?= ringlb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test unit integration e2e bench analysis images deploy undeploy \
-	kind-up kind-down port-forward local-up local-down local-e2e local-images clean
+.PHONY: help venv dev test unit integration e2e bench bench-memory analysis images deploy undeploy \
+	kind-up kind-down kind-node-image kind-e2e port-forward local-up local-down local-e2e local-images clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ dev: venv ## balancer on 127.0.0.1:5000 + 3 replicas + supervisor (Ctrl-C stops 
 	$(VENV)/bin/ringlb dev $(ARGS)
 
 test: venv ## unit + integration tests (no cluster), under 5 minutes
-	$(PY) -m pytest -q tests/unit tests/integration
+	$(PY) -m pytest -q tests/unit tests/integration tests/browser
 
 unit: venv ## unit tests only
 	$(PY) -m pytest -q tests/unit
@@ -38,8 +38,11 @@ unit: venv ## unit tests only
 e2e: venv ## end-to-end suite against the current kube-context
 	$(PY) -m pytest -q -p no:randomly tests/e2e
 
-bench: venv ## balancer vs nginx, side by side (installs nginx and wrk if missing)
+bench: venv ## ringlb vs nginx and HAProxy: replica table + CPU overhead table (installs tools if missing)
 	$(PY) scripts/bench.py $(ARGS)
+
+bench-memory: venv ## ringlb worker RSS while 1 GiB streams down to a slow client and up to a slow backend
+	$(PY) scripts/memory.py $(ARGS)
 
 analysis: venv ## the seed's analyses A-1..A-4 -> docs/analysis/
 	$(PY) scripts/analysis.py $(ARGS)
@@ -49,21 +52,35 @@ images: ## build the three images (BASE_IMAGE=... to use a local base image)
 	BASE_IMAGE=$(BASE_IMAGE) scripts/images.sh $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 
 deploy: ## CRD, RBAC, namespace, operator into the current kube-context
+	kubectl get crd clusterkopfpeerings.kopf.dev >/dev/null 2>&1 || kubectl create -k manifests/kopf/
 	kubectl apply -k manifests/
 	kubectl -n ringlb-system rollout status deployment/ringlb-operator --timeout=180s
 
-undeploy: ## remove what deploy applied (ReplicaSets first, while the operator can finalize them)
+undeploy: ## remove what deploy applied (ReplicaSets first); kopf's shared peering CRD stays
 	-kubectl delete lbrs --all -A --wait --timeout=120s
+	-kubectl delete clusterkopfpeering ringlb --ignore-not-found
 	kubectl delete -k manifests/ --ignore-not-found
 
-kind-up: ## kind cluster + images loaded + operator deployed
-	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
-	$(MAKE) images
-	kind load docker-image --name $(KIND_CLUSTER) $(IMAGES)
-	$(MAKE) deploy
+# KIND_NODE_IMAGE: empty = kind's default node image (pulled from Docker Hub);
+# local = the node image scripts/node-image.sh builds on this machine (what CI uses).
+# KIND: the kind binary (default: kind on PATH, else built from hack/kind by scripts/kind-build.sh).
+KIND_NODE_IMAGE ?=
+kind-up: ## 3-node kind cluster (kind-config.yaml) + images loaded + operator deployed
+	KIND_CLUSTER=$(KIND_CLUSTER) KIND_NODE_IMAGE=$(KIND_NODE_IMAGE) BASE_IMAGE=$(BASE_IMAGE) \
+	  scripts/kind-up.sh up $(IMAGES)
 
-kind-down: ## delete the kind cluster
-	kind delete cluster --name $(KIND_CLUSTER)
+kind-down: ## delete the kind cluster (and stop the dockerd kind-up started, if it did)
+	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-up.sh down
+
+kind-node-image: ## build (or load from cache) the kind node image, offline, on this machine
+	scripts/node-image.sh build
+
+kind-e2e: venv ## CI: kind-up (local node image), e2e, kind-down (down even when e2e fails)
+	status=0; $(MAKE) kind-up KIND_NODE_IMAGE=local BASE_IMAGE=$(LOCAL_BASE_IMAGE) || status=$$?; \
+	export PATH=$$(scripts/kind-up.sh bin-dir):$$PATH; \
+	if [ $$status -eq 0 ]; then $(MAKE) e2e || status=$$?; fi; \
+	if [ $$status -ne 0 ]; then KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-up.sh diagnose || true; fi; \
+	$(MAKE) kind-down; exit $$status
 
 NS ?= default
 NAME ?= web

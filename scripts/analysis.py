@@ -22,7 +22,7 @@ count is restored at the end); the replica-kill step of A-3 is local-only.
   failed requests during the event.
 - A-4: every strategy side by side (seed original, seed reissue, ring, maglev, maglev with bounded
   load 1.25): balance (max/mean) and fraction of keys moved on 3 -> 4 and 4 -> 3, computed exactly
-  with ``ringlb_balancer.hashing``; plus a live hot-key run showing what bounded load changes.
+  with ``ringlb_ring.hashing``; plus a live hot-key run showing what bounded load changes.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ import requests  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import LoadResult, format_summary, run_load  # noqa: E402
 
-from ringlb_balancer import hashing  # noqa: E402
-from ringlb_balancer.hashing import HashingConfig  # noqa: E402
+from ringlb_ring import hashing  # noqa: E402
+from ringlb_ring.hashing import HashingConfig, seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("A-1", "A-2", "A-3", "A-4")
@@ -136,7 +136,7 @@ class LocalTarget(Target):
     """``ringlb dev`` in-process: Supervisor on a free port, run in a thread, stopped on close."""
 
     def __init__(self, label: str, config: HashingConfig, replicas: list[str], log_dir: str = "") -> None:
-        from ringlb_balancer.supervisor import LocalConfig, Supervisor, free_port
+        from ringlb_balancer.local.supervisor import LocalConfig, Supervisor, free_port
 
         port = free_port()
         while port == 5000:
@@ -326,8 +326,8 @@ _SLOT_HIST: dict[str, Counter] = {}
 
 def slot_histogram(formulas: str) -> Counter:
     if formulas not in _SLOT_HIST:
-        h = hashing.seed_request_slot if formulas == "original" else hashing.reissue_request_slot
-        _SLOT_HIST[formulas] = Counter(h(i) % hashing.SEED_SLOTS for i in range(100_000, 1_000_000))
+        h, _ = seed.FORMULAS[formulas]
+        _SLOT_HIST[formulas] = Counter(h(i) % seed.SEED_SLOTS for i in range(100_000, 1_000_000))
     return _SLOT_HIST[formulas]
 
 
@@ -368,7 +368,7 @@ def task_a1(opts: Options, report: Report) -> None:
             f"original's skew: over *all* 900,000 six-digit ids H(i) = i² + 2i + 17 mod 512 reaches only "
             f"{reachable} of the 512 slots, and the clockwise walk from those slots lands on "
             + ", ".join(f"{n} {v:.1%}" for n, v in exact.items())
-            + " (exact shares computed with `ringlb_balancer.hashing`). The live counts above match "
+            + " (exact shares computed with `ringlb_ring.hashing`). The live counts above match "
             "these within sampling noise. The cause is the formulas, not randomness: "
             "H(i) = (i + 1)² + 16, and squares modulo 512 take only 87 distinct values; "
             "and Φ(i, j) = i² + j² + 2j + 25 never exceeds 114 for i ≤ 3, j ≤ 8, so all 27 "
@@ -905,7 +905,7 @@ def task_a4(opts: Options, report: Report) -> None:
     ax.set_ylabel("busiest member / mean")
     ax.set_title("A-2 again, per strategy (static)")
     ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("A-4: hashing strategies side by side (exact, ringlb_balancer.hashing)", fontsize=11)
+    fig.suptitle("A-4: hashing strategies side by side (exact, ringlb_ring.hashing)", fontsize=11)
     fig.tight_layout()
     fig.savefig(opts.out / "a4_strategies.png", dpi=110)
     plt.close(fig)
@@ -956,7 +956,7 @@ def task_a4(opts: Options, report: Report) -> None:
     text = (
         "## A-4 — every strategy side by side\n\n"
         "![A-4](a4_strategies.png)\n\n"
-        f"Computed exactly with `ringlb_balancer.hashing` over {len(keys):,} random 6-digit keys "
+        f"Computed exactly with `ringlb_ring.hashing` over {len(keys):,} random 6-digit keys "
         "(the seed's request ids); members are `Server 1..N`. *moved* is the share of keys whose "
         "owner changes; *needless* is the part of it that moved between members that were there "
         "before and after (a perfect scheme moves only the keys of the added/removed member: "

@@ -1,9 +1,20 @@
-"""`make bench`: the balancer and nginx side by side, over the same replicas, in one run.
+"""`make bench`: the balancer against nginx (and HAProxy), in two tables, in one run.
 
-Starts three replicas (gunicorn, as in the images), nginx with `hash $http_x_request_id
-consistent` over them, and the balancer (gunicorn, membership pushed as the operator does);
-drives each with wrk (random X-Request-ID per request) in alternating rounds, and prints a table
-and the ratio line. All traffic stays on 127.0.0.1.
+Table 1, the replica bench: three replicas (the project's Flask app under gunicorn, as in the
+images), nginx with `hash $http_x_request_id consistent` over them, and the balancer (gunicorn,
+membership pushed as the operator does). Throughput and latency of the whole system.
+
+Table 2, the overhead bench: three backends that answer from memory (ONE nginx process with three
+`return 200` servers on three ports), so the backends are never the limit; in front of them nginx
+(`hash $http_x_request_id consistent`, 1 worker), HAProxy (`balance hdr(X-Request-ID)` +
+`hash-type consistent`, 1 thread) and the balancer (1 gunicorn worker). Besides req/s and
+latency, the CPU seconds of each balancer's process tree (utime + stime of every process in it,
+from /proc, read before and after each round) divided by the requests served: CPU µs/request.
+
+Both tables: wrk with a random X-Request-ID per request, alternating rounds so every target sees
+the same machine state, medians. The last line is
+`ratio_vs_nginx=R p99_ratio=P cpu_ratio=C` (R and P from table 1, C from table 2).
+All traffic stays on 127.0.0.1; every process is started here and stopped by its PID.
 """
 
 from __future__ import annotations
@@ -14,16 +25,59 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support, the helpers shared by the test tiers and scripts
+
+try:  # the shared /proc readers, when the test support package has them
+    from tests.support.proc import cpu_seconds, descendants
+except ImportError:  # pragma: no cover - private fallback, same semantics
+    _TICK = os.sysconf("SC_CLK_TCK")
+
+    def _stat(pid: int) -> list[str]:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+
+    def descendants(pid: int) -> set[int]:
+        """Every live process below ``pid`` (children, grandchildren...), from /proc."""
+        parents: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    parents.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+                except (OSError, IndexError):
+                    continue
+        found: set[int] = set()
+        todo = [pid]
+        while todo:
+            for child in parents.get(todo.pop(), []):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+    def cpu_seconds(root_pid: int) -> float:
+        """utime + stime of ``root_pid`` and every live process below it (all threads), seconds."""
+        total = 0
+        for pid in (root_pid, *descendants(root_pid)):
+            try:
+                fields = _stat(pid)
+            except OSError:
+                continue  # exited between the listing and the read
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / _TICK
+
+
 WRK_SCRIPT = """
 local counter = 0
 local tid = 0
@@ -33,19 +87,26 @@ request = function()
   return wrk.format("GET", "/home", {["X-Request-ID"] = tostring(math.random(100000, 999999))})
 end
 """
-NGINX_CONF = """
-worker_processes {nginx_workers};
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
+NGINX_COMMON = """
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+events {{ worker_connections 4096; }}
+"""
+NGINX_TEMP = """
   access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  client_body_temp_path {tmp}/{name}-body; proxy_temp_path {tmp}/{name}-proxy;
+  fastcgi_temp_path {tmp}/{name}-fcgi; uwsgi_temp_path {tmp}/{name}-uwsgi; scgi_temp_path {tmp}/{name}-scgi;
+"""
+# The balancer nginx: the same configuration in both tables.
+NGINX_CONF = NGINX_COMMON + """
+worker_processes {nginx_workers};
+http {{""" + NGINX_TEMP + """
+  keepalive_requests 1000000;
   upstream replicas {{
     hash $http_x_request_id consistent;
 {servers}
     keepalive 32;
+    keepalive_requests 1000000;
   }}
   server {{
     listen 127.0.0.1:{port};
@@ -58,10 +119,44 @@ http {{
   }}
 }}
 """
+# The overhead bench's backends: one nginx process, three ports, the replica's /home answer.
+BACKENDS_CONF = NGINX_COMMON + """
+worker_processes 1;
+http {{""" + NGINX_TEMP + """
+  keepalive_requests 1000000;
+  default_type application/json;
+{servers}
+}}
+"""
+BACKEND_SERVER = """  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 '{{"message": "Hello from Server: Server {i}", "status": "successful"}}\\n'; }}
+  }}"""
+HAPROXY_CONF = """
+global
+  nbthread 1
+  maxconn 4096
+  pidfile {tmp}/haproxy.pid
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend front
+  bind 127.0.0.1:{port}
+  default_backend replicas
+backend replicas
+  balance hdr(X-Request-ID)
+  hash-type consistent
+{servers}
+"""
+TOOLS = (("nginx-light", "nginx"), ("wrk", "wrk"), ("haproxy", "haproxy"))
 
 
-def ensure_tools() -> None:
-    missing = [p for p, b in (("nginx-light", "nginx"), ("wrk", "wrk")) if not shutil.which(b)]
+def ensure_tools(binaries: set[str]) -> None:
+    missing = [pkg for pkg, binary in TOOLS if binary in binaries and not shutil.which(binary)]
     if missing:
         print(f"installing {', '.join(missing)} with apt-get", flush=True)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -71,8 +166,6 @@ def ensure_tools() -> None:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -87,15 +180,19 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up within {timeout:g}s")
+    raise RuntimeError(f"{url} did not come up within {timeout:g}s")
 
 
-def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int) -> dict[str, float]:
+def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int,
+            tree: int | None = None) -> dict[str, float]:
+    """One wrk run; with ``tree`` (a root PID) also the CPU seconds that process tree spent."""
+    before = cpu_seconds(tree) if tree else 0.0
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
          "-s", str(script), url],
         capture_output=True, text=True, timeout=seconds + 30, check=True,
     ).stdout
+    cpu = cpu_seconds(tree) - before if tree else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
@@ -106,7 +203,10 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(x) for x in m.groups())
-    return {"rps": rps, "p50": pct["50"], "p99": pct["99"], "errors": errors, "requests": total}
+    result = {"rps": rps, "p50": pct["50"], "p99": pct["99"], "errors": errors, "requests": total}
+    if tree:
+        result |= {"cpu_s": round(cpu, 3), "cpu_us": cpu / max(total, 1) * 1e6}
+    return result
 
 
 def _ms(text: str) -> float:
@@ -114,115 +214,333 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def plot(summary: dict[str, dict[str, float]], args: argparse.Namespace, path: Path) -> None:
+class Processes:
+    """Processes started by this script, each logging to its own file; stopped by PID."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[tuple[str, subprocess.Popen[bytes], int]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
+              stop: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log)
+        log.close()
+        self.procs.append((name, proc, stop))
+        return proc
+
+    def check(self) -> None:
+        for name, proc, _ in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}")
+
+    def stop(self) -> None:
+        for _, proc, sig in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        for _, proc, _ in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def tail(self, lines: int = 15) -> str:
+        out = []
+        for log in sorted(self.tmp.glob("*.log")):
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            if text:
+                out.append(f"--- {log.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+
+def start_ringlb(procs: Processes, workers: int, members: list[tuple[str, int]],
+                 strategy: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The balancer exactly as the image runs it, its membership pushed as the operator does."""
+    port, token = free_port(), "bench"
+    proc = procs.start(
+        "ringlb", [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
+                   "ringlb_balancer.wsgi:app"],
+        {"RINGLB_BIND": f"127.0.0.1:{port}", "RINGLB_WORKERS": str(workers),
+         "RINGLB_MEMBERSHIP_TOKEN": token, "RINGLB_DRAIN_SECONDS": "0"},
+        stop=signal.SIGINT)  # gunicorn's quick shutdown
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    document = {"revision": 1, "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members],
+                "hashing": {"strategy": strategy}}
+    reply = requests.put(f"http://127.0.0.1:{port}/membership", json=document,
+                         headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    reply.raise_for_status()
+    return proc, port
+
+
+def alternate(targets: dict[str, str], trees: dict[str, int], args: argparse.Namespace,
+              script: Path, label: str) -> dict[str, list[dict[str, float]]]:
+    for name, url in targets.items():  # warm up pools and caches
+        run_wrk(url, script, args.warmup, args.connections, args.wrk_threads)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    for r in range(args.rounds):
+        for name, url in targets.items():
+            results[name].append(run_wrk(url, script, args.seconds, args.connections, args.wrk_threads,
+                                         trees.get(name)))
+            print(f"{label} round {r + 1} {name}: {results[name][-1]}", file=sys.stderr, flush=True)
+    return results
+
+
+def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    summary = {}
+    for name, rounds in results.items():
+        keys = ["rps", "p50", "p99"] + (["cpu_us"] if "cpu_us" in rounds[0] else [])
+        summary[name] = {k: statistics.median(r[k] for r in rounds) for k in keys} | {
+            "errors": sum(r["errors"] for r in rounds), "requests": sum(r["requests"] for r in rounds)}
+    return summary
+
+
+def replica_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str, list[dict[str, float]]]:
+    procs = Processes(tmp / "replicas")
+    procs.tmp.mkdir()
+    try:
+        ports = [free_port() for _ in range(3)]
+        for i, port in enumerate(ports, 1):
+            procs.start(f"replica{i}", [
+                sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                "--worker-class", "gthread", "--threads", "4", "--keep-alive", "30",
+                "--no-control-socket", "ringlb_replica.wsgi:app"], {"SERVER_ID": f"Server {i}"},
+                stop=signal.SIGINT)
+        nginx_port = free_port()
+        conf = procs.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            tmp=procs.tmp, name="nginx", port=nginx_port, nginx_workers=args.nginx_workers,
+            servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
+        procs.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"])
+        for port in ports:
+            wait_http(f"http://127.0.0.1:{port}/heartbeat")
+        _, lb_port = start_ringlb(procs, args.workers, [(f"Server {i}", p) for i, p in enumerate(ports, 1)],
+                                  args.strategy)
+        wait_http(f"http://127.0.0.1:{nginx_port}/home")
+        targets = {"nginx": f"http://127.0.0.1:{nginx_port}/home", "ringlb": f"http://127.0.0.1:{lb_port}/home"}
+        results = alternate(targets, {}, args, script, "replicas")
+        procs.check()
+        return results
+    except Exception:
+        print(procs.tail(), file=sys.stderr)
+        raise
+    finally:
+        procs.stop()
+
+
+def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str, list[dict[str, float]]]:
+    procs = Processes(tmp / "overhead")
+    procs.tmp.mkdir()
+    try:
+        ports = [free_port() for _ in range(3)]
+        conf = procs.tmp / "backends.conf"
+        conf.write_text(BACKENDS_CONF.format(tmp=procs.tmp, name="backends", servers="\n".join(
+            BACKEND_SERVER.format(port=p, i=i) for i, p in enumerate(ports, 1))))
+        procs.start("backends", ["nginx", "-c", str(conf), "-g", "daemon off;"])
+        for port in ports:
+            wait_http(f"http://127.0.0.1:{port}/home")
+        trees: dict[str, int] = {}
+        targets: dict[str, str] = {}
+        for name in args.balancers:
+            port = free_port()
+            if name == "nginx":
+                conf = procs.tmp / "nginx.conf"
+                conf.write_text(NGINX_CONF.format(
+                    tmp=procs.tmp, name="nginx", port=port, nginx_workers=1,
+                    servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
+                proc = procs.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"])
+            elif name == "haproxy":
+                conf = procs.tmp / "haproxy.cfg"
+                conf.write_text(HAPROXY_CONF.format(tmp=procs.tmp, port=port, servers="\n".join(
+                    f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1))))
+                proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], stop=signal.SIGTERM)
+            else:
+                proc, port = start_ringlb(procs, 1, [(f"Server {i}", p) for i, p in enumerate(ports, 1)],
+                                          args.strategy)
+            targets[name] = f"http://127.0.0.1:{port}/home"
+            trees[name] = proc.pid
+            wait_http(targets[name])
+        results = alternate(targets, trees, args, script, "overhead")
+        if args.profile and "ringlb" in trees:
+            profile(trees["ringlb"], targets["ringlb"], script, args)
+        procs.check()
+        return results
+    except Exception:
+        print(procs.tail(), file=sys.stderr)
+        raise
+    finally:
+        procs.stop()
+
+
+def profile(master: int, url: str, script: Path, args: argparse.Namespace) -> None:
+    """py-spy on the ringlb worker under the overhead load: a flame graph, the collapsed stacks
+    and a text summary (top functions by self and by total samples)."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if not spy:
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    # the one worker of the overhead bench: the busiest process below the master
+    worker = max(descendants(master), key=cpu_seconds)
+    prefix, seconds = Path(args.profile), args.profile_seconds
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    outputs = {"flamegraph": prefix.with_suffix(".svg"), "raw": prefix.with_suffix(".collapsed")}
+    for fmt, out in outputs.items():
+        cmd = [spy, "record", "--pid", str(worker), "-d", str(seconds), "-r", "200", "--format", fmt,
+               "-o", str(out), "--function", "--nonblocking"]
+        spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        load = run_wrk(url, script, seconds, args.connections, args.wrk_threads, master)
+        _, err = spy_proc.communicate(timeout=seconds + 30)
+        if spy_proc.returncode:
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+        print(f"profile ({fmt}) under load: {load}", file=sys.stderr, flush=True)
+    text = summarize_profile(outputs["raw"], load)
+    prefix.with_suffix(".txt").write_text(text)
+    print(text, file=sys.stderr)
+
+
+def summarize_profile(collapsed: Path, load: dict[str, float], top: int = 15) -> str:
+    self_samples: Counter[str] = Counter()
+    total_samples: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if frames and frames[0].startswith(("process ", "thread ")):
+            frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        samples += n
+        self_samples[frames[-1]] += n
+        for frame in set(frames):
+            total_samples[frame] += n
+    lines = [f"py-spy, ringlb worker under the overhead load: {load['rps']:.0f} req/s, "
+             f"{load.get('cpu_us', 0):.0f} CPU µs/request (process tree); {samples} non-idle samples",
+             "", f"top {top} by self samples:", f"{'self %':>7} {'total %':>8}  function"]
+    for frame, n in self_samples.most_common(top):
+        lines.append(f"{100 * n / samples:>6.1f}% {100 * total_samples[frame] / samples:>7.1f}%  {frame}")
+    lines += ["", f"top {top} by total (inclusive) samples, below the event loop (frames in more than "
+                  f"90% of the samples left out):", f"{'total %':>8}  function"]
+    inner = [(f, n) for f, n in total_samples.most_common() if n <= 0.9 * samples]
+    for frame, n in inner[:top]:
+        lines.append(f"{100 * n / samples:>7.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(title: str, summary: dict[str, dict[str, float]]) -> None:
+    cpu = any("cpu_us" in s for s in summary.values())
+    print(title)
+    print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}" + (f" {'CPU µs/req':>11}" if cpu else "")
+          + f" {'errors':>7} {'requests':>9}")
+    for name, s in summary.items():
+        print(f"{name:<8} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f}"
+              + (f" {s['cpu_us']:>11.1f}" if cpu else "") + f" {s['errors']:>7} {s['requests']:>9}")
+
+
+def plot(tables: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(summary)
-    colors = ["#7f7f7f", "#1f77b4"]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-    for ax, (metric, label) in zip(axes, (("rps", "requests/s (higher is better)"),
-                                          ("p50", "p50 latency, ms (lower is better)"),
-                                          ("p99", "p99 latency, ms (lower is better)"))):
-        values = [summary[n][metric] for n in names]
-        bars = ax.bar(names, values, color=colors)
-        ax.bar_label(bars, fmt="%.0f" if metric == "rps" else "%.1f")
-        ax.set_title(label, fontsize=10)
-        ax.margins(y=0.15)
-    fig.suptitle(f"ringlb vs nginx, same 3 replicas; {os.cpu_count()} cores, wrk -c{args.connections}, "
-                 f"median of {args.rounds} x {args.seconds}s", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    plt.rcParams["figure.constrained_layout.use"] = True
+    colors = {"nginx": "#7f7f7f", "haproxy": "#ff7f0e", "ringlb": "#1f77b4"}
+    rows = [(name, summary) for name, summary in tables.items() if summary]
+    fig = plt.figure(figsize=(11, 3.9 * len(rows)))
+    for sub, (table, summary) in zip(fig.subfigures(len(rows), 1, squeeze=False)[:, 0], rows):
+        names = list(summary)
+        if table == "replicas":
+            metrics = (("rps", "req/s (higher is better)"), ("p50", "p50 latency, ms"),
+                       ("p99", "p99 latency, ms (lower is better)"))
+            heading = (f"replica bench: 3 Flask replicas; ringlb {args.workers} workers, "
+                       f"nginx {args.nginx_workers} worker")
+        else:
+            metrics = (("rps", "req/s"), ("p99", "p99 latency, ms"),
+                       ("cpu_us", "balancer CPU µs per request (lower is better)"))
+            heading = "overhead bench: backends answer from memory; each balancer 1 worker / 1 thread"
+        for ax, (metric, label) in zip(sub.subplots(1, 3), metrics):
+            bars = ax.bar(names, [summary[n][metric] for n in names], color=[colors[n] for n in names])
+            ax.bar_label(bars, fmt="%.0f" if metric in ("rps", "cpu_us") else "%.1f")
+            ax.set_title(label, fontsize=10)
+            ax.margins(y=0.15)
+        sub.suptitle(heading, fontsize=10, fontweight="bold")
+    fig.suptitle(f"ringlb vs nginx / HAProxy; {os.cpu_count()} cores, wrk -t{args.wrk_threads} "
+                 f"-c{args.connections}, median of {args.rounds} x {args.seconds}s", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10, help="per round (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per target")
+    parser.add_argument("--seconds", type=int, help="per round (default 10; --quick 3)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per target (default 3; --quick 1)")
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up per target (default 2; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 3 s per target")
+    parser.add_argument("--tables", default="replicas,overhead",
+                        help="which tables: replicas, overhead or both (default)")
+    parser.add_argument("--balancers", default="nginx,haproxy,ringlb", help="of the overhead table")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="balancer gunicorn workers")
-    parser.add_argument("--nginx-workers", default="1")
+    parser.add_argument("--workers", type=int, default=2, help="balancer gunicorn workers, replica table")
+    parser.add_argument("--nginx-workers", default="1", help="nginx workers, replica table")
     parser.add_argument("--strategy", default="maglev")
-    parser.add_argument("--json", help="also write the figures here")
-    parser.add_argument("--plot", help="also draw req/s and p99 side by side into this PNG")
+    parser.add_argument("--json", help="also write the figures (every round) here")
+    parser.add_argument("--plot", nargs="?", const=str(ROOT / "docs" / "benchmarks.png"),
+                        help="also draw both tables into this PNG (default docs/benchmarks.png)")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="after the overhead rounds, py-spy the ringlb worker under the same load: "
+                             "PREFIX.svg (flame graph), PREFIX.collapsed, PREFIX.txt (top functions)")
+    parser.add_argument("--profile-seconds", type=int, default=10)
     args = parser.parse_args()
-    ensure_tools()
+    for name, normal, quick in (("seconds", 10, 3), ("rounds", 3, 1), ("warmup", 2, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else normal)
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    args.balancers = [b.strip() for b in args.balancers.split(",") if b.strip()]
+    if set(tables) - {"replicas", "overhead"} or set(args.balancers) - {"nginx", "haproxy", "ringlb"}:
+        parser.error("--tables takes replicas,overhead; --balancers takes nginx,haproxy,ringlb")
+    ensure_tools({"nginx", "wrk"} | ({"haproxy"} if "overhead" in tables and "haproxy" in args.balancers else set()))
 
     tmp = Path(tempfile.mkdtemp(prefix="ringlb-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    log = open(tmp / "processes.log", "ab")
-
-    def start(cmd: list[str], env: dict[str, str] | None = None) -> None:
-        procs.append(subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log))
-
+    script = tmp / "random-id.lua"
+    script.write_text(WRK_SCRIPT)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    load = os.getloadavg()
     try:
-        ports = [free_port() for _ in range(3)]
-        for i, port in enumerate(ports, 1):
-            start([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                   "--worker-class", "gthread", "--threads", "4", "--keep-alive", "30",
-                   "--no-control-socket", "ringlb_replica.wsgi:app"], {"SERVER_ID": f"Server {i}"})
-        nginx_port = free_port()
-        conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(
-            tmp=tmp, port=nginx_port, nginx_workers=args.nginx_workers,
-            servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
-        start(["nginx", "-c", str(conf), "-g", "daemon off;"])
-        lb_port = free_port()
-        token = "bench"
-        start([sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
-               "ringlb_balancer.wsgi:app"],
-              {"RINGLB_BIND": f"127.0.0.1:{lb_port}", "RINGLB_WORKERS": str(args.workers),
-               "RINGLB_MEMBERSHIP_TOKEN": token})
-        for port in ports:
-            wait_http(f"http://127.0.0.1:{port}/heartbeat")
-        wait_http(f"http://127.0.0.1:{lb_port}/healthz")
-        members = [{"name": f"Server {i}", "address": f"127.0.0.1:{p}"} for i, p in enumerate(ports, 1)]
-        reply = requests.put(f"http://127.0.0.1:{lb_port}/membership",
-                             json={"revision": 1, "members": members, "hashing": {"strategy": args.strategy}},
-                             headers={"Authorization": f"Bearer {token}"}, timeout=5)
-        reply.raise_for_status()
-        wait_http(f"http://127.0.0.1:{nginx_port}/home")
-        script = tmp / "random-id.lua"
-        script.write_text(WRK_SCRIPT)
-        targets = {"nginx": f"http://127.0.0.1:{nginx_port}/home", "ringlb": f"http://127.0.0.1:{lb_port}/home"}
-        for url in targets.values():  # warm up pools and caches
-            run_wrk(url, script, 2, args.connections, args.wrk_threads)
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for r in range(args.rounds):
-            for name, url in targets.items():
-                results[name].append(run_wrk(url, script, args.seconds, args.connections, args.wrk_threads))
-                print(f"round {r + 1} {name}: {results[name][-1]}", file=sys.stderr, flush=True)
+        if "replicas" in tables:
+            results["replicas"] = replica_bench(args, tmp, script)
+        if "overhead" in tables:
+            results["overhead"] = overhead_bench(args, tmp, script)
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+    summaries = {name: summarize(r) for name, r in results.items()}
+    load_after = os.getloadavg()
 
-    summary = {
-        name: {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50", "p99")}
-        | {"errors": sum(r["errors"] for r in rounds), "requests": sum(r["requests"] for r in rounds)}
-        for name, rounds in results.items()
-    }
-    print(f"\nmachine: {os.cpu_count()} cores; wrk -t{args.wrk_threads} -c{args.connections} "
-          f"{args.rounds}x{args.seconds}s per target, medians; balancer: {args.workers} "
-          f"workers, strategy {args.strategy}")
-    print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'requests':>9}")
-    for name, s in summary.items():
-        print(f"{name:<8} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f} {s['errors']:>7} {s['requests']:>9}")
+    print(f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.2f} before, {load_after[0]:.2f} after; "
+          f"wrk -t{args.wrk_threads} -c{args.connections}, {args.rounds}x{args.seconds}s per target, medians")
+    if "replicas" in summaries:
+        print_table(f"\nreplica bench: 3 Flask replicas; balancer {args.workers} workers, nginx "
+                    f"{args.nginx_workers} worker, strategy {args.strategy}", summaries["replicas"])
+    if "overhead" in summaries:
+        print_table("\noverhead bench: 3 backends answering from memory (one nginx); each balancer 1 "
+                    "worker / 1 thread; CPU = the balancer's process tree", summaries["overhead"])
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": summary, "rounds": results}, indent=2))
+        Path(args.json).write_text(json.dumps(
+            {"args": vars(args), "load_average": [load[0], load_after[0]], "summary": summaries,
+             "rounds": results}, indent=2, default=str))
     if args.plot:
-        plot(summary, args, Path(args.plot))
-    ratio = summary["ringlb"]["rps"] / summary["nginx"]["rps"]
-    p99_ratio = summary["ringlb"]["p99"] / summary["nginx"]["p99"]
-    print(f"ratio_vs_nginx={ratio:.2f} p99_ratio={p99_ratio:.2f}")
+        plot(summaries, args, Path(args.plot))
+    last = []
+    if "replicas" in summaries:
+        s = summaries["replicas"]
+        last += [f"ratio_vs_nginx={s['ringlb']['rps'] / s['nginx']['rps']:.2f}",
+                 f"p99_ratio={s['ringlb']['p99'] / s['nginx']['p99']:.2f}"]
+    if "overhead" in summaries and {"ringlb", "nginx"} <= set(summaries["overhead"]):
+        s = summaries["overhead"]
+        last.append(f"cpu_ratio={s['ringlb']['cpu_us'] / s['nginx']['cpu_us']:.2f}")
+    print(" ".join(last))
     return 0
 
 

@@ -22,7 +22,7 @@ ETCD_VERSION="$(awk '$1=="go.etcd.io/etcd/server/v3" {print $2; exit} $1=="requi
 
 K8S_BIN="$CACHE/k8s/$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd/$ETCD_VERSION/bin"
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm)
 
 log() { echo "k8s-build: $*" >&2; }
 

@@ -1,18 +1,16 @@
-"""Assembles the balancer's state and its Flask app (the balancer's own endpoints).
+"""Assembles one balancer process's state: settings, the shared map, the routing store, the scaler.
 
-Forwarding is not a Flask view: ``worker.ProxyWorker`` serves every other path itself and calls
-this app only for the paths in ``api.CONTROL_PATHS``.
+gunicorn loads this object as its "application" (``ringlb_balancer.wsgi:app``) in every worker;
+``worker.ProxyWorker`` serves it. It is not a WSGI application: requests are handled by the
+worker's event loop, so calling it under another worker class answers 500 saying so.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask
-
-from ringlb_balancer import api
 from ringlb_balancer.config import Settings
 from ringlb_balancer.routing import RoutingStore
 from ringlb_balancer.scaling import HttpScaler, KubernetesScaler, Scaler
@@ -28,23 +26,15 @@ def make_scaler(settings: Settings) -> Scaler | None:
 
 
 class Balancer:
-    """One process's balancer state: settings, shared map, routing store, Flask app."""
-
     def __init__(self, settings: Settings, scaler: Scaler | None = None) -> None:
         self.settings = settings
         self.shared = SharedState(settings.state_dir or tempfile.mkdtemp(prefix="ringlb-"))
-        self.store = RoutingStore(self.shared)
-        self.flask = Flask("ringlb_balancer")
-        self.flask.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-        self.flask.extensions["ringlb"] = {
-            "settings": settings,
-            "store": self.store,
-            "scaler": scaler if scaler is not None else make_scaler(settings),
-        }
-        api.register(self.flask)
+        self.store = RoutingStore(self.shared, settings.snapshot)
+        self.scaler = scaler if scaler is not None else make_scaler(settings)
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        return self.flask(environ, start_response)
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"ringlb's balancer runs under its own worker class: -k ringlb_balancer.worker.ProxyWorker\n"]
 
 
 def create_app(settings: Settings | None = None, scaler: Scaler | None = None) -> Balancer:

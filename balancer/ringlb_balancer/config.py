@@ -16,20 +16,33 @@ class Settings:
     """
 
     state_dir: str = ""  # shared by the worker processes; a private temp dir when empty
+    bind: str = "0.0.0.0:5000"  # the public listener: proxy and the seed API
+    admin_bind: str = ""  # operator-facing endpoints; empty serves them on the public listener
     token: str = ""  # bearer token for /add and /rm; empty leaves them open, as in the seed
-    membership_token: str = ""  # bearer token for PUT /membership; empty means use ``token``
+    membership_token: str = ""  # bearer token for PUT /membership; empty refuses every push
+    snapshot: str = ""  # a membership document file to start from (and follow)
     scaler: str = ""  # "" (no /add, /rm), "http://host:port" (local supervisor), "kubernetes"
     scaler_token: str = ""  # bearer token the scaler expects (local supervisor)
     resource: str = ""  # "namespace/name" of the ReplicaSet resource, for the kubernetes scaler
-    scale_timeout: float = 60.0  # how long /add and /rm wait for the new membership
+    scale_timeout: float = 60.0  # how long /add and /rm wait for their change to be in force
     connect_timeout: float = 1.0
-    read_timeout: float = 30.0
-    max_body: int = 1024 * 1024  # request bodies above this get 413
+    first_byte_timeout: float = 30.0  # request sent, no byte of an answer yet
+    idle_timeout: float = 30.0  # no byte between two parts of an answer (not a total)
+    head_timeout: float = 10.0  # a client's whole request head, from its first byte
+    keepalive_timeout: float = 5.0  # an idle client connection between requests
+    upstream_keepalive: float = 1.0  # reuse a replica connection idle at most this long
+    min_body_rate: int = 1024  # bytes/s a request body must keep up, after 5 s
+    max_body: int = 1024 * 1024  # request bodies above this get 413; 0 = no limit
+    max_head: int = 64 * 1024  # request head (and trailer) bytes; above this 431
+    max_headers: int = 100  # header fields in one request; above this 431
+    max_connections: int = 1000  # client connections per worker; the idle make room past it
+    replay_body: int = 64 * 1024  # request body bytes kept to send again on a retry
     max_attempts: int = 3  # replicas tried per request (idempotent, or never sent)
     health_interval: float = 1.0
     health_timeout: float = 0.5
     healthy_after: int = 2  # consecutive good heartbeats before an ejected member returns
     failures_to_eject: int = 3  # consecutive 5xx answers before a member is ejected
+    drain_seconds: float = 5.0  # after SIGTERM: /readyz 503 but still serving, this long
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Settings":
@@ -52,9 +65,12 @@ class Settings:
         problems = []
         if self.max_attempts < 1:
             problems.append("max_attempts must be at least 1")
-        if self.max_body < 0:
-            problems.append("max_body must not be negative")
-        if min(self.connect_timeout, self.read_timeout, self.health_interval, self.health_timeout) <= 0:
+        if min(self.max_body, self.upstream_keepalive, self.drain_seconds, self.min_body_rate) < 0:
+            problems.append("max_body, upstream_keepalive, drain_seconds, min_body_rate must not be negative")
+        if min(self.max_head, self.max_headers, self.max_connections) < 1:
+            problems.append("max_head, max_headers and max_connections must be positive")
+        if min(self.connect_timeout, self.first_byte_timeout, self.idle_timeout, self.head_timeout,
+               self.keepalive_timeout, self.health_interval, self.health_timeout) <= 0:
             problems.append("timeouts and intervals must be positive")
         if self.scaler == "kubernetes" and self.resource.count("/") != 1:
             problems.append("the kubernetes scaler needs RINGLB_RESOURCE=namespace/name")

@@ -1,9 +1,10 @@
-"""Active health checking: heartbeats to every member, shared ejection flags.
+"""The balancer's background duties, once per interval in gunicorn's master: heartbeats to
+every member, following the membership snapshot, and sampling the counters for /status.
 
-One checker runs per balancer (in gunicorn's master process, started from the config's
-``when_ready`` hook) and writes the flags every worker reads, so heartbeats are not multiplied by
-the number of workers. Passive ejection (a worker failing to reach a member) sets the same flag
-at once; only consecutive good heartbeats clear it.
+One checker runs per balancer (started from the config's ``when_ready`` hook) and writes the
+flags every worker reads, so heartbeats are not multiplied by the number of workers. Passive
+ejection (a worker failing to reach a member) sets the same flag at once; only consecutive good
+heartbeats clear it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ringlb_balancer import metrics
+from ringlb_ring.membership import Member
+
 from ringlb_balancer.config import Settings
-from ringlb_balancer.membership import Member
+from ringlb_balancer.counters import Counters
 from ringlb_balancer.routing import RoutingStore
-from ringlb_balancer.shared import EJECTED, HEALTHY
+from ringlb_balancer.status import history
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class HealthChecker(threading.Thread):
         self.stopping = threading.Event()
         self.streaks: dict[Member, int] = {}  # >0 consecutive good, <0 consecutive bad
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ringlb-heartbeat")
+        self.counters = Counters(store.shared.dir)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -50,7 +53,11 @@ class HealthChecker(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(self.settings.health_interval):
             try:
+                if self.store.follow_snapshot():
+                    log.info("membership snapshot revision %d in force", self.store.shared.revision)
                 self.check_once()
+                self.counters.flush()
+                history.record_sample(self.store.shared.dir)
             except Exception:  # the checker must outlive any one bad round
                 log.exception("health check round failed")
 
@@ -67,10 +74,10 @@ class HealthChecker(threading.Thread):
                 self.streaks[member] = streak
                 ejected = shared.ejected(index)
                 if ejected and streak >= self.settings.healthy_after:
-                    shared.set_health(index, HEALTHY)
+                    shared.set_health(index, None)
                     log.info("member %s back in rotation", member.name)
                 elif not ejected and streak <= -FAILURES_TO_EJECT:
-                    shared.set_health(index, EJECTED)
-                    metrics.EJECTIONS.labels(member.name, "heartbeat").inc()
+                    shared.set_health(index, "heartbeat")
+                    self.counters.ejected(self.counters.row(member.name), "heartbeat")
                     log.warning("member %s ejected: no heartbeat", member.name)
         self.streaks = {m: self.streaks[m] for m in members}

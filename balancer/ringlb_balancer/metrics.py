@@ -1,42 +1,69 @@
-"""Prometheus metrics, valid across gunicorn's worker processes.
+"""Prometheus exposition of the counters every balancer process writes (see ``counters``).
 
-When ``PROMETHEUS_MULTIPROC_DIR`` is set (the gunicorn config sets it before any worker imports
-this module) every process writes its samples to files there and ``/metrics`` merges them.
+A collector reads them at scrape time, so the request path never touches prometheus_client.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-REQUESTS = Counter(
-    "ringlb_requests_total", "Requests forwarded, by the member that answered and its status class",
-    ["member", "code"],
-)
-LATENCY = Histogram(
-    "ringlb_request_duration_seconds", "Time from receiving a request to having the replica's answer",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
-)
-RETRIES = Counter("ringlb_retries_total", "Requests sent again to the next member", ["member"])
-EJECTIONS = Counter("ringlb_ejections_total", "Members ejected, by who noticed", ["member", "reason"])
-FAILURES = Counter("ringlb_failed_requests_total", "Requests answered by the balancer with 5xx", ["reason"])
-REVISION = Gauge(
-    "ringlb_membership_revision", "Membership revision in force", multiprocess_mode="max"
-)
+from ringlb_balancer import counters
+from ringlb_balancer.routing import RoutingStore
 
 
-def render() -> tuple[bytes, str]:
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+class BalancerCollector:
+    def __init__(self, store: RoutingStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        shared = self.store.shared
+        membership = self.store.current().membership
+        totals = counters.totals(shared.dir)
+        requests = CounterMetricFamily(
+            "ringlb_requests", "Requests forwarded, by the member that answered and its status class",
+            labels=["member", "code"],
+        )
+        retries = CounterMetricFamily("ringlb_retries", "Requests sent again to the next member", labels=["member"])
+        ejections = CounterMetricFamily("ringlb_ejections", "Members ejected, by who noticed", labels=["member", "reason"])
+        for name, row in sorted(totals["members"].items()):
+            for code, value in row["answers"].items():
+                requests.add_metric([name, code], value)
+            retries.add_metric([name], row["retries"])
+            for reason, value in row["ejections"].items():
+                ejections.add_metric([name, reason], value)
+        yield requests
+        yield retries
+        yield ejections
+        failures = CounterMetricFamily(
+            "ringlb_failed_requests", "Requests answered by the balancer with 5xx", labels=["reason"]
+        )
+        for reason, value in totals["failures"].items():
+            failures.add_metric([reason], value)
+        yield failures
+        buckets = []
+        running = 0
+        for bound, value in zip((*map(str, counters.BUCKETS), "+Inf"), totals["latency"]):
+            running += value
+            buckets.append((bound, running))
+        yield HistogramMetricFamily(
+            "ringlb_request_duration_seconds", "Time from receiving a request to the replica's first answer byte",
+            buckets=buckets, sum_value=totals["latency_sum"],
+        )
+        yield GaugeMetricFamily("ringlb_membership_revision", "Membership revision in force", value=membership.revision)
+        up = GaugeMetricFamily("ringlb_member_up", "1 while a member is in rotation, 0 while ejected", labels=["member"])
+        inflight = GaugeMetricFamily("ringlb_member_inflight", "Requests in flight per member", labels=["member"])
+        loads = shared.total_inflight(len(membership.members))
+        for index, member in enumerate(membership.members):
+            up.add_metric([member.name], 0 if shared.ejected(index) else 1)
+            inflight.add_metric([member.name], loads[index])
+        yield up
+        yield inflight
+
+
+def render(store: RoutingStore) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BalancerCollector(store))  # type: ignore[arg-type]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

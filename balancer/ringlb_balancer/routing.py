@@ -7,13 +7,19 @@ revision move.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ringlb_balancer import hashing
-from ringlb_balancer.membership import EMPTY, Membership, MembershipError
+from ringlb_ring import hashing
+from ringlb_ring.membership import EMPTY, Membership, MembershipError, parse
+
+from ringlb_balancer import status
 from ringlb_balancer.shared import HEALTHY, SharedState
+from ringlb_balancer.status import history
 
 
 class StaleRevision(Exception):
@@ -39,8 +45,10 @@ class Routing:
 class RoutingStore:
     """This process's current routing, kept equal to the shared revision."""
 
-    def __init__(self, shared: SharedState) -> None:
+    def __init__(self, shared: SharedState, snapshot: str = "") -> None:
         self.shared = shared
+        self.snapshot = Path(snapshot) if snapshot else None
+        self._snapshot_seen: tuple[int, int] = (-1, 0)  # (mtime_ns, revision)
         self.path = shared.dir / "routing.pickle"
         self.routing = Routing.build(EMPTY)
         self.revision = 0
@@ -50,6 +58,45 @@ class RoutingStore:
         if self.shared.revision != self.revision:
             self._load()
         return self.routing
+
+    def read_snapshot(self) -> Membership | None:
+        """The membership in the snapshot file (the operator's last published ring), if any.
+
+        A bad or half-written file is ignored: the ring in force stays, and the next read
+        retries. Kubernetes replaces ConfigMap files atomically, so that is rare.
+        """
+        if self.snapshot is None:
+            return None
+        try:
+            return parse(json.loads(self.snapshot.read_bytes()))
+        except (OSError, ValueError, RecursionError):
+            return None
+
+    def snapshot_revision(self) -> int:
+        """The snapshot's revision, re-read only when the file changed."""
+        if self.snapshot is None:
+            return 0
+        try:
+            mtime = self.snapshot.stat().st_mtime_ns
+        except OSError:
+            return 0
+        if mtime != self._snapshot_seen[0]:
+            doc = self.read_snapshot()
+            self._snapshot_seen = (mtime, doc.revision if doc else 0)
+        return self._snapshot_seen[1]
+
+    def follow_snapshot(self) -> bool:
+        """Publish the snapshot when it is newer than the ring in force: a balancer started, or
+        left without pushes, serves the last published ring without its operator."""
+        if self.snapshot_revision() <= self.shared.revision:
+            return False
+        doc = self.read_snapshot()
+        if doc is None or doc.revision <= self.shared.revision:
+            return False
+        try:
+            return self.publish(doc)[1]
+        except (StaleRevision, MembershipError):
+            return False
 
     def _load(self) -> None:
         with open(self.path, "rb") as f:
@@ -91,7 +138,10 @@ class RoutingStore:
                 pickle.dump(routing, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, self.path)
             self.shared.write_health_flags(flags)
+            previous = self.routing
             self.shared.revision = membership.revision
             self.routing = routing
             self.revision = membership.revision
+            history.record_change(self.shared.dir, status.change(previous.strategy, routing.strategy,
+                                                                 membership.revision, time.time()))
             return routing, True

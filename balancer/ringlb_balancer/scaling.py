@@ -12,7 +12,6 @@ from typing import Protocol
 
 import requests
 
-from ringlb_balancer.naming import desired_identities
 
 
 class Conflict(Exception):
@@ -68,6 +67,11 @@ class KubernetesScaler:
 
     def __init__(self, resource: str) -> None:
         from kubernetes import client, config  # only the in-cluster image needs the client
+        from ringlb_operator import constants, spec  # the resource's one model and API names
+
+        self.api_path = (constants.GROUP, constants.VERSION)
+        self.plural = constants.PLURAL
+        self.parse = spec.parse
 
         self.namespace, self.name = resource.split("/")
         try:
@@ -80,12 +84,14 @@ class KubernetesScaler:
     def desired(self) -> tuple[list[str], str]:
         try:
             obj = self.api.get_namespaced_custom_object(
-                "ringlb.io", "v1alpha1", self.namespace, "replicasets", self.name
+                *self.api_path, self.namespace, self.plural, self.name
             )
         except self.exceptions.ApiException as exc:
             raise ScalerError(f"cannot read ReplicaSet {self.namespace}/{self.name}: {exc.reason}") from None
-        spec = obj.get("spec", {})
-        names = desired_identities(spec.get("replicas", 0), spec.get("hostnames", []))
+        try:
+            names = self.parse(obj.get("spec")).identities()  # the CRD's defaults, not ours
+        except ValueError as exc:
+            raise ScalerError(f"ReplicaSet {self.namespace}/{self.name} has an invalid spec: {exc}") from None
         return names, obj["metadata"]["resourceVersion"]
 
     def set_desired(self, names: list[str], version: str) -> None:
@@ -95,7 +101,7 @@ class KubernetesScaler:
         }
         try:
             self.api.patch_namespaced_custom_object(
-                "ringlb.io", "v1alpha1", self.namespace, "replicasets", self.name, patch
+                *self.api_path, self.namespace, self.plural, self.name, patch
             )
         except self.exceptions.ApiException as exc:
             if exc.status == 409:

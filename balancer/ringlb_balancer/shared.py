@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ringlb_balancer.naming import MAX_REPLICAS
+from ringlb_ring.naming import MAX_REPLICAS
 
 MAX_WORKERS = 32
 _REVISION = struct.Struct("<Q")
@@ -29,8 +29,10 @@ _INFLIGHT_AT = _PIDS_AT + 4 * MAX_WORKERS
 _ROW = 4 * MAX_REPLICAS
 _SIZE = _INFLIGHT_AT + _ROW * MAX_WORKERS
 
-EJECTED = 1
 HEALTHY = 0
+# Why a member is ejected, as stored in its health byte (0: healthy).
+EJECTION_CODES = {"connection": 1, "5xx": 2, "heartbeat": 3}
+EJECTION_REASONS = {code: reason for reason, code in EJECTION_CODES.items()}
 
 
 class SharedState:
@@ -75,10 +77,14 @@ class SharedState:
         _REVISION.pack_into(self.map, 0, value)
 
     def ejected(self, index: int) -> bool:
-        return self.map[_HEALTH_AT + index] == EJECTED
+        return self.map[_HEALTH_AT + index] != HEALTHY
 
-    def set_health(self, index: int, value: int) -> None:
-        self.map[_HEALTH_AT + index] = value
+    def ejection_reason(self, index: int) -> str | None:
+        return EJECTION_REASONS.get(self.map[_HEALTH_AT + index])
+
+    def set_health(self, index: int, reason: str | None) -> None:
+        """``reason`` is a key of ``EJECTION_CODES``; ``None`` marks the member healthy."""
+        self.map[_HEALTH_AT + index] = HEALTHY if reason is None else EJECTION_CODES[reason]
 
     def health_flags(self, count: int) -> bytes:
         return self.map[_HEALTH_AT : _HEALTH_AT + count]

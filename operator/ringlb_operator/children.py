@@ -1,12 +1,15 @@
 """Pure builders of every object a resource owns: each returns a plain dict, no I/O.
 
 Names are deterministic (``<resource>-<identity>``, ``<resource>-balancer``...), so a restarted
-operator finds what it created before and a second create of the same object is a harmless 409.
+operator finds what it created before; a create that meets a 409 is checked for its owner.
 Every child carries a controller owner reference, so deleting the resource garbage-collects it.
+Objects other than pods are written with server-side apply: each builder returns exactly the
+fields the operator owns, and ``differs`` says whether a live object still holds them.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from ringlb_balancer.naming import dns_name
+from ringlb_ring.naming import dns_name
 
 from ringlb_operator import constants as c
 from ringlb_operator.spec import PodTemplate, Spec
@@ -45,7 +48,22 @@ def balancer_name(owner: str) -> str:
 
 
 def secret_name(owner: str) -> str:
+    """The ``/add``/``/rm`` token (users who may scale read it)."""
     return f"{owner}-balancer-token"
+
+
+def membership_secret_name(owner: str) -> str:
+    """The ``PUT /membership`` token: only the operator and the balancer pods need it."""
+    return f"{owner}-membership-token"
+
+
+def configmap_name(owner: str) -> str:
+    """The membership snapshot a balancer pod loads at start (``RINGLB_SNAPSHOT``)."""
+    return f"{owner}-membership"
+
+
+def replicas_pdb_name(owner: str) -> str:
+    return f"{owner}-replicas"
 
 
 def replica_selector(owner: str) -> dict[str, str]:
@@ -103,9 +121,9 @@ def _env(pairs: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for name, value in pairs]
 
 
-def _http_probe(path: str, period: int, timeout: int, failures: int, delay: int = 0) -> dict[str, Any]:
+def _http_probe(path: str, period: int, timeout: int, failures: int, delay: int = 0, port: str = "http") -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "initialDelaySeconds": delay,
         "periodSeconds": period,
         "timeoutSeconds": timeout,
@@ -114,14 +132,34 @@ def _http_probe(path: str, period: int, timeout: int, failures: int, delay: int 
 
 
 def _resources(template: PodTemplate, default: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(template.resources) or dict(default))
+    return template.resources.as_dict() or copy.deepcopy(dict(default))
+
+
+def _scheduling(template: PodTemplate) -> dict[str, Any]:
+    """The template's scheduling fields, only those set (so defaults change no hash)."""
+    out: dict[str, Any] = {}
+    if template.node_selector:
+        out["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        out["tolerations"] = [dict(t) for t in template.tolerations]
+    if template.affinity:
+        out["affinity"] = copy.deepcopy(dict(template.affinity))
+    if template.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": r.name} for r in template.image_pull_secrets]
+    if template.priority_class_name:
+        out["priorityClassName"] = template.priority_class_name
+    return out
+
+
+def _pod_labels(template: PodTemplate, ours: Mapping[str, str]) -> dict[str, str]:
+    return {**template.labels, **ours}  # ours last: selectors depend on them
 
 
 # --- replica pods ------------------------------------------------------------------------------
 def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
     """The pod of one ring identity. Pods are immutable in practice, so the template hash
     annotation says what it was built from; a pod whose hash differs is replaced (rolling)."""
-    template = spec.template
+    template = spec.replica_template
     container = {
         "name": "replica",
         "image": template.image,
@@ -129,7 +167,7 @@ def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
         "ports": [{"name": "http", "containerPort": c.PORT, "protocol": "TCP"}],
         # SERVER_ID last: with duplicate names Kubernetes keeps the last, so a user's env cannot
         # override the identity.
-        "env": _env(template.env) + [{"name": "SERVER_ID", "value": identity}],
+        "env": template.env_pairs() + [{"name": "SERVER_ID", "value": identity}],
         "livenessProbe": _http_probe("/heartbeat", period=5, timeout=2, failures=3, delay=2),
         "readinessProbe": _http_probe("/heartbeat", period=2, timeout=1, failures=2),
         "resources": _resources(template, DEFAULT_REPLICA_RESOURCES),
@@ -144,19 +182,22 @@ def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
         "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": [container],
         "volumes": [copy.deepcopy(TMP_VOLUME)],
+        **_scheduling(template),
     }
+    extra = {"labels": dict(template.labels), "annotations": dict(template.annotations)}
+    built_from: list[Any] = [c.BUILDER_VERSION, pod_spec] + ([extra] if template.labels or template.annotations else [])
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": pod_name(owner.name, identity),
-            "labels": {
-                **labels(owner.name, c.COMPONENT_REPLICA),
-                c.LABEL_IDENTITY: dns_name(identity)[:63],
-            },
+            "labels": _pod_labels(
+                template, {**labels(owner.name, c.COMPONENT_REPLICA), c.LABEL_IDENTITY: dns_name(identity)[:63]}
+            ),
             "annotations": {
+                **template.annotations,
                 c.ANNOTATION_IDENTITY: identity,
-                c.ANNOTATION_TEMPLATE_HASH: digest([c.BUILDER_VERSION, pod_spec]),
+                c.ANNOTATION_TEMPLATE_HASH: digest(built_from),
             },
         },
         "spec": pod_spec,
@@ -169,16 +210,36 @@ def replica_template_hash(owner: Owner, spec: Spec, identity: str) -> str:
 
 
 # --- balancer ------------------------------------------------------------------------------------
-def token_secret(owner: Owner, token: str) -> K8sObject:
-    """Created once with a random token and never rewritten: the operator reads it back."""
+def token_secret(owner: Owner, name: str, token: str) -> K8sObject:
+    """A token Secret. Its content is derived from the operator's key and the resource's uid,
+    so applying it again is a no-op and the operator never has to read Secrets back."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": secret_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
-        "stringData": {c.SECRET_TOKEN_KEY: token},
+        "metadata": {"name": name, "labels": labels(owner.name, c.COMPONENT_BALANCER)},
+        "data": {c.SECRET_TOKEN_KEY: base64.b64encode(token.encode()).decode()},
     }
     return _adopt(secret, owner)
+
+
+def membership_configmap(owner: Owner, document: Mapping[str, Any]) -> K8sObject:
+    """The membership document (with its revision) that a starting balancer pod loads."""
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": configmap_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
+        "data": {c.MEMBERSHIP_KEY: json.dumps(dict(document), sort_keys=True, separators=(",", ":"))},
+    }
+    return _adopt(cm, owner)
+
+
+def snapshot_revision(cm: Mapping[str, Any] | None) -> int:
+    """The revision a membership ConfigMap holds (0 when absent or unreadable)."""
+    try:
+        return int(json.loads(((cm or {}).get("data") or {})[c.MEMBERSHIP_KEY])["revision"])
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def service_account(owner: Owner) -> K8sObject:
@@ -187,11 +248,16 @@ def service_account(owner: Owner) -> K8sObject:
         "kind": "ServiceAccount",
         "metadata": {"name": balancer_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
     }
-    return _with_hash(_adopt(sa, owner), {})
+    return _adopt(sa, owner)
 
 
 def role(owner: Owner) -> K8sObject:
-    """The balancer may read and patch its own resource and nothing else (``/add``, ``/rm``)."""
+    """The balancer may read and patch its own resource and nothing else (``/add``, ``/rm``).
+
+    RBAC cannot narrow a patch to fields; the ValidatingAdmissionPolicy in
+    ``manifests/policy/`` refuses any change by this ServiceAccount beyond ``spec.replicas``
+    and ``spec.hostnames``.
+    """
     rules = [
         {
             "apiGroups": [c.GROUP],
@@ -206,117 +272,186 @@ def role(owner: Owner) -> K8sObject:
         "metadata": {"name": balancer_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
         "rules": rules,
     }
-    return _with_hash(_adopt(obj, owner), rules)
+    return _adopt(obj, owner)
 
 
 def role_binding(owner: Owner) -> K8sObject:
-    body = {
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": balancer_name(owner.name)},
-        "subjects": [{"kind": "ServiceAccount", "name": balancer_name(owner.name), "namespace": owner.namespace}],
-    }
     obj = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": {"name": balancer_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
-        **body,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": balancer_name(owner.name)},
+        "subjects": [{"kind": "ServiceAccount", "name": balancer_name(owner.name), "namespace": owner.namespace}],
     }
-    return _with_hash(_adopt(obj, owner), body)
+    return _adopt(obj, owner)
 
 
 def _secret_env(name: str, secret: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": c.SECRET_TOKEN_KEY}}}
 
 
+def termination_grace(drain_seconds: int) -> int:
+    """Above preStop + drain + graceful shutdown, with a margin, so SIGKILL never cuts a request."""
+    return c.PRESTOP_SECONDS + drain_seconds + c.BALANCER_GRACEFUL_SECONDS + 5
+
+
 def deployment(owner: Owner, spec: Spec) -> K8sObject:
-    """The balancer: N pods behind one Service; each is Ready once it holds a membership push."""
+    """The balancer: N pods behind one Service; each is Ready once it holds a membership
+    (pushed, or loaded from the snapshot ConfigMap at start)."""
     b = spec.balancer
-    pod_labels = labels(owner.name, c.COMPONENT_BALANCER)
+    template = b.template
+    selector = balancer_selector(owner.name)
+    pod_labels = _pod_labels(template, labels(owner.name, c.COMPONENT_BALANCER))
     container = {
         "name": "balancer",
-        "image": b.template.image,
-        "imagePullPolicy": b.template.image_pull_policy,
-        "ports": [{"name": "http", "containerPort": c.PORT, "protocol": "TCP"}],
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "ports": [
+            {"name": "http", "containerPort": c.PORT, "protocol": "TCP"},
+            {"name": c.ADMIN_PORT_NAME, "containerPort": c.ADMIN_PORT, "protocol": "TCP"},
+        ],
+        # User env first: ours come last and win (Kubernetes keeps the last of duplicate names).
         "env": [
+            *template.env_pairs(),
             _secret_env("RINGLB_TOKEN", secret_name(owner.name)),
-            _secret_env("RINGLB_MEMBERSHIP_TOKEN", secret_name(owner.name)),
+            _secret_env("RINGLB_MEMBERSHIP_TOKEN", membership_secret_name(owner.name)),
+            {"name": "RINGLB_ADMIN_BIND", "value": f"0.0.0.0:{c.ADMIN_PORT}"},
+            {"name": "RINGLB_SNAPSHOT", "value": f"{c.SNAPSHOT_DIR}/{c.MEMBERSHIP_KEY}"},
+            {"name": "RINGLB_DRAIN_SECONDS", "value": str(b.drain_seconds)},
             {"name": "RINGLB_SCALER", "value": "kubernetes"},
             {"name": "RINGLB_RESOURCE", "value": f"{owner.namespace}/{owner.name}"},
             {"name": "RINGLB_STATE_DIR", "value": "/tmp/ringlb-state"},
-            *_env(b.template.env),
         ],
-        "readinessProbe": _http_probe("/readyz", period=2, timeout=1, failures=2),
-        "livenessProbe": _http_probe("/healthz", period=10, timeout=2, failures=3, delay=5),
-        "resources": _resources(b.template, DEFAULT_BALANCER_RESOURCES),
+        "readinessProbe": _http_probe("/readyz", period=2, timeout=1, failures=2, port=c.ADMIN_PORT_NAME),
+        "livenessProbe": _http_probe("/healthz", period=10, timeout=2, failures=3, delay=5, port=c.ADMIN_PORT_NAME),
+        # Endpoints and kube-proxy drop a terminating pod asynchronously: keep serving a moment
+        # before SIGTERM; the balancer then drains (RINGLB_DRAIN_SECONDS) and finishes requests.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(c.PRESTOP_SECONDS)]}}},
+        "resources": _resources(template, DEFAULT_BALANCER_RESOURCES),
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
-        "volumeMounts": [dict(TMP_MOUNT)],
+        "volumeMounts": [dict(TMP_MOUNT), {"name": "membership", "mountPath": c.SNAPSHOT_DIR, "readOnly": True}],
     }
-    spec_body = {
-        "replicas": b.replicas,
-        "selector": {"matchLabels": balancer_selector(owner.name)},
-        # Never below the wanted count: a new pod is Ready only once it holds the membership.
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": {
-            "metadata": {"labels": pod_labels},
-            "spec": {
-                "serviceAccountName": balancer_name(owner.name),
-                "automountServiceAccountToken": True,  # the kubernetes scaler patches the resource
-                "enableServiceLinks": False,
-                "terminationGracePeriodSeconds": 15,
-                "securityContext": copy.deepcopy(POD_SECURITY),
-                "containers": [container],
-                "volumes": [copy.deepcopy(TMP_VOLUME)],
-            },
-        },
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": balancer_name(owner.name),
+        "automountServiceAccountToken": True,  # the kubernetes scaler patches the resource
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": termination_grace(b.drain_seconds),
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(selector)},
+            }
+        ],
+        "containers": [container],
+        "volumes": [
+            copy.deepcopy(TMP_VOLUME),
+            # optional: the first pod may start before the operator wrote the first revision.
+            {"name": "membership", "configMap": {"name": configmap_name(owner.name), "optional": True}},
+        ],
+        **_scheduling(template),
     }
     obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": balancer_name(owner.name), "labels": pod_labels},
-        "spec": spec_body,
+        "metadata": {"name": balancer_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
+        "spec": {
+            "replicas": b.replicas,
+            "selector": {"matchLabels": selector},
+            # Never below the wanted count: a new pod is Ready only once it holds the membership.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": pod_labels, **({"annotations": dict(template.annotations)} if template.annotations else {})},
+                "spec": pod_spec,
+            },
+        },
     }
-    return _with_hash(_adopt(obj, owner), spec_body)
+    return _adopt(obj, owner)
 
 
 def service(owner: Owner, spec: Spec) -> K8sObject:
-    spec_body = {
-        "type": spec.balancer.service_type,
-        "selector": balancer_selector(owner.name),
-        "ports": [{"name": "http", "port": spec.balancer.port, "targetPort": "http", "protocol": "TCP"}],
-    }
+    """The public Service: port 5000 only (the admin port is reached by pod IP)."""
+    metadata: dict[str, Any] = {"name": balancer_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)}
+    if spec.balancer.service_annotations:
+        metadata["annotations"] = dict(spec.balancer.service_annotations)
     obj = {
         "apiVersion": "v1",
         "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": spec.balancer.service_type,
+            "selector": balancer_selector(owner.name),
+            "ports": [{"name": "http", "port": spec.balancer.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return _adopt(obj, owner)
+
+
+def network_policy(owner: Owner) -> K8sObject:
+    """Balancer pods: anyone may reach the public port; the admin port only the operator's pods
+    (and, for /metrics, pods in namespaces labelled ``ringlb.io/scrape=true``)."""
+    operator_peer = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": c.OPERATOR_NAMESPACE}},
+        "podSelector": {"matchLabels": {c.LABEL_NAME: c.APP_NAME, c.LABEL_COMPONENT: c.OPERATOR_COMPONENT}},
+    }
+    scraper_peer = {"namespaceSelector": {"matchLabels": {c.SCRAPE_NAMESPACE_LABEL: "true"}}}
+    obj = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": {"name": balancer_name(owner.name), "labels": labels(owner.name, c.COMPONENT_BALANCER)},
-        "spec": spec_body,
+        "spec": {
+            "podSelector": {"matchLabels": balancer_selector(owner.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": c.PORT, "protocol": "TCP"}]},
+                {"from": [operator_peer, scraper_peer], "ports": [{"port": c.ADMIN_PORT, "protocol": "TCP"}]},
+            ],
+        },
     }
-    return _with_hash(_adopt(obj, owner), spec_body)
+    return _adopt(obj, owner)
 
 
-def _with_hash(obj: K8sObject, content: Any) -> K8sObject:
-    obj["metadata"].setdefault("annotations", {})[c.ANNOTATION_SPEC_HASH] = digest([c.BUILDER_VERSION, content])
-    return obj
+def pdb(owner: Owner, name: str, component: str, selector: Mapping[str, str]) -> K8sObject:
+    """At most one pod of ``selector`` evicted at a time (drains, node upgrades)."""
+    obj = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": labels(owner.name, component)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
+    }
+    return _adopt(obj, owner)
 
 
-def balancer_objects(owner: Owner, spec: Spec) -> list[K8sObject]:
-    """Everything of the balancer but the Secret, in the order they must exist."""
-    return [service_account(owner), role(owner), role_binding(owner), deployment(owner, spec), service(owner, spec)]
+def applied_objects(owner: Owner, spec: Spec) -> list[K8sObject]:
+    """Everything a resource owns but its pods, Secrets and ConfigMap, in the order they must exist."""
+    return [
+        service_account(owner),
+        role(owner),
+        role_binding(owner),
+        deployment(owner, spec),
+        service(owner, spec),
+        network_policy(owner),
+        pdb(owner, balancer_name(owner.name), c.COMPONENT_BALANCER, balancer_selector(owner.name)),
+        pdb(owner, replicas_pdb_name(owner.name), c.COMPONENT_REPLICA, replica_selector(owner.name)),
+    ]
 
 
-def patch_for(desired: K8sObject) -> dict[str, Any]:
-    """A JSON merge patch that makes an existing child equal to ``desired`` in what we own.
+def differs(desired: Any, live: Any) -> bool:
+    """Whether ``live`` lost any field ``desired`` sets (what server-side apply would restore).
 
-    Merge patches replace lists whole, so a Service switched back to ClusterIP loses its
-    nodePort and a container list is exactly ours.
+    Fields the API server adds (defaults, status, other managers' fields) are ignored; lists
+    must have the same length, element by element.
     """
-    patch: dict[str, Any] = {
-        "metadata": {
-            "labels": desired["metadata"].get("labels", {}),
-            "annotations": desired["metadata"].get("annotations", {}),
-        }
-    }
-    for key, value in desired.items():
-        if key not in ("apiVersion", "kind", "metadata"):
-            patch[key] = value
-    if desired["kind"] == "RoleBinding":
-        patch.pop("roleRef", None)  # immutable; same name and kind anyway
-    return patch
+    if isinstance(desired, Mapping):
+        if not isinstance(live, Mapping):
+            return True
+        return any(differs(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return True
+        return any(differs(d, l) for d, l in zip(desired, live))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is not live
+    return desired != live and str(desired) != str(live)

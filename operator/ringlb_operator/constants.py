@@ -21,7 +21,7 @@ LABEL_RESOURCE = f"{GROUP}/resource"  # the owning resource's name; the pod inde
 LABEL_IDENTITY = f"{GROUP}/identity"  # DNS form of a replica's ring identity (label-safe)
 ANNOTATION_IDENTITY = f"{GROUP}/identity"  # the ring identity itself, e.g. "Server 1"
 ANNOTATION_TEMPLATE_HASH = f"{GROUP}/template-hash"  # what a pod was built from
-ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"  # what a Deployment/Service/Role was built from
+ANNOTATION_TOKEN_HASH = f"{GROUP}/token-hash"  # balancer pods roll when their tokens change
 APP_NAME = "ringlb"
 MANAGER = "ringlb-operator"
 COMPONENT_REPLICA = "replica"
@@ -63,6 +63,8 @@ class Reason:
     DELETED = "Deleted"
     PUSHED = "MembershipPushed"
     PUSH_FAILED = "MembershipPushFailed"
+    BALANCER_RESET = "BalancerReset"
+    REPAIRED = "Repaired"
 
 
 # Waiting reasons of a container that mean "this will not fix itself soon": surfaced in Degraded.
@@ -87,7 +89,20 @@ KEY_SOURCES = ("header", "cookie", "client-ip")
 DEFAULT_KEY_HEADER = "X-Request-ID"
 DEFAULT_KEY_COOKIE = "ringlb-key"
 PORT = 5000  # the seed's port: balancer and replicas listen on it in every mode
-SECRET_TOKEN_KEY = "token"
+ADMIN_PORT = 5001  # the balancer's admin listener (PUT/GET /membership, /metrics, /status)
+ADMIN_PORT_NAME = "admin"
+SECRET_TOKEN_KEY = "token"  # the key in both per-resource Secrets
+MEMBERSHIP_KEY = "membership.json"  # the key of the membership ConfigMap
+SNAPSHOT_DIR = "/etc/ringlb/membership"  # where balancer pods mount that ConfigMap
+DEFAULT_DRAIN_SECONDS = 5  # balancer keeps serving this long after SIGTERM (RINGLB_DRAIN_SECONDS)
+BALANCER_GRACEFUL_SECONDS = 20  # then in-flight requests get this long (gunicorn graceful timeout)
+PRESTOP_SECONDS = 2  # preStop sleep: endpoints and kube-proxy drop the pod before SIGTERM
+OPERATOR_NAMESPACE = os.environ.get("POD_NAMESPACE", "ringlb-system")
+OPERATOR_KEY_SECRET = "ringlb-operator-key"  # in OPERATOR_NAMESPACE: the key the tokens derive from
+OPERATOR_COMPONENT = "operator"
+METRICS_PORT = int(os.environ.get("RINGLB_OPERATOR_METRICS_PORT", "8081"))
+SCRAPE_NAMESPACE_LABEL = f"{GROUP}/scrape"  # namespaces labelled "true" may scrape balancer /metrics
+PEERING_NAME = "ringlb"
 MAX_RESOURCE_NAME = 40  # leaves room for "-balancer" and "-<identity>" within 63 characters
 RESOURCE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # DNS-1035: Services need a leading letter
 
@@ -99,6 +114,12 @@ RESYNC_SECONDS = 30.0  # a full pass even when no event arrived (level-based saf
 DEBOUNCE_SECONDS = 0.2  # events arrive in bursts (a pod's status changes several times)
 PUSH_BACKOFF_MIN = 1.0
 PUSH_BACKOFF_MAX = 30.0
-PUSH_TIMEOUT = 3.0  # per HTTP request to one balancer pod
+PUSH_TIMEOUT = 2.0  # per HTTP request to one balancer pod
 PUSH_ATTEMPTS = 3  # per balancer pod within one pass; later passes retry with backoff
+PUSH_DEADLINE = 5.0  # one overall deadline for all balancer pods of a resource in one pass
+PUSH_CONCURRENCY = 8  # balancer pods of one resource pushed at once
+PUSH_WORKERS = 32  # threads for pushes, all resources together (not kopf's executor)
+PASS_WORKERS = 8  # threads for reconcile passes, all resources together (not kopf's executor)
+REVISION_JUMP_LIMIT = 2**32  # the balancer refuses pushes that jump further than this
+ADOPT_JUMP_LIMIT = 2**31  # a balancer further ahead than this is reset (pod deleted), not followed
 BUILDER_VERSION = "1"  # bump when children.py changes a pod in a way that needs a restart

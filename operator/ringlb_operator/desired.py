@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringlb_balancer import membership
-from ringlb_balancer.membership import KeyConfig
+from ringlb_ring import membership
+from ringlb_ring.membership import KeyConfig, format_address
+
 from ringlb_operator import children
 from ringlb_operator import constants as c
 from ringlb_operator.children import Owner
@@ -34,6 +35,7 @@ class PodPlan:
     """What to do with replica pods in this pass."""
 
     create: list[dict[str, Any]] = field(default_factory=list)
+    created_events: dict[str, Event] = field(default_factory=dict)  # posted only if the create succeeds
     delete_now: list[str] = field(default_factory=list)  # not serving: safe to delete at once
     retire: list[str] = field(default_factory=list)  # serving: delete once the ring drops them
     conflicts: list[str] = field(default_factory=list)  # a same-named pod we do not own
@@ -65,14 +67,14 @@ def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]
         if pod is None:
             plan.create.append(children.replica_pod(owner, spec, identity))
             if identity in known:
-                plan.events.append(Event("Normal", Reason.REPLACED, f"pod {name} of {identity!r} was gone; recreated with the same identity"))
+                plan.created_events[name] = Event("Normal", Reason.REPLACED, f"pod {name} of {identity!r} was gone; recreated with the same identity")
                 plan.progress = plan.progress or Reason.REPLACING
             else:
-                plan.events.append(Event("Normal", Reason.CREATED, f"created pod {name} for {identity!r}"))
+                plan.created_events[name] = Event("Normal", Reason.CREATED, f"created pod {name} for {identity!r}")
                 plan.progress = plan.progress or Reason.SCALING_UP
             continue
         if pod.owner_uid != owner.uid:
-            plan.conflicts.append(f"pod {name} exists and is not owned by this resource")
+            plan.conflicts.append(f"Pod {name} exists and is not controlled by this resource")
             continue
         if pod.terminating:
             plan.progress = plan.progress or Reason.REPLACING
@@ -110,8 +112,7 @@ def members(owner: Owner, spec: Spec, pods: Sequence[PodView], retiring: Sequenc
     for identity in spec.identities():
         pod = by_name.get(children.pod_name(owner.name, identity))
         if pod and pod.alive and pod.ready and pod.ip and pod.owner_uid == owner.uid and pod.name not in retiring:
-            address = f"[{pod.ip}]:{c.PORT}" if ":" in pod.ip else f"{pod.ip}:{c.PORT}"
-            ring.append({"name": identity, "address": address})
+            ring.append({"name": identity, "address": format_address(pod.ip, c.PORT)})
     return ring
 
 

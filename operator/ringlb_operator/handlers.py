@@ -1,9 +1,10 @@
-"""The kopf-facing glue: settings, the pod index, wake-ups and the per-resource daemon loop.
+"""The kopf-facing glue: settings, the indexes, wake-ups and the per-resource daemon loop.
 
 ``main`` only registers these. Reconciliation follows kopf's ``docs/reconciliation.rst``: child
-pods are indexed by their owner; one daemon per resource runs an idempotent pass whenever the
-resource or one of its pods changes (a wake-up event), and every ``RESYNC_SECONDS`` regardless.
-Daemons serialize the passes of one resource and stop while a higher-priority peer is active.
+pods and every other owned kind are indexed by their owning resource; one daemon per resource
+runs an idempotent pass whenever the resource or one of its children changes (a wake-up event),
+and every ``RESYNC_SECONDS`` regardless. Passes run on the operator's own threads (never kopf's
+shared executor). Peering is mandatory: a new operator pod waits until it is the chosen one.
 """
 
 from __future__ import annotations
@@ -16,26 +17,45 @@ import os
 import random
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from ringlb_operator import constants as c
-from ringlb_operator import push
-from ringlb_operator.kube import ClusterKube, Kube, KubeError, ensure_peering
+from ringlb_operator import metrics, push
+from ringlb_operator.kube import ClusterKube, Kube, KubeError, ensure_peering, operator_key
 from ringlb_operator.observe import PodView, pod_view
 from ringlb_operator.reconcile import reconcile_once
 
 Key = tuple[str, str]  # (namespace, resource name)
 EVENT_REPEAT_SECONDS = 300.0  # the same Event message is not posted again sooner than this
 
+# Owned kinds other than pods and Secrets: (group, version, plural, Kind). Each is watched (a
+# change wakes its resource's daemon) and indexed (a pass reads them from memory, not the API).
+# Secrets are not: the operator may create and apply them, never list or read them.
+OWNED_KINDS: tuple[tuple[str, str, str, str], ...] = (
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+)
 
-WAKEUP_HANDLERS = ("pod_changed", "resource_changed")
+
+def index_id(plural: str) -> str:
+    return f"owned_{plural}"
+
+
+WAKEUP_HANDLERS = ("pod_changed", "resource_changed") + tuple(f"{plural}_changed" for _, _, plural, _ in OWNED_KINDS)
 
 
 class QuietWakeups(logging.Filter):
     """Drops kopf's "Handler 'pod_changed' succeeded." lines: the wake-up handlers run on every
-    pod event, and their success lines would drown what the reconciler says."""
+    child event, and their success lines would drown what the reconciler says."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -55,26 +75,64 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, kube: Kube | Non
     settings.watching.server_timeout = 10 * 60
     settings.watching.client_timeout = 11 * 60
     settings.watching.connect_timeout = 60
-    # Peering: several operator pods join the "ringlb" peering (ClusterKopfPeering in
-    # manifests/); the highest priority one works, the others wait. Random priorities keep
-    # two pods from sharing one (which would pause both). --peering/--priority on the CLI win.
-    if not settings.peering.mandatory:
-        settings.peering.name = os.environ.get("RINGLB_PEERING", "ringlb")
+    # Peering is mandatory: a new operator pod starts paused and works only once the peering
+    # shows no live peer of higher priority (two operators never both work). The peering is
+    # the ClusterKopfPeering "ringlb" (kopf cannot keep a namespaced peering for a cluster-wide
+    # operator). Random priorities keep two pods from sharing one (which would pause both).
+    # --standalone on the CLI turns peering off (one operator, on a laptop).
+    if not settings.peering.standalone:
+        if settings.peering.name == "default" or not settings.peering.mandatory:
+            settings.peering.name = os.environ.get("RINGLB_PEERING", c.PEERING_NAME)
+        settings.peering.mandatory = True
+        settings.peering.stealth = True  # keep-alives every ~50 s would flood the log
     if settings.peering.priority == 0:
         settings.peering.priority = int(os.environ.get("RINGLB_PRIORITY") or random.randint(1, 32767))
     memo.wakeups = {}
+    memo.passes = ThreadPoolExecutor(c.PASS_WORKERS, thread_name_prefix="ringlb-pass")
     memo.kube = kube
     if memo.kube is None:
         ClusterKube.load_config()
         memo.kube = ClusterKube()
         if settings.peering.clusterwide and not settings.peering.standalone:
             ensure_peering(settings.peering.name)
+        metrics.serve(c.METRICS_PORT)
+    if getattr(memo, "key", None) is None:
+        memo.key = operator_key(memo.kube)
+
+
+def cleanup(memo: kopf.Memo) -> None:
+    """``@kopf.on.cleanup``: let running passes finish, start no new ones."""
+    passes = getattr(memo, "passes", None)
+    if passes is not None:
+        passes.shutdown(wait=False, cancel_futures=True)
 
 
 def index_pod(body: Mapping[str, Any]) -> dict[Key, PodView]:
     """Index entry of one of our pods: keyed by its owning resource."""
     view = pod_view(body)
     return {(view.namespace, view.resource): view}
+
+
+def index_child(body: Mapping[str, Any]) -> dict[Key, dict[str, Any]]:
+    """Index entry of an owned object: keyed by its owning resource, without managedFields."""
+    meta = dict(body.get("metadata") or {})
+    meta.pop("managedFields", None)
+    slim = {k: copy.deepcopy(v) for k, v in body.items() if k not in ("metadata", "status")}
+    slim["metadata"] = copy.deepcopy(meta)
+    resource = (meta.get("labels") or {}).get(c.LABEL_RESOURCE, "")
+    return {(meta.get("namespace") or "", resource): slim}
+
+
+def owned_children(key: Key, indexes: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, name) → object, for one resource, from the owned-kind indexes."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, _, plural, kind in OWNED_KINDS:
+        index = indexes.get(index_id(plural))
+        if index is None:
+            continue
+        for obj in index.get(key, []):
+            out[(kind, obj["metadata"]["name"])] = obj
+    return out
 
 
 def wake(memo: kopf.Memo, namespace: str | None, name: str | None) -> None:
@@ -105,6 +163,11 @@ async def _sleep(stopped: kopf.DaemonStopped, wakeup: asyncio.Event, timeout: fl
     wakeup.clear()
 
 
+def _timed_pass(*args: Any, **kwargs: Any) -> Any:
+    with metrics.PASS_SECONDS.time():
+        return reconcile_once(*args, **kwargs)
+
+
 async def run(
     *,
     stopped: kopf.DaemonStopped,
@@ -114,6 +177,7 @@ async def run(
     memo: kopf.Memo,
     logger: logging.Logger | logging.LoggerAdapter[Any],
     pods: Mapping[Key, Any],
+    indexes: Mapping[str, Any] | None = None,
     pusher: push.Pusher | None = None,
 ) -> None:
     """The daemon of one resource: pass, sleep until woken, repeat until stopped."""
@@ -123,21 +187,29 @@ async def run(
     backoff = c.PUSH_BACKOFF_MIN
     floor = 0
     posted: dict[tuple[str, str], float] = {}
+    loop = asyncio.get_running_loop()
+    passes = getattr(memo, "passes", None)
     try:
         while not stopped:
             resource = copy.deepcopy(dict(body))  # the live body, frozen for this pass
             observed = list(pods.get(key, []))
+            owned = owned_children(key, indexes) if indexes is not None else None
             delay = c.RESYNC_SECONDS
             try:
-                outcome = await asyncio.to_thread(reconcile_once, memo.kube, pusher, resource, observed, _now(), floor)
+                outcome = await loop.run_in_executor(
+                    passes, lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key)
+                )
             except KubeError as exc:
+                metrics.PASS_ERRORS.labels("api").inc()
                 logger.warning(f"reconcile pass failed, retrying in {backoff:g}s: {exc}")
                 delay, backoff = backoff, min(backoff * 2, c.PUSH_BACKOFF_MAX)
             except Exception as exc:  # a bug must not kill the daemon: report it and retry
+                metrics.PASS_ERRORS.labels("crash").inc()
                 logger.exception(f"reconcile pass crashed, retrying in {backoff:g}s: {exc}")
                 delay, backoff = backoff, min(backoff * 2, c.PUSH_BACKOFF_MAX)
             else:
                 floor = outcome.floor
+                _record(namespace, name, outcome)
                 for event in outcome.events:
                     last = posted.get((event.reason, event.message))
                     if last is None or time.monotonic() - last > EVENT_REPEAT_SECONDS:
@@ -155,3 +227,15 @@ async def run(
     finally:
         if memo.wakeups.get(key) is wakeup:
             del memo.wakeups[key]
+        metrics.forget(namespace, name)
+
+
+def _record(namespace: str, name: str, outcome: Any) -> None:
+    st = outcome.status or {}
+    if "ringRevision" in st:
+        metrics.RING_REVISION.labels(namespace, name).set(st["ringRevision"])
+    balancer = st.get("balancer") or {}
+    metrics.ACKNOWLEDGED.labels(namespace, name).set(balancer.get("acknowledged", 0))
+    metrics.BALANCER_PODS.labels(namespace, name).set(balancer.get("replicas", 0))
+    if outcome.api_errors:
+        metrics.PASS_ERRORS.labels("child").inc()

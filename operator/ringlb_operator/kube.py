@@ -1,14 +1,19 @@
-"""Kubernetes I/O in one place: create absorbing 409, delete absorbing 404, patch, read.
+"""Kubernetes I/O in one place: server-side apply, create, delete with a uid precondition, read.
 
 Everything else in the operator handles plain dicts; this module alone knows the client's
 API classes. ``Kube`` is the protocol the reconciler needs, so the unit tests pass a fake.
+Owned objects are written with server-side apply (field manager ``ringlb-operator``, force):
+the operator owns exactly the fields its builders set, and takes them back from a hand edit.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ringlb_operator import constants as c
@@ -16,6 +21,7 @@ from ringlb_operator import constants as c
 log = logging.getLogger(__name__)
 
 K8sObject = dict[str, Any]
+PROBE_MANAGER = f"{c.MANAGER}-probe"  # dry-run applies that only read back an object's owner
 
 
 class KubeError(Exception):
@@ -31,13 +37,13 @@ class Kube(Protocol):
         """The object, or None when it does not exist."""
 
     def create(self, obj: K8sObject) -> K8sObject | None:
-        """Create; None when it already exists (409), which a level-based caller ignores."""
+        """Create; None when something of that name already exists (409): check its owner."""
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """JSON merge patch."""
+    def apply(self, obj: K8sObject, force: bool = True, dry_run: bool = False, manager: str = c.MANAGER) -> K8sObject:
+        """Server-side apply; raises KubeError 409 on a field conflict when not forced."""
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete; an object already gone (404) is not an error."""
+    def delete(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+        """Delete (only the object with ``uid`` if given); gone (404) or replaced (409) is fine."""
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the resource's status subresource."""
@@ -47,14 +53,18 @@ class Kube(Protocol):
 _KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("CoreV1Api", "pod"),
     "Secret": ("CoreV1Api", "secret"),
+    "ConfigMap": ("CoreV1Api", "config_map"),
     "Service": ("CoreV1Api", "service"),
     "ServiceAccount": ("CoreV1Api", "service_account"),
     "Deployment": ("AppsV1Api", "deployment"),
     "Role": ("RbacAuthorizationV1Api", "role"),
     "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
+    "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
+    "PodDisruptionBudget": ("PolicyV1Api", "pod_disruption_budget"),
 }
 
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # a JSON body is valid YAML
 
 
 class ClusterKube:
@@ -102,20 +112,34 @@ class ClusterKube:
     def create(self, obj: K8sObject) -> K8sObject | None:
         namespace = obj["metadata"]["namespace"]
         try:
-            return self._call(self._method("create", obj["kind"]), namespace, obj, _content_type="application/json")
+            return self._call(
+                self._method("create", obj["kind"]), namespace, obj, field_manager=c.MANAGER, _content_type="application/json"
+            )
         except KubeError as exc:
             if exc.status == 409:
                 return None
             raise
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        self._call(self._method("patch", kind), name, namespace, dict(patch), _content_type=MERGE_PATCH)
+    def apply(self, obj: K8sObject, force: bool = True, dry_run: bool = False, manager: str = c.MANAGER) -> K8sObject:
+        meta = obj["metadata"]
+        extra: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
+        return self._call(
+            self._method("patch", obj["kind"]),
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=manager,
+            force=force,
+            _content_type=APPLY_PATCH,
+            **extra,
+        )
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+        body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            self._call(self._method("delete", kind), name, namespace)
+            self._call(self._method("delete", kind), name, namespace, body=body, _content_type="application/json")
         except KubeError as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # gone, or a new object of that name: not ours to delete
                 raise
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -139,37 +163,115 @@ def _api_message(exc: Any) -> str:
         return str(exc.reason)
 
 
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref
+    return None
+
+
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+    ref = controller_of(obj)
+    return bool(ref and ref.get("uid") == uid)
 
 
-def ensure(kube: Kube, desired: K8sObject, owner_uid: str) -> str:
-    """Make one child exist and match ``desired``; returns "" or a conflict message.
+def foreign(kind: str, obj: Mapping[str, Any]) -> str:
+    """The ChildConflict message for an object of our child's name that is not ours."""
+    name = (obj.get("metadata") or {}).get("name", "?")
+    ref = controller_of(obj)
+    holder = f"controlled by {ref.get('kind')} {ref.get('name')}" if ref else "not controlled by this resource"
+    return f"{kind} {name} exists and is {holder}"
 
-    get → create if absent → refuse to touch what another owner holds → patch only when the
-    spec-hash annotation says the content we own differs.
+
+@dataclass(frozen=True)
+class Ensured:
+    conflict: str = ""  # a ChildConflict message, "" if none
+    changed: bool = False  # created or repaired in this call
+
+
+_UNKNOWN: Any = object()
+
+
+def ensure(kube: Kube, desired: K8sObject, owner_uid: str, live: K8sObject | None = _UNKNOWN) -> Ensured:
+    """Make one child exist and hold what ``desired`` sets.
+
+    ``live`` is the object as the operator's watch last saw it (None: absent); without it the
+    object is read. Absent → create; a 409 there means someone else holds the name: read it,
+    and refuse to touch it unless it is ours. Present and ours but missing some of our fields
+    (a hand edit, a scale, an older operator) → server-side apply with force.
     """
-    from ringlb_operator.children import patch_for
+    kind, meta = desired["kind"], desired["metadata"]
+    if live is _UNKNOWN:
+        live = kube.get(kind, meta["namespace"], meta["name"])
+    if live is None:
+        if kube.create(desired) is not None:
+            return Ensured(changed=True)
+        live = kube.get(kind, meta["namespace"], meta["name"])
+        if live is None:  # deleted again meanwhile: the next pass creates it
+            return Ensured()
+    if not owned_by(live, owner_uid):
+        return Ensured(conflict=foreign(kind, live))
+    from ringlb_operator.children import differs
 
-    meta = desired["metadata"]
-    current = kube.get(desired["kind"], meta["namespace"], meta["name"])
-    if current is None:
-        if kube.create(desired) is None:
-            log.debug("%s %s appeared meanwhile; next pass compares it", desired["kind"], meta["name"])
-        return ""
-    if not owned_by(current, owner_uid):
-        return f"{desired['kind']} {meta['name']} exists and is not owned by this resource"
-    want = (meta.get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
-    have = (current.get("metadata", {}).get("annotations") or {}).get(c.ANNOTATION_SPEC_HASH)
-    if want != have:
-        kube.patch(desired["kind"], meta["namespace"], meta["name"], patch_for(desired))
-    return ""
+    if differs(desired, live):
+        kube.apply(desired)
+        return Ensured(changed=True)
+    return Ensured()
+
+
+def ensure_blind(kube: Kube, desired: K8sObject, owner_uid: str) -> Ensured:
+    """``ensure`` for a kind the operator may write but not read (Secrets).
+
+    A non-forced apply is a no-op on our own unchanged Secret and creates a missing one. A 409
+    (someone else owns a field: a hand edit, or a foreign Secret of that name) is followed by a
+    dry-run apply under another field manager, which only reads the owner back; ours → apply
+    with force, foreign → ChildConflict. A second controller reference is refused by the API
+    server (422), which also means foreign.
+    """
+    kind, meta = desired["kind"], desired["metadata"]
+    try:
+        reply = kube.apply(desired, force=False)
+    except KubeError as exc:
+        if exc.status == 422 and "controller" in str(exc).lower():
+            return Ensured(conflict=f"{kind} {meta['name']} exists and is controlled by another owner")
+        if exc.status != 409:
+            raise
+        probe = {"apiVersion": desired["apiVersion"], "kind": kind, "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+        live = kube.apply(probe, force=False, dry_run=True, manager=PROBE_MANAGER)
+        if not owned_by(live, owner_uid):
+            return Ensured(conflict=foreign(kind, live))
+        kube.apply(desired, force=True)
+        return Ensured(changed=True)
+    if not owned_by(reply, owner_uid):
+        return Ensured(conflict=foreign(kind, reply))
+    return Ensured()
+
+
+def operator_key(kube: Kube, namespace: str = c.OPERATOR_NAMESPACE, name: str = c.OPERATOR_KEY_SECRET) -> bytes:
+    """The operator's key, from which every per-resource token is derived (created once, at
+    random, in the operator's own namespace: the only Secret the operator ever reads)."""
+    for _ in range(3):
+        current = kube.get("Secret", namespace, name)
+        if current is not None:
+            data = (current.get("data") or {}).get("key", "")
+            if not data:
+                raise KubeError(422, f"Secret {namespace}/{name} has no 'key'")
+            return base64.b64decode(data)
+        fresh = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace, "labels": {c.LABEL_NAME: c.APP_NAME, c.LABEL_MANAGED_BY: c.MANAGER}},
+            "data": {"key": base64.b64encode(secrets.token_bytes(32)).decode()},
+        }
+        kube.create(fresh)  # None on a race with a peer: read theirs
+    raise KubeError(404, f"Secret {namespace}/{name} cannot be created or read")
 
 
 def ensure_peering(name: str) -> bool:
     """Create the ClusterKopfPeering ``name`` if missing, so that ``kubectl apply -k`` needs
     no custom object of a CRD it is creating in the same run. False when it cannot (no CRD,
-    no permission): kopf then runs standalone and says so in its log."""
+    no permission): with mandatory peering the operator then waits and says so in its log."""
     from kubernetes import client
 
     api = client.CustomObjectsApi()
@@ -179,6 +281,6 @@ def ensure_peering(name: str) -> bool:
     except client.exceptions.ApiException as exc:
         if exc.status == 409:
             return True
-        log.warning("cannot create ClusterKopfPeering %s (%s); peering is off", name, exc.status)
+        log.warning("cannot create ClusterKopfPeering %s (%s); peering cannot start", name, exc.status)
         return False
     return True

@@ -17,14 +17,35 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     handlers.configure(settings, memo)
 
 
-@kopf.index("pods", labels=OURS)
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    handlers.cleanup(memo)
+
+
+@kopf.index("v1", "pods", labels=OURS)
 def ringlb_pods(body: kopf.Body, **_: Any) -> dict[handlers.Key, Any]:
     return handlers.index_pod(body)
 
 
-@kopf.on.event("pods", labels=OURS)
+@kopf.on.event("v1", "pods", labels=OURS)
 async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     handlers.wake(memo, namespace, labels.get(c.LABEL_RESOURCE))
+
+
+def _index_child(body: kopf.Body, **_: Any) -> dict[handlers.Key, Any]:
+    return handlers.index_child(body)
+
+
+async def _child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    handlers.wake(memo, namespace, labels.get(c.LABEL_RESOURCE))
+
+
+# Every other owned kind: indexed (passes read from memory) and watched (a deleted or edited
+# child wakes its resource's daemon within the debounce, not at the resync).
+for _group, _version, _plural, _kind in handlers.OWNED_KINDS:
+    _selector = (_group, _version, _plural) if _group else (_version, _plural)
+    kopf.index(*_selector, labels=OURS, id=handlers.index_id(_plural))(_index_child)
+    kopf.on.event(*_selector, labels=OURS, id=f"{_plural}_changed")(_child_changed)
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
@@ -41,6 +62,9 @@ async def reconciler(
     memo: kopf.Memo,
     logger: Any,
     ringlb_pods: kopf.Index[handlers.Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    await handlers.run(stopped=stopped, body=body, namespace=namespace, name=name, memo=memo, logger=logger, pods=ringlb_pods)
+    indexes = {handlers.index_id(plural): kwargs[handlers.index_id(plural)] for _, _, plural, _ in handlers.OWNED_KINDS}
+    await handlers.run(
+        stopped=stopped, body=body, namespace=namespace, name=name, memo=memo, logger=logger, pods=ringlb_pods, indexes=indexes
+    )

@@ -1,15 +1,17 @@
 """One reconcile pass: observe, compute (``desired``), apply. Synchronous and self-contained.
 
-The kopf daemon in ``main`` calls ``reconcile_once`` in a worker thread after every relevant
-event and on a resync timer; a pass is idempotent, so running it twice, or after a restart, or
-concurrently with a half-finished earlier pass of a dead operator, converges to the same state.
+The kopf daemon in ``handlers`` calls ``reconcile_once`` on the operator's own pass threads after
+every relevant event and on a resync timer; a pass is idempotent, so running it twice, or after a
+restart, or concurrently with a half-finished earlier pass of a dead operator, converges to the
+same state.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +21,13 @@ from ringlb_operator import constants as c
 from ringlb_operator import spec as spec_mod
 from ringlb_operator.children import Owner
 from ringlb_operator.desired import Event
-from ringlb_operator.kube import Kube, KubeError, ensure, owned_by
+from ringlb_operator.kube import Ensured, Kube, KubeError, ensure, ensure_blind, foreign, owned_by
 from ringlb_operator.observe import PodView
 
 log = logging.getLogger(__name__)
+
+ChildKey = tuple[str, str]  # (kind, name)
+MAX_FLOOR = 2**62  # far below int64: status.ringRevision always fits
 
 
 @dataclass
@@ -34,29 +39,17 @@ class Outcome:
     push_failed: bool = False
     floor: int = 0  # lowest ring revision the balancers accept, after a 409; 0 if none
     status: dict[str, Any] = field(default_factory=dict)
+    api_errors: int = 0
 
 
-def ensure_token(kube: Kube, owner: Owner) -> str:
-    """The per-resource token: created once at random, then only ever read back.
+def derive_token(key: bytes, owner: Owner, purpose: str) -> str:
+    """A per-resource token: HMAC of the operator's key over the resource's uid and the purpose.
 
-    A Secret that exists but is not ours is never overwritten (raises KubeError 409).
+    Deterministic, so the operator never reads a Secret back; different per resource (and per
+    incarnation of a name) and per purpose, so the /add token says nothing of the push token.
     """
-    name = children.secret_name(owner.name)
-    current = kube.get("Secret", owner.namespace, name)
-    if current is None:
-        kube.create(children.token_secret(owner, secrets.token_urlsafe(32)))
-        current = kube.get("Secret", owner.namespace, name)  # whoever won a create race
-        if current is None:
-            raise KubeError(404, f"Secret {name} vanished right after creation")
-    if not owned_by(current, owner.uid):
-        raise KubeError(409, f"Secret {name} exists and is not owned by this resource")
-    data = (current.get("data") or {}).get(c.SECRET_TOKEN_KEY)
-    if data:
-        return base64.b64decode(data).decode()
-    text = (current.get("stringData") or {}).get(c.SECRET_TOKEN_KEY)  # only fakes return this
-    if not text:
-        raise KubeError(422, f"Secret {name} has no {c.SECRET_TOKEN_KEY!r} key")
-    return str(text)
+    mac = hmac.new(key, f"{purpose}/{owner.namespace}/{owner.name}/{owner.uid}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
 def reconcile_once(
@@ -66,11 +59,15 @@ def reconcile_once(
     pods: Sequence[PodView],
     now: str,
     floor: int = 0,
+    owned: Mapping[ChildKey, Mapping[str, Any]] | None = None,
+    key: bytes = b"",
 ) -> Outcome:
     """Bring one resource's children to its spec and report what happened in its status.
 
     ``pods`` are the resource's pods from the operator's index (replicas and balancer pods);
-    ``floor`` is the lowest ring revision a balancer will accept (after a 409), else 0.
+    ``owned`` the other children as the watches last saw them (None: read each from the API);
+    ``floor`` is the lowest ring revision a balancer will accept (after a 409), else 0;
+    ``key`` the operator's key the tokens derive from.
     """
     meta = resource.get("metadata") or {}
     owner = Owner(meta["name"], meta["namespace"], meta["uid"])
@@ -78,8 +75,11 @@ def reconcile_once(
     old_status = dict(resource.get("status") or {})
     outcome = Outcome()
 
-    spec = spec_mod.parse(resource.get("spec"))
-    problems = spec_mod.problems(owner.name, spec)
+    try:
+        spec = spec_mod.parse(resource.get("spec"))
+        problems = spec_mod.problems(owner.name, spec)
+    except spec_mod.SpecError as exc:
+        problems = [str(exc)]
     if problems:
         new = desired.invalid_status(old_status, problems, generation, now)
         if desired.status_differs(old_status, new):
@@ -93,56 +93,91 @@ def reconcile_once(
     conflicts: list[str] = []
     api_errors: list[str] = []
 
-    # 1. The balancer's objects. Without the token nothing can be pushed, but replica pods are
-    #    still managed, so an RBAC or quota problem here shows up in status, not as a crash.
-    token = ""
-    try:
-        token = ensure_token(kube, owner)
-    except KubeError as exc:
-        (conflicts if exc.status == 409 else api_errors).append(str(exc))
-    for obj in children.balancer_objects(owner, spec):
+    def live(kind: str, name: str) -> Any:
+        if owned is None:
+            from ringlb_operator.kube import _UNKNOWN
+
+            return _UNKNOWN
+        found = owned.get((kind, name))
+        return dict(found) if found is not None else None
+
+    def apply(obj: dict[str, Any], blind: bool = False) -> bool:
+        """ensure() one child, recording conflicts and errors; True when it is ours and in place."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
         try:
-            conflict = ensure(kube, obj, owner.uid)
+            result: Ensured = ensure_blind(kube, obj, owner.uid) if blind else ensure(kube, obj, owner.uid, live(kind, name))
         except KubeError as exc:
-            api_errors.append(f"{obj['kind']} {obj['metadata']['name']}: {exc}")
-            continue
-        if conflict:
-            conflicts.append(conflict)
+            api_errors.append(f"{kind} {name}: {exc}")
+            return False
+        if result.conflict:
+            conflicts.append(result.conflict)
+            return False
+        return True
+
+    # 1. The balancer's objects. Without the tokens nothing can be pushed, but replica pods are
+    #    still managed, so an RBAC or quota problem here shows up in status, not as a crash.
+    add_token = derive_token(key, owner, "add")
+    push_token = derive_token(key, owner, "membership")
+    tokens_ok = apply(children.token_secret(owner, children.secret_name(owner.name), add_token), blind=True)
+    tokens_ok &= apply(children.token_secret(owner, children.membership_secret_name(owner.name), push_token), blind=True)
+    for obj in children.applied_objects(owner, spec):
+        if obj["kind"] == "Deployment":
+            # Pods roll when a token changes (env from a Secret is read at container start only).
+            annotations = obj["spec"]["template"]["metadata"].setdefault("annotations", {})
+            annotations[c.ANNOTATION_TOKEN_HASH] = children.digest([add_token, push_token])
+        apply(obj)
 
     # 2. Replica pods: create the missing, delete the dead (they come back next pass).
     plan = desired.plan_pods(owner, spec, replica_pods, desired.previous_members(old_status))
     outcome.events += plan.events
+    by_name = {p.name: p for p in pods}
     for pod in plan.create:
+        name = pod["metadata"]["name"]
         try:
-            kube.create(pod)
+            if kube.create(pod) is not None:
+                outcome.events.append(plan.created_events[name])
+                continue
+            holder = kube.get("Pod", owner.namespace, name)  # 409: whose is it?
         except KubeError as exc:
-            api_errors.append(f"pod {pod['metadata']['name']}: {exc}")
+            api_errors.append(f"Pod {name}: {exc}")
+            continue
+        if holder is not None and not owned_by(holder, owner.uid):
+            conflicts.append(foreign("Pod", holder))
     for name in plan.delete_now:
-        try:
-            kube.delete("Pod", owner.namespace, name)
-        except KubeError as exc:
-            api_errors.append(f"pod {name}: {exc}")
+        _delete_pod(kube, owner, by_name.get(name), api_errors)
 
-    # 3. The ring: Ready pods minus retiring ones; its revision is saved before any push.
+    # 3. The ring: Ready pods minus retiring ones; its revision is saved in status first, then in
+    #    the snapshot ConfigMap (what a starting balancer pod loads), then pushed.
     members = desired.members(owner, spec, replica_pods, plan.retire)
-    ring = desired.ring(old_status, members, spec, floor)
+    ring = desired.ring(old_status, members, spec, min(floor, MAX_FLOOR))
     if ring.bumped:
         kube.patch_status(owner.namespace, owner.name, {"ringRevision": ring.revision, "ringHash": ring.hash})
         old_status.update(ringRevision=ring.revision, ringHash=ring.hash)
+    document = ring.document(members, spec)
+    published = apply(children.membership_configmap(owner, document))
 
     # 4. Push to every balancer pod that does not hold it yet.
     states: list[desired.PushState] = []
     pods_to_push = push.targets(balancer_pods)
-    if token and pods_to_push:
-        states = pusher.push_all(pods_to_push, ring.document(members, spec), token)
+    if tokens_ok and published and pods_to_push:
+        states = pusher.push_all(pods_to_push, document, push_token)
     failed = [s for s in states if not s.acknowledged]
     if failed:
         outcome.push_failed = True
-        refused = push.highest_refused(states)
         outcome.retry_in = c.PUSH_BACKOFF_MIN
+        # A balancer ahead of us by a plausible margin (a status write lost): jump past it at
+        # once. One absurdly far ahead holds a foreign ring: reset it (a new pod loads the
+        # snapshot) instead of following it towards the end of int64.
+        poisoned = [s for s in failed if s.error.startswith("409") and s.revision - ring.revision > c.ADOPT_JUMP_LIMIT]
+        for state in poisoned:
+            _delete_pod(kube, owner, by_name.get(state.pod), api_errors)
+            outcome.events.append(
+                Event("Warning", c.Reason.BALANCER_RESET, f"balancer pod {state.pod} held revision {state.revision}, far beyond {ring.revision}; deleted it so its replacement loads the published ring")
+            )
+        refused = push.highest_refused([s for s in failed if s not in poisoned])
         if refused:  # bump past it at once: the next pass pushes a revision they accept
             outcome.retry_in = 0.0
-            outcome.floor = refused + 1
+            outcome.floor = min(refused + 1, MAX_FLOOR)
         outcome.events.append(
             Event(
                 "Warning",
@@ -161,10 +196,7 @@ def reconcile_once(
     serving = [p.name for p in balancer_pods if p.alive and p.ready and p.ip]
     if plan.retire and all(name in acked for name in serving):
         for name in plan.retire:
-            try:
-                kube.delete("Pod", owner.namespace, name)
-            except KubeError as exc:
-                api_errors.append(f"pod {name}: {exc}")
+            _delete_pod(kube, owner, by_name.get(name), api_errors)
 
     # 6. Status, written only when it says something new.
     seen = desired.Observed(
@@ -188,4 +220,19 @@ def reconcile_once(
     if plan.retire and outcome.retry_in is None:
         outcome.retry_in = c.PUSH_BACKOFF_MIN  # retiring waits for acknowledgements; look again soon
     outcome.status = new
+    outcome.api_errors = len(api_errors)
     return outcome
+
+
+def _delete_pod(kube: Kube, owner: Owner, pod: PodView | None, api_errors: list[str]) -> None:
+    """Delete one of our pods, only the incarnation we saw (uid precondition). Balancer pods
+    are the Deployment's; they are ours through the resource label."""
+    if pod is None:
+        return
+    ours = pod.owner_uid == owner.uid or (pod.component == c.COMPONENT_BALANCER and pod.resource == owner.name)
+    if not ours:
+        return
+    try:
+        kube.delete("Pod", owner.namespace, pod.name, uid=pod.uid)
+    except KubeError as exc:
+        api_errors.append(f"Pod {pod.name}: {exc}")

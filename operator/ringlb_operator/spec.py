@@ -1,43 +1,90 @@
-"""The resource's spec as a typed value, with the CRD's defaults applied once more.
+"""The resource's spec as one typed model (pydantic): defaults, parsing and field names, once.
 
-The API server applies the schema defaults, but a resource stored before a default existed (or a
-test's hand-written dict) may lack them; parsing here keeps the rest of the operator free of
-``.get(..., default)`` chains. Checks the schema cannot express live in ``problems``.
+Everything that spells the spec takes it from here: the operator parses with ``parse``; the CRD's
+schema defaults, enums and ranges are checked against these models by a unit test; the balancer's
+``KubernetesScaler`` reads its resource through ``parse``; the hashing defaults are
+``HashingConfig``'s own, so ``ringlb dev``'s flags and the wire ``hashing`` object agree with the
+CRD. Checks that need code (DNS-form collisions, primality, the resource name) live in
+``problems``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ringlb_balancer.hashing import HashingConfig
-from ringlb_balancer.naming import MAX_REPLICAS, NAME_PATTERN, PlanError, check_unique, desired_identities
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ringlb_ring.hashing import HashingConfig
+from ringlb_ring.naming import MAX_REPLICAS, NAME_PATTERN, PlanError, check_unique, desired_identities
 
 from ringlb_operator import constants as c
 
-
-@dataclass(frozen=True)
-class PodTemplate:
-    """What a replica (or balancer) container is built from."""
-
-    image: str
-    image_pull_policy: str = c.DEFAULT_PULL_POLICY
-    env: tuple[tuple[str, str], ...] = ()
-    resources: Mapping[str, Any] = field(default_factory=dict)
+_HASHING = HashingConfig()
+PullPolicy = Literal["IfNotPresent", "Always", "Never"]
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
 
-@dataclass(frozen=True)
-class Hashing:
-    strategy: str = "maglev"
-    vnodes: int = 160
-    table_size: int = 65537
-    seed_formulas: str = "original"
-    bounded_load: float = 0.0
-    key_source: str = "header"
-    key_header: str = c.DEFAULT_KEY_HEADER
-    key_cookie: str = c.DEFAULT_KEY_COOKIE
+class SpecError(ValueError):
+    """A spec that does not parse; the message names the field(s)."""
+
+
+class _Model(BaseModel):
+    # camelCase on the wire (the CRD), snake_case in code; unknown fields are the API server's
+    # business (it prunes them), so they are ignored here.
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1, pattern=ENV_NAME_PATTERN)
+    value: str = ""
+
+
+class Resources(_Model):
+    requests: dict[str, int | str] = Field(default_factory=dict)
+    limits: dict[str, int | str] = Field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: dict(v) for k, v in (("requests", self.requests), ("limits", self.limits)) if v}
+
+
+class Toleration(_Model):
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="allow")
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1)
+
+
+class PodTemplate(_Model):
+    """What a replica (or balancer) pod is built from, scheduling included."""
+
+    image: str = ""  # "" = the operator's default image for the component
+    image_pull_policy: PullPolicy = Field(c.DEFAULT_PULL_POLICY, alias="imagePullPolicy")
+    env: tuple[EnvVar, ...] = Field((), max_length=64)
+    resources: Resources = Field(default_factory=Resources)
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    image_pull_secrets: tuple[LocalObjectReference, ...] = Field((), alias="imagePullSecrets")
+    priority_class_name: str = Field("", alias="priorityClassName")
+    labels: dict[str, str] = Field(default_factory=dict)  # extra pod labels (ours win on a clash)
+    annotations: dict[str, str] = Field(default_factory=dict)  # extra pod annotations
+
+    def env_pairs(self) -> list[dict[str, str]]:
+        return [{"name": e.name, "value": e.value} for e in self.env]
+
+
+class Hashing(_Model):
+    """The ``hashing`` object; defaults are ``HashingConfig``'s (the balancer's and ``ringlb dev``'s)."""
+
+    strategy: Literal["maglev", "ring", "seed"] = _HASHING.strategy  # type: ignore[assignment]
+    vnodes: int = Field(_HASHING.vnodes, ge=1, le=1000)
+    table_size: int = Field(_HASHING.table_size, alias="tableSize", ge=257, le=1_000_003)
+    seed_formulas: Literal["original", "reissue"] = Field(_HASHING.seed_formulas, alias="seedFormulas")  # type: ignore[assignment]
+    bounded_load: float = Field(_HASHING.bounded_load, alias="boundedLoad", ge=0, le=10)
+    key_source: Literal["header", "cookie", "client-ip"] = Field("header", alias="keySource")
+    key_header: str = Field(c.DEFAULT_KEY_HEADER, alias="keyHeader", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    key_cookie: str = Field(c.DEFAULT_KEY_COOKIE, alias="keyCookie", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     def config(self) -> HashingConfig:
         return HashingConfig(
@@ -57,65 +104,54 @@ class Hashing:
         return {"source": "header", "name": self.key_header}
 
 
-@dataclass(frozen=True)
-class Balancer:
-    replicas: int = c.DEFAULT_BALANCER_REPLICAS
-    service_type: str = c.DEFAULT_SERVICE_TYPE
-    port: int = c.PORT
-    template: PodTemplate = field(default_factory=lambda: PodTemplate(image=c.BALANCER_IMAGE))
+class Balancer(PodTemplate):
+    """The balancer Deployment and Service (its pod template fields sit beside these)."""
+
+    replicas: int = Field(c.DEFAULT_BALANCER_REPLICAS, ge=1, le=c.MAX_BALANCER_REPLICAS)
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(c.DEFAULT_SERVICE_TYPE, alias="serviceType")  # type: ignore[assignment]
+    port: int = Field(c.PORT, ge=1, le=65535)
+    service_annotations: dict[str, str] = Field(default_factory=dict, alias="serviceAnnotations")
+    drain_seconds: int = Field(c.DEFAULT_DRAIN_SECONDS, alias="drainSeconds", ge=0, le=300)
+
+    @property
+    def template(self) -> PodTemplate:
+        """The pod-template part, with the balancer image default applied."""
+        fields = {k: getattr(self, k) for k in PodTemplate.model_fields}
+        fields["image"] = self.image or c.BALANCER_IMAGE
+        return PodTemplate(**fields)
 
 
-@dataclass(frozen=True)
-class Spec:
-    replicas: int = c.DEFAULT_REPLICAS
-    hostnames: tuple[str, ...] = ()
-    template: PodTemplate = field(default_factory=lambda: PodTemplate(image=c.REPLICA_IMAGE))
-    hashing: Hashing = field(default_factory=Hashing)
-    balancer: Balancer = field(default_factory=Balancer)
+class Spec(_Model):
+    replicas: int = Field(c.DEFAULT_REPLICAS, ge=0, le=MAX_REPLICAS)
+    hostnames: tuple[str, ...] = Field((), max_length=MAX_REPLICAS)
+    template: PodTemplate = Field(default_factory=PodTemplate)
+    hashing: Hashing = Field(default_factory=Hashing)
+    balancer: Balancer = Field(default_factory=Balancer)
 
     def identities(self) -> list[str]:
         """The ring identities, in ring order (the balancer's /rep order)."""
         return desired_identities(self.replicas, list(self.hostnames))
 
-
-def _template(raw: Mapping[str, Any] | None, default_image: str) -> PodTemplate:
-    raw = raw or {}
-    env = tuple((str(e.get("name", "")), str(e.get("value", ""))) for e in raw.get("env") or [])
-    return PodTemplate(
-        image=raw.get("image") or default_image,
-        image_pull_policy=raw.get("imagePullPolicy") or c.DEFAULT_PULL_POLICY,
-        env=env,
-        resources=dict(raw.get("resources") or {}),
-    )
+    @property
+    def replica_template(self) -> PodTemplate:
+        """The replica pods' template with the default image applied."""
+        return self.template if self.template.image else self.template.model_copy(update={"image": c.REPLICA_IMAGE})
 
 
-def parse(raw: Mapping[str, Any] | None) -> Spec:
-    """A ``Spec`` from the resource's ``spec`` (any missing field takes the CRD's default)."""
-    raw = raw or {}
-    h = raw.get("hashing") or {}
-    b = raw.get("balancer") or {}
-    defaults = Hashing()
-    return Spec(
-        replicas=int(raw.get("replicas", c.DEFAULT_REPLICAS)),
-        hostnames=tuple(raw.get("hostnames") or ()),
-        template=_template(raw.get("template"), c.REPLICA_IMAGE),
-        hashing=Hashing(
-            strategy=h.get("strategy", defaults.strategy),
-            vnodes=int(h.get("vnodes", defaults.vnodes)),
-            table_size=int(h.get("tableSize", defaults.table_size)),
-            seed_formulas=h.get("seedFormulas", defaults.seed_formulas),
-            bounded_load=float(h.get("boundedLoad", defaults.bounded_load)),
-            key_source=h.get("keySource", defaults.key_source),
-            key_header=h.get("keyHeader", defaults.key_header),
-            key_cookie=h.get("keyCookie", defaults.key_cookie),
-        ),
-        balancer=Balancer(
-            replicas=int(b.get("replicas", c.DEFAULT_BALANCER_REPLICAS)),
-            service_type=b.get("serviceType", c.DEFAULT_SERVICE_TYPE),
-            port=int(b.get("port", c.PORT)),
-            template=_template(b, c.BALANCER_IMAGE),
-        ),
-    )
+def parse(raw: Any) -> Spec:
+    """A ``Spec`` from the resource's ``spec`` (any missing field takes the CRD's default).
+
+    Raises ``SpecError`` naming the fields the schema should have refused (a resource stored
+    before a rule existed, or a hand-written test dict).
+    """
+    try:
+        return Spec.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        found = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in ("spec", *err["loc"]))
+            found.append(f"{where}: {err['msg']}")
+        raise SpecError("; ".join(found)) from None
 
 
 def problems(name: str, spec: Spec) -> list[str]:
@@ -132,11 +168,7 @@ def problems(name: str, spec: Spec) -> list[str]:
             f"metadata.name: {name!r} must be a DNS-1035 label of at most {c.MAX_RESOURCE_NAME} "
             "characters (lower-case letters, digits, '-', starting with a letter)"
         )
-    if not 0 <= spec.replicas <= MAX_REPLICAS:
-        found.append(f"spec.replicas: must be between 0 and {MAX_REPLICAS}, got {spec.replicas}")
-    if len(spec.hostnames) > MAX_REPLICAS:
-        found.append(f"spec.hostnames: at most {MAX_REPLICAS} names")
-    bad = [h for h in spec.hostnames if not isinstance(h, str) or not NAME_PATTERN.match(h)]
+    bad = [h for h in spec.hostnames if not NAME_PATTERN.match(h)]
     if bad:
         found.append(f"spec.hostnames: invalid name(s) {bad!r}")
     else:
@@ -153,10 +185,9 @@ def problems(name: str, spec: Spec) -> list[str]:
         spec.hashing.config().validate()
     except ValueError as exc:
         found.append(f"spec.hashing: {exc}")
-    if spec.hashing.key_source not in c.KEY_SOURCES:
-        found.append(f"spec.hashing.keySource: one of {', '.join(c.KEY_SOURCES)}")
-    if not 1 <= spec.balancer.replicas <= c.MAX_BALANCER_REPLICAS:
-        found.append(f"spec.balancer.replicas: must be between 1 and {c.MAX_BALANCER_REPLICAS}")
-    if spec.balancer.service_type not in c.SERVICE_TYPES:
-        found.append(f"spec.balancer.serviceType: one of {', '.join(c.SERVICE_TYPES)}")
     return found
+
+
+def defaults() -> Spec:
+    """The spec of a resource with an empty ``spec`` (what ``ringlb dev`` starts with, too)."""
+    return Spec()

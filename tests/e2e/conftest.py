@@ -156,17 +156,42 @@ def web(namespace: str) -> str:
     return namespace
 
 
-def token(namespace: str, name: str = "web") -> str:
-    data = kubectl("-n", namespace, "get", "secret", f"{name}-balancer-token", "-o", "jsonpath={.data.token}").stdout
+def token(namespace: str, name: str = "web", secret: str = "balancer-token") -> str:
+    """The /add token (``secret="membership-token"``: the push token)."""
+    data = kubectl("-n", namespace, "get", "secret", f"{name}-{secret}", "-o", "jsonpath={.data.token}").stdout
     return base64.b64decode(data).decode()
 
 
-class PortForward:
-    """``kubectl port-forward`` to the balancer Service on a random local port."""
+def balancer_pods(namespace: str, name: str = "web") -> list[dict[str, Any]]:
+    selector = f"ringlb.io/resource={name},app.kubernetes.io/component=balancer"
+    return kubectl_json("-n", namespace, "get", "pods", "-l", selector)["items"]
 
-    def __init__(self, namespace: str, name: str = "web") -> None:
+
+def operator_pods() -> list[dict[str, Any]]:
+    return [p for p in kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+
+
+def scale_operator(replicas: int, timeout: float = 180) -> None:
+    kubectl("-n", OPERATOR_NS, "scale", "deployment/ringlb-operator", f"--replicas={replicas}")
+    if replicas == 0:
+        wait_for("operator pods gone", lambda: not kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")["items"], timeout=timeout)
+    else:
+        wait_for(
+            "the operator back",
+            lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+            timeout=timeout,
+        )
+
+
+class PortForward:
+    """``kubectl port-forward`` to the balancer Service (or ``target``, e.g. ``pod/x``, and
+    ``port``) on a random local port."""
+
+    def __init__(self, namespace: str, name: str = "web", target: str = "", port: int = 5000) -> None:
+        target = target or f"service/{name}-balancer"
         self.proc = subprocess.Popen(
-            ["kubectl", "-n", namespace, "port-forward", f"service/{name}-balancer", ":5000", "--address", "127.0.0.1"],
+            ["kubectl", "-n", namespace, "port-forward", target, f":{port}", "--address", "127.0.0.1"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

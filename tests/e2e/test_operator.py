@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -12,15 +13,18 @@ from .conftest import (
     OPERATOR_NS,
     PortForward,
     apply,
+    balancer_pods,
     condition,
     kubectl,
     kubectl_json,
     load,
+    operator_pods,
     pod_ready,
     rep,
     replica_pods,
     resource,
     sample,
+    scale_operator,
     token,
     wait_for,
     wait_ready,
@@ -188,3 +192,115 @@ def test_deleting_the_resource_garbage_collects_everything(web: str) -> None:
         return True
 
     wait_for("every child of web deleted", gone, timeout=180)
+
+
+# --- issue 10: no hijack, no drift, a data plane that outlives the operator, takeover ---------
+def _timed(what: str, fn, timeout: float) -> float:
+    started = time.monotonic()
+    wait_for(what, fn, timeout=timeout, interval=0.5)
+    took = time.monotonic() - started
+    print(f"{what}: {took:.1f}s")
+    return took
+
+
+def test_hand_edits_and_a_deleted_service_are_repaired_within_seconds(web: str) -> None:
+    kubectl("-n", web, "scale", "deployment/web-balancer", "--replicas=4")
+    took = _timed(
+        "Deployment web-balancer back at 2 replicas",
+        lambda: kubectl_json("-n", web, "get", "deployment", "web-balancer")["spec"]["replicas"] == 2,
+        timeout=20,
+    )
+    assert took < 15
+    kubectl("-n", web, "patch", "service", "web-balancer", "--type=merge", "-p", '{"spec":{"selector":{"app.kubernetes.io/component":"replica"}}}')
+    _timed(
+        "Service selector restored",
+        lambda: kubectl_json("-n", web, "get", "service", "web-balancer")["spec"]["selector"].get("app.kubernetes.io/component") == "balancer",
+        timeout=20,
+    )
+    uid = kubectl_json("-n", web, "get", "service", "web-balancer")["metadata"]["uid"]
+    kubectl("-n", web, "delete", "service", "web-balancer")
+    took = _timed(
+        "Service web-balancer recreated",
+        lambda: kubectl("-n", web, "get", "service", "web-balancer", "-o", "jsonpath={.metadata.uid}", check=False).stdout not in ("", uid),
+        timeout=20,
+    )
+    assert took < 15  # a watch event, not the 30 s resync
+    wait_ready(web, 3)
+
+
+def test_membership_cannot_be_hijacked_with_the_add_token(web: str, forward: PortForward) -> None:
+    pod = next(p["metadata"]["name"] for p in balancer_pods(web) if pod_ready(p))
+    admin = PortForward(web, target=f"pod/{pod}", port=5001)
+    try:
+        wait_for("the admin port to answer", lambda: requests.get(admin.url + "/readyz", timeout=5).ok, timeout=30)
+        held = requests.get(admin.url + "/membership", timeout=5).json()
+        evil = {**held, "revision": held["revision"] + 1, "members": [{"name": "Server 1", "address": "203.0.113.7:80"}]}
+        for bearer in (token(web), "", "nonsense"):
+            reply = requests.put(admin.url + "/membership", json=evil, headers={"Authorization": f"Bearer {bearer}"}, timeout=5)
+            assert reply.status_code in (401, 403), (bearer[:4], reply.status_code, reply.text[:200])
+        assert requests.get(admin.url + "/membership", timeout=5).json()["revision"] == held["revision"]
+    finally:
+        admin.close()
+    # The public port (the Service) does not serve /membership at all.
+    public = requests.put(forward.url + "/membership", json=evil, headers={"Authorization": f"Bearer {token(web)}"}, timeout=5)
+    assert public.status_code in (404, 405), public.status_code
+    assert token(web) != token(web, secret="membership-token")
+    policy = kubectl_json("-n", web, "get", "networkpolicy", "web-balancer")
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == [5000, 5001]
+
+
+def test_a_balancer_pod_replaced_while_the_operator_is_down_is_ready_with_the_ring(web: str) -> None:
+    revision = resource(web)["status"]["ringRevision"]
+    snapshot = kubectl_json("-n", web, "get", "configmap", "web-membership")
+    assert json.loads(snapshot["data"]["membership.json"])["revision"] == revision
+    scale_operator(0)
+    try:
+        victim = balancer_pods(web)[0]["metadata"]["name"]
+        kubectl("-n", web, "delete", "pod", victim, "--wait=false")
+
+        def replacement() -> str | None:
+            pods = [p for p in balancer_pods(web) if p["metadata"]["name"] != victim and pod_ready(p)]
+            return pods[0]["metadata"]["name"] if len(pods) == 2 else None
+
+        started = time.monotonic()
+        new = wait_for("a replacement balancer pod Ready without the operator", replacement, timeout=120)
+        print(f"replacement Ready after {time.monotonic() - started:.1f}s")
+        admin = PortForward(web, target=f"pod/{new}", port=5001)
+        try:
+            held = requests.get(admin.url + "/membership", timeout=5).json()
+        finally:
+            admin.close()
+        assert held["revision"] == revision and [m["name"] for m in held["members"]] == SERVERS
+        pf = PortForward(web)
+        try:
+            result = load(pf.url, 500, threads=8, seconds=60)
+        finally:
+            pf.close()
+        assert result.failures == [] and set(result.per_server) == set(SERVERS), result.failures[:3]
+    finally:
+        scale_operator(2)
+    time.sleep(5)
+    assert resource(web)["status"]["ringRevision"] == revision  # the operator found nothing to change
+
+
+def _active_operator() -> str | None:
+    peering = kubectl_json("get", "clusterkopfpeering", "ringlb")
+    live = {p["metadata"]["name"] for p in operator_pods()}
+    peers = {k: v for k, v in (peering.get("status") or {}).items() if k in live}
+    return max(peers, key=lambda k: peers[k]["priority"]) if len(peers) >= 2 else None
+
+
+def test_standby_takes_over_when_the_active_operator_is_killed(web: str) -> None:
+    active = wait_for("two operator pods in the peering", _active_operator, timeout=180)
+    kubectl("-n", OPERATOR_NS, "delete", "pod", active, "--grace-period=0", "--force", "--wait=false")
+    started = time.monotonic()
+    kubectl("-n", web, "scale", "lbrs/web", "--replicas=4")
+    wait_ready(web, 4)
+    took = time.monotonic() - started
+    print(f"scale converged {took:.1f}s after the active operator pod was killed")
+    assert took < 60 + 60  # the dead peer's record expires after its 60 s lifetime
+    wait_for(
+        "the operator Deployment whole again",
+        lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+        timeout=180,
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.procs import LocalMode
+from tests.support.local import LocalMode
 
 pytestmark = pytest.mark.integration
 

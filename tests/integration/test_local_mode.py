@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.integration.procs import LocalMode, pids_listening, wait_until
+from tests.support.local import LocalMode
+from tests.support.net import wait_until
+from tests.support.proc import pids_listening
 
 SEED_REP = b'{"message": {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]}, "status": "successful"}'
 

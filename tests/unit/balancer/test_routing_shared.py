@@ -7,11 +7,15 @@ import zlib
 
 import pytest
 
-from ringlb_balancer import hashing
-from ringlb_balancer.membership import EMPTY, KeyConfig, Member, Membership, MembershipError, parse
-from ringlb_balancer.naming import MAX_REPLICAS
 from ringlb_balancer.routing import Routing, RoutingStore, StaleRevision
-from ringlb_balancer.shared import EJECTED, HEALTHY, MAX_WORKERS, SharedState
+from ringlb_balancer.shared import EJECTION_CODES, HEALTHY, MAX_WORKERS, SharedState
+
+EJECTED = EJECTION_CODES["connection"]
+from ringlb_ring import hashing
+from ringlb_ring.hashing.ketama import Ring
+from ringlb_ring.hashing.maglev import Maglev
+from ringlb_ring.membership import EMPTY, KeyConfig, Member, Membership, MembershipError, parse
+from ringlb_ring.naming import MAX_REPLICAS
 
 
 def membership(revision: int, names: list[str], strategy: str = "ring", **key) -> Membership:
@@ -57,7 +61,7 @@ def test_publish_is_seen_by_another_process(two_processes):
     seen = b.current()
     assert seen.membership == m
     assert seen.membership.names == S3
-    assert isinstance(seen.strategy, hashing.Ring)
+    assert isinstance(seen.strategy, Ring)
     assert [seen.strategy.owner(f"k{i}") for i in range(200)] == [routing.strategy.owner(f"k{i}") for i in range(200)]
     # unchanged revision: the same object, no reload
     assert b.current() is seen
@@ -70,7 +74,7 @@ def test_later_revision_replaces(two_processes):
     routing, changed = b.publish(membership(5, S3 + ["S4"], strategy="maglev"))
     assert changed
     assert a.current().membership.names == S3 + ["S4"]
-    assert isinstance(a.current().strategy, hashing.Maglev)
+    assert isinstance(a.current().strategy, Maglev)
     assert a.current().strategy.table_size == 257
 
 
@@ -106,7 +110,7 @@ def test_same_revision_different_content_is_stale(two_processes):
 def test_health_flags_carried_over_for_members_that_stay(two_processes):
     a, b = two_processes
     a.publish(membership(1, S3))
-    a.shared.set_health(1, EJECTED)  # Server 2 ejected
+    a.shared.set_health(1, "connection")  # Server 2 ejected
     assert b.shared.ejected(1)
     # Server 1 leaves, Server 2 and 3 stay (new indexes 0, 1), S9 is new
     b.publish(membership(2, ["Server 2", "Server 3", "S9"]))
@@ -118,7 +122,7 @@ def test_health_flags_reset_for_new_members(two_processes):
     a, b = two_processes
     a.publish(membership(1, S3))
     for i in range(3):
-        a.shared.set_health(i, EJECTED)
+        a.shared.set_health(i, "connection")
     b.publish(membership(2, ["S7", "S8"]))
     assert a.shared.health_flags(2) == bytes([HEALTHY, HEALTHY])
 
@@ -126,7 +130,7 @@ def test_health_flags_reset_for_new_members(two_processes):
 def test_member_with_a_new_address_is_a_new_member(two_processes):
     a, b = two_processes
     a.publish(membership(1, S3))
-    a.shared.set_health(0, EJECTED)
+    a.shared.set_health(0, "connection")
     moved = dataclasses.replace(membership(2, S3), members=(
         dataclasses.replace(membership(2, S3).members[0], port=9999),
         *membership(2, S3).members[1:],
@@ -189,9 +193,9 @@ def test_shared_revision_and_health_across_instances(tmp_path):
     s2.write_health_flags(bytes([EJECTED, HEALTHY, EJECTED]))
     assert s1.health_flags(3) == bytes([1, 0, 1])
     assert s1.ejected(0) and not s1.ejected(1) and s1.ejected(2)
-    s1.set_health(0, HEALTHY)
+    s1.set_health(0, None)
     assert not s2.ejected(0)
-    s1.set_health(MAX_REPLICAS - 1, EJECTED)
+    s1.set_health(MAX_REPLICAS - 1, "connection")
     assert s2.ejected(MAX_REPLICAS - 1)
 
 

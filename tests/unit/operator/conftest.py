@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ringlb_operator import constants as c
-from ringlb_operator.children import Owner
+from ringlb_operator.children import Owner, differs
 from ringlb_operator.kube import K8sObject, KubeError
 from ringlb_operator.observe import PodView, pod_view
 
@@ -44,17 +44,46 @@ class FakeKube:
         stored = copy.deepcopy(obj)
         if obj["kind"] == "Secret" and "stringData" in stored:
             stored["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in stored.pop("stringData").items()}
+        if obj["kind"] == "Pod" and "status" not in stored:
+            stored["status"] = {}
         stored["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}")
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        self._check("patch", kind)
-        self.writes.append(("patch", kind, name))
-        _merge(self.objects[(kind, namespace, name)], patch)
+    def apply(self, obj: K8sObject, force: bool = True, dry_run: bool = False, manager: str = c.MANAGER) -> K8sObject:
+        """Server-side apply, simplified: a non-forced apply that would change a value is a
+        field conflict (409); a second controller reference is refused (422)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        current = self.objects.get(key)
+        if dry_run:
+            return copy.deepcopy(current if current is not None else obj)
+        self._check("apply", kind)
+        if current is None:
+            self.writes.append(("apply", kind, meta["name"]))
+            stored = copy.deepcopy(obj)
+            stored["metadata"].setdefault("uid", f"uid-{meta['name']}")
+            self.objects[key] = stored
+            return copy.deepcopy(stored)
+        theirs = controller(current)
+        mine = controller(obj)
+        if theirs and mine and theirs.get("uid") != mine.get("uid"):
+            raise KubeError(422, "Only one reference can have Controller set to true")
+        if not force and differs(obj, current):
+            raise KubeError(409, "Apply failed with 1 conflict")
+        if differs(obj, current):
+            self.writes.append(("apply", kind, meta["name"]))
+            for k, v in obj.items():  # top-level fields replaced whole (atomic selectors, lists)
+                if k != "metadata":
+                    current[k] = copy.deepcopy(v)
+            _merge(current["metadata"], {k: v for k, v in meta.items() if k not in ("name", "namespace")})
+        return copy.deepcopy(current)
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
         self._check("delete", kind)
+        current = self.objects.get((kind, namespace, name))
+        if current is not None and uid and current["metadata"].get("uid") != uid:
+            return  # precondition failed (409): another incarnation, left alone
         self.writes.append(("delete", kind, name))
         self.objects.pop((kind, namespace, name), None)
 
@@ -67,6 +96,10 @@ class FakeKube:
 
     def count(self, verb: str, kind: str) -> int:
         return sum(1 for v, k, _ in self.writes if v == verb and k == kind)
+
+
+def controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
 
 
 def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:

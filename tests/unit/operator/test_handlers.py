@@ -22,13 +22,23 @@ def test_configure_sets_annotations_storage_and_peering(kube: FakeKube, monkeypa
     memo = kopf.Memo()
     handlers.configure(settings, memo, kube=kube)
     assert settings.peering.name == "ringlb" and 1 <= settings.peering.priority <= 32767
+    assert settings.peering.mandatory  # a new operator pod waits until it is the chosen one
     assert settings.persistence.finalizer == "ringlb.io/daemon"
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert memo.kube is kube and memo.wakeups == {}
+    # The operator's key: created once in its namespace, then read back by every later start.
+    assert len(memo.key) == 32 and kube.count("create", "Secret") == 1
+    again = kopf.Memo()
+    handlers.configure(kopf.OperatorSettings(), again, kube=kube)
+    assert again.key == memo.key and kube.count("create", "Secret") == 1
     explicit = kopf.OperatorSettings()
     explicit.peering.mandatory, explicit.peering.name, explicit.peering.priority = True, "mine", 666
     handlers.configure(explicit, kopf.Memo(), kube=kube)
     assert (explicit.peering.name, explicit.peering.priority) == ("mine", 666)
+    standalone = kopf.OperatorSettings()
+    standalone.peering.standalone = True
+    handlers.configure(standalone, kopf.Memo(), kube=kube)
+    assert not standalone.peering.mandatory
 
 
 def test_index_keys_pods_by_owner() -> None:
@@ -41,8 +51,27 @@ def test_registrations() -> None:
     registry = kopf.get_default_registry()
     ids = {h.id for h in registry._spawning.get_all_handlers()} | {h.id for h in registry._watching.get_all_handlers()}
     assert any("reconciler" in i for i in ids) and any("pod_changed" in i for i in ids)
-    assert any("ringlb_pods" in h.id for h in registry._indexing.get_all_handlers())
+    indexes = {h.id for h in registry._indexing.get_all_handlers()}
+    assert any("ringlb_pods" in i for i in indexes)
+    for _, _, plural, _ in handlers.OWNED_KINDS:  # every owned kind is indexed and watched
+        assert handlers.index_id(plural) in indexes and f"{plural}_changed" in ids
     assert main.OURS[c.LABEL_RESOURCE] is kopf.PRESENT
+
+
+def test_owned_children_come_from_the_indexes() -> None:
+    from ringlb_operator import children
+
+    s = parse({})
+    objects = children.applied_objects(OWNER, s)
+    index: dict[str, dict] = {}
+    for obj in objects:
+        plural = next(p for _, _, p, k in handlers.OWNED_KINDS if k == obj["kind"])
+        [(key, slim)] = handlers.index_child({**obj, "metadata": {**obj["metadata"], "managedFields": [{}]}}).items()
+        assert key == ("ns", "web") and "managedFields" not in slim["metadata"]
+        index.setdefault(handlers.index_id(plural), {}).setdefault(key, []).append(slim)
+    found = handlers.owned_children(("ns", "web"), index)
+    assert set(found) == {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert handlers.owned_children(("ns", "other"), index) == {}
 
 
 class Stopped:
@@ -74,6 +103,7 @@ def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.M
     memo = kopf.Memo()
     memo.kube = kube
     memo.wakeups = {}
+    memo.key = b"k" * 32
     body = resource()
 
     class LiveIndex:  # what kopf's index would hold once the watch events arrived
@@ -85,7 +115,7 @@ def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.M
         task = asyncio.create_task(
             handlers.run(stopped=stopped, body=body, namespace="ns", name="web", memo=memo, logger=_Log(), pods=LiveIndex(), pusher=Pusher())  # type: ignore[arg-type]
         )
-        for _ in range(100):
+        for _ in range(500):  # up to 5 s: passes run on threads, the machine may be busy
             await asyncio.sleep(0.01)
             if kube.pods():
                 break
@@ -93,7 +123,7 @@ def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.M
         creates = kube.count("create", "Pod")
         body["spec"] = {"replicas": 4}
         handlers.wake(memo, "ns", "web")
-        for _ in range(100):
+        for _ in range(500):  # up to 5 s: passes run on threads, the machine may be busy
             await asyncio.sleep(0.01)
             if len(kube.pods()) == 4:
                 break
@@ -111,7 +141,7 @@ def test_daemon_survives_api_errors(kube: FakeKube, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
     kube.fail[("patch_status", c.KIND)] = 500
     memo = kopf.Memo()
-    memo.kube, memo.wakeups = kube, {}
+    memo.kube, memo.wakeups, memo.key = kube, {}, b"k" * 32
     log = _Log()
 
     async def scenario() -> None:

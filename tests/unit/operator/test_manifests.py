@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ringlb_balancer import naming
+from ringlb_ring import naming
 from ringlb_operator import children, constants as c, spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -111,22 +111,51 @@ def test_cel_rule_guards_the_name() -> None:
     assert not cel_name_ok("Web") and not cel_name_ok("1web") and not cel_name_ok("a" * 41)
 
 
-def test_schema_agrees_with_the_code() -> None:
+def _check_model(model: type, props: dict[str, Any], where: str) -> None:
+    """Each field of a spec model against its CRD property: default, enum, range, pattern."""
+    import typing
+
+    from pydantic import BaseModel
+
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        assert key in props, f"{where}.{key} missing from the CRD"
+        prop = props[key]
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            assert prop["type"] == "object" and prop.get("default", {}) == {}, f"{where}.{key}"
+            _check_model(annotation, prop["properties"], f"{where}.{key}")
+            continue
+        if typing.get_origin(annotation) is typing.Literal:
+            assert prop["enum"] == list(typing.get_args(annotation)), f"{where}.{key}"
+        if "default" in prop:
+            assert prop["default"] == info.get_default(call_default_factory=True), f"{where}.{key}"
+        for meta in info.metadata:
+            for attr, crd in (("ge", "minimum"), ("le", "maximum"), ("min_length", "minLength"), ("max_length", "maxItems"), ("pattern", "pattern")):
+                value = getattr(meta, attr, None)
+                if value is not None and not (attr == "max_length" and prop["type"] != "array"):
+                    assert prop.get(crd) == value, f"{where}.{key}.{crd}"
+
+
+def test_schema_agrees_with_the_spec_model() -> None:
+    """The pydantic model is the one spelling: every field, default, enum and range of the CRD
+    matches it (and the model's hashing defaults are HashingConfig's)."""
     props = SCHEMA["properties"]["spec"]["properties"]
-    assert props["replicas"]["maximum"] == naming.MAX_REPLICAS and props["replicas"]["default"] == c.DEFAULT_REPLICAS
-    hostnames = props["hostnames"]
-    assert hostnames["items"]["pattern"] == naming.NAME_PATTERN.pattern and hostnames["maxItems"] == naming.MAX_REPLICAS
-    assert hostnames["x-kubernetes-list-type"] == "set"
-    h, defaults = props["hashing"]["properties"], spec.Hashing()
-    assert h["strategy"]["default"] == defaults.strategy and h["strategy"]["enum"] == ["maglev", "ring", "seed"]
-    assert h["vnodes"]["default"] == defaults.vnodes and h["tableSize"]["default"] == defaults.table_size
-    assert h["keyHeader"]["default"] == defaults.key_header and h["keyCookie"]["default"] == defaults.key_cookie
-    assert h["keySource"]["enum"] == list(c.KEY_SOURCES)
-    b = props["balancer"]["properties"]
-    assert b["replicas"]["default"] == c.DEFAULT_BALANCER_REPLICAS and b["replicas"]["maximum"] == c.MAX_BALANCER_REPLICAS
-    assert b["serviceType"]["enum"] == list(c.SERVICE_TYPES) and b["port"]["default"] == c.PORT
-    for name in ("hashing", "balancer", "template"):
+    _check_model(spec.Spec, props, "spec")
+    assert set(props) == {f.alias or n for n, f in spec.Spec.model_fields.items()}
+    for name in ("template", "hashing", "balancer"):
         assert props[name]["default"] == {}  # so nested defaults apply to a spec without them
+    assert props["hostnames"]["items"]["pattern"] == naming.NAME_PATTERN.pattern
+    assert props["hostnames"]["x-kubernetes-list-type"] == "set"
+    for name in ("template", "balancer"):
+        crd = set(props[name]["properties"])
+        model = spec.PodTemplate if name == "template" else spec.Balancer
+        assert crd == {f.alias or n for n, f in model.model_fields.items()}, name
+    defaults = spec.parse({})
+    assert spec.parse(CRD_DEFAULTED_EMPTY) == defaults
+
+
+CRD_DEFAULTED_EMPTY = {"template": {}, "hashing": {}, "balancer": {}}
 
 
 def test_structural_schema() -> None:
@@ -207,8 +236,17 @@ def test_operator_deployment() -> None:
     assert container["args"][:2] == ["run", "--all-namespaces"] and "ringlb_operator.main" in container["args"]
     assert container["securityContext"] == children.CONTAINER_SECURITY
     assert pod["securityContext"] == children.POD_SECURITY and pod["serviceAccountName"] == "ringlb-operator"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RINGLB_BALANCER_IMAGE"] == c.BALANCER_IMAGE and env["RINGLB_REPLICA_IMAGE"] == c.REPLICA_IMAGE
+    assert f"--peering={c.PEERING_NAME}" in container["args"]  # mandatory peering (kopf sets it for --peering)
+    assert env["RINGLB_OPERATOR_METRICS_PORT"] == str(c.METRICS_PORT)
+    assert {"name": "metrics", "containerPort": c.METRICS_PORT, "protocol": "TCP"} in container["ports"]
+    valued = {e["name"]: e for e in container["env"]}
+    assert valued["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # The balancer NetworkPolicy admits the operator by these labels.
+    assert dep["spec"]["template"]["metadata"]["labels"][c.LABEL_COMPONENT] == c.OPERATOR_COMPONENT
+    [pdb] = [d for d in by_kind("PodDisruptionBudget") if d["metadata"]["name"] == "ringlb-operator"]
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
 def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
@@ -218,14 +256,14 @@ def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
 def test_operator_rbac_covers_what_the_code_does_and_no_more() -> None:
     [role] = by_kind("ClusterRole")
     rules = role["rules"]
+    from ringlb_operator.handlers import OWNED_KINDS
+
+    for group, _, plural, _ in OWNED_KINDS:  # indexed, watched, applied
+        for verb in ("get", "list", "watch", "create", "patch"):
+            assert allowed(rules, group, plural, verb), (group, plural, verb)
     for group, resource, verbs in [
         ("", "pods", ["get", "list", "watch", "create", "delete"]),
-        ("", "secrets", ["get", "create"]),
-        ("", "services", ["get", "create", "patch"]),
-        ("", "serviceaccounts", ["get", "create", "patch"]),
-        ("apps", "deployments", ["get", "create", "patch"]),
-        ("rbac.authorization.k8s.io", "roles", ["get", "create", "patch"]),
-        ("rbac.authorization.k8s.io", "rolebindings", ["get", "create", "patch"]),
+        ("", "secrets", ["create", "patch"]),
         ("ringlb.io", "replicasets", ["get", "list", "watch", "patch"]),
         ("ringlb.io", "replicasets/status", ["patch"]),
         ("kopf.dev", "clusterkopfpeerings", ["list", "watch", "patch", "create"]),
@@ -233,24 +271,65 @@ def test_operator_rbac_covers_what_the_code_does_and_no_more() -> None:
     ]:
         for verb in verbs:
             assert allowed(rules, group, resource, verb), (group, resource, verb)
-    assert not allowed(rules, "", "secrets", "list") and not allowed(rules, "", "secrets", "patch")
+    # No Secret is ever read cluster-wide: tokens derive from the operator's key.
+    for verb in ("get", "list", "watch"):
+        assert not allowed(rules, "", "secrets", verb), verb
+    [peering_rw] = [r for r in rules if "patch" in r["verbs"] and "clusterkopfpeerings" in r["resources"]]
+    assert peering_rw["resourceNames"] == [c.PEERING_NAME]
+    [ns_role] = [d for d in by_kind("Role") if d["metadata"]["name"] == "ringlb-operator"]
+    assert ns_role["metadata"]["namespace"] == "ringlb-system"
+    assert ns_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [c.OPERATOR_KEY_SECRET], "verbs": ["get"]}]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
     # RBAC refuses to let the operator grant what it does not hold itself.
     for rule in children.role(children.Owner("web", "ns", "u"))["rules"]:
         for verb in rule["verbs"]:
             assert allowed(rules, rule["apiGroups"][0], rule["resources"][0], verb)
     [binding] = by_kind("ClusterRoleBinding")
+    [ns_binding] = [d for d in by_kind("RoleBinding") if d["metadata"]["name"] == "ringlb-operator"]
+    assert ns_binding["subjects"] == binding["subjects"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ringlb-operator", "namespace": "ringlb-system"}]
 
 
-def test_peering_crd_matches_kopf() -> None:
+def test_peering_crd_matches_kopf_and_is_not_ours_to_delete() -> None:
     [peering] = [d for d in by_kind("CustomResourceDefinition") if d["spec"]["group"] == "kopf.dev"]
     assert peering["spec"]["names"]["plural"] == "clusterkopfpeerings" and peering["spec"]["scope"] == "Cluster"
+    # Shared by every kopf operator: outside the default kustomization (which undeploy deletes).
+    default = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"]
+    assert "kopf" not in default and "monitoring" not in default
+    assert "kopf-peering.yaml" not in (MANIFESTS / "crd" / "kustomization.yaml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    undeploy = makefile.split("\nundeploy:")[1].split("\n\n")[0]
+    assert "manifests/kopf" not in undeploy and "clusterkopfpeering ringlb" in undeploy
+
+
+def test_balancer_scope_policy() -> None:
+    [policy] = by_kind("ValidatingAdmissionPolicy")
+    [binding] = by_kind("ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["apiGroups"] == [c.GROUP] and rule["resources"] == [c.PLURAL] and rule["operations"] == ["UPDATE"]
+    [match] = policy["spec"]["matchConditions"]
+    assert "'-balancer'" in match["expression"]  # the per-resource ServiceAccount, children.balancer_name
+    assert children.balancer_name("web") == "web-balancer"
+    spec_rule = policy["spec"]["validations"][0]["expression"]
+    for field in SCHEMA["properties"]["spec"]["properties"]:
+        if field not in ("replicas", "hostnames"):
+            assert f"object.spec.{field} == oldObject.spec.{field}" in spec_rule, field
+
+
+def test_monitoring_is_optional() -> None:
+    kinds = {d["kind"] for p, d in all_docs() if "monitoring" in p.parts and d["kind"] != "Kustomization"}
+    assert kinds == {"Service", "ServiceMonitor", "PodMonitor"}
+    [monitor] = by_kind("ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    [pods] = by_kind("PodMonitor")
+    assert pods["spec"]["podMetricsEndpoints"][0]["port"] == c.ADMIN_PORT_NAME
 
 
 def test_kind_config() -> None:
     cfg = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
-    assert sorted(n["role"] for n in cfg["nodes"]) == ["control-plane", "worker"]
+    roles = [n["role"] for n in cfg["nodes"]]
+    assert roles.count("control-plane") == 1 and roles.count("worker") >= 1
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
@@ -258,7 +337,11 @@ def test_kustomize_builds_offline() -> None:
     out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60, check=True)
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout)]
     assert sorted(kinds) == sorted(
-        ["Namespace", "CustomResourceDefinition", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"]
+        [
+            "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+            "RoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Deployment",
+            "PodDisruptionBudget",
+        ]
     )
     samples = subprocess.run(["kubectl", "kustomize", str(MANIFESTS / "samples")], capture_output=True, text=True, timeout=60, check=True)
     assert [d["kind"] for d in yaml.safe_load_all(samples.stdout)] == ["ReplicaSet"]

@@ -1,15 +1,22 @@
-"""The membership push against the real balancer app (its Flask/WSGI code, no sockets)."""
+"""The membership push against fake balancer pods that follow the balancer's admin contract.
+
+The fake keeps to plan.md's process contract: ``GET|PUT /membership`` on the admin port;
+``PUT`` needs ``RINGLB_MEMBERSHIP_TOKEN`` (401 for another token, 403 when none is set); a
+revision not above the one in force → 409; a jump of more than 2^32 → 400.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from werkzeug.test import Client
+import requests
 
-from ringlb_balancer.app import create_app
-from ringlb_balancer.config import Settings
+from ringlb_operator import constants as c
 from ringlb_operator import desired, push, spec
 from ringlb_operator.observe import PodView
 
@@ -28,41 +35,68 @@ class Reply:
         return self._body
 
 
+class FakeBalancer:
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.document: dict[str, Any] = {"revision": 0, "members": []}
+
+    def get(self) -> Reply:
+        return Reply(200, self.document)
+
+    def put(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        if not self.token:
+            return Reply(403, {"message": "membership pushes are disabled"})
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return Reply(401, {"message": "bad token"})
+        held, revision = self.document["revision"], int(body["revision"])
+        if revision <= held:
+            return Reply(409, {"message": f"stale revision {revision}, holding {held}"})
+        if revision - held > 2**32:
+            return Reply(400, {"message": "revision jumps too far"})
+        self.document = dict(body)
+        return Reply(200, self.document)
+
+
 class BalancerSession:
-    """A requests.Session stand-in that routes by IP to in-process balancer apps."""
+    """A requests.Session stand-in that routes by IP to fake balancer pods."""
 
-    def __init__(self, apps: dict[str, Client], down: set[str] | None = None) -> None:
-        self.apps = apps
+    def __init__(self, pods: dict[str, FakeBalancer], down: set[str] | None = None, hang: set[str] | None = None) -> None:
+        self.pods = pods
         self.down = down or set()
+        self.hang = hang or set()
         self.puts = 0
+        self.ports: set[int] = set()
+        self.lock = threading.Lock()
 
-    def _client(self, url: str) -> tuple[Client, str]:
+    def _pod(self, url: str, timeout: float) -> FakeBalancer:
         parts = urlsplit(url)
+        self.ports.add(parts.port or 80)
+        assert parts.path == "/membership"
+        if parts.hostname in self.hang:
+            time.sleep(timeout)
+            raise requests.ReadTimeout("hung")
         if parts.hostname in self.down:
-            import requests
-
             raise requests.ConnectionError("refused")
-        return self.apps[parts.hostname], parts.path
+        return self.pods[parts.hostname or ""]
 
     def get(self, url: str, timeout: float) -> Reply:
-        client, path = self._client(url)
-        r = client.get(path)
-        return Reply(r.status_code, r.get_json())
+        return self._pod(url, timeout).get()
 
     def put(self, url: str, json: Any, headers: dict[str, str], timeout: float) -> Reply:
-        self.puts += 1
-        client, path = self._client(url)
-        r = client.put(path, json=json, headers=headers)
-        return Reply(r.status_code, r.get_json())
+        with self.lock:
+            self.puts += 1
+        return self._pod(url, timeout).put(json, headers)
 
 
 @pytest.fixture
-def apps(tmp_path: Any) -> dict[str, Client]:
-    out = {}
-    for n, ip in enumerate(("10.1.0.1", "10.1.0.2")):
-        app = create_app(Settings(state_dir=str(tmp_path / f"b{n}"), token=TOKEN, membership_token=TOKEN))
-        out[ip] = Client(app)
-    return out
+def pods() -> dict[str, FakeBalancer]:
+    return {"10.1.0.1": FakeBalancer(), "10.1.0.2": FakeBalancer()}
+
+
+@pytest.fixture
+def pool() -> Any:
+    with ThreadPoolExecutor(8) as executor:
+        yield executor
 
 
 def document(revision: int, n: int = 3, strategy: str = "maglev") -> dict[str, Any]:
@@ -71,61 +105,103 @@ def document(revision: int, n: int = 3, strategy: str = "maglev") -> dict[str, A
     return desired.Ring(revision, "h", True).document(members, s)
 
 
-def pods() -> list[PodView]:
+def views() -> list[PodView]:
     return [balancer_pod("b-1", "10.1.0.1", ready=False), balancer_pod("b-2", "10.1.0.2")]
 
 
-def test_push_is_accepted_and_makes_the_balancer_ready(apps: dict[str, Client]) -> None:
-    assert apps["10.1.0.1"].get("/readyz").status_code == 503
-    session = BalancerSession(apps)
-    states = push.Pusher(session=session, sleep=lambda _: None).push_all(push.targets(pods()), document(1), TOKEN)
-    assert [s.acknowledged for s in states] == [True, True]
-    assert apps["10.1.0.1"].get("/readyz").status_code == 200
-    assert apps["10.1.0.2"].get("/rep").get_json()["message"]["replicas"] == ["Server 1", "Server 2", "Server 3"]
-    # An unchanged document is not PUT again: the GET shows the pod already holds it.
+def test_push_goes_to_the_admin_port_and_is_skipped_when_held(pods: dict[str, FakeBalancer], pool: Any) -> None:
+    session = BalancerSession(pods)
+    pusher = push.Pusher(session=session, sleep=lambda _: None, pool=pool)
+    states = pusher.push_all(push.targets(views()), document(1), TOKEN)
+    assert [s.acknowledged for s in states] == [True, True] and session.ports == {c.ADMIN_PORT}
+    assert pods["10.1.0.2"].document["members"][0]["name"] == "Server 1"
     before = session.puts
-    push.Pusher(session=session).push_all(push.targets(pods()), document(1), TOKEN)
-    assert session.puts == before
+    pusher.push_all(push.targets(views()), document(1), TOKEN)
+    assert session.puts == before  # the GET showed both already hold it
 
 
-def test_every_strategy_document_is_valid_for_the_balancer(apps: dict[str, Client]) -> None:
-    session = BalancerSession(apps)
-    pusher = push.Pusher(session=session, sleep=lambda _: None)
+def test_every_strategy_document_is_accepted(pods: dict[str, FakeBalancer], pool: Any) -> None:
+    pusher = push.Pusher(session=BalancerSession(pods), sleep=lambda _: None, pool=pool)
     for revision, strategy in enumerate(("maglev", "ring", "seed"), start=1):
-        states = pusher.push_all(push.targets(pods()), document(revision, strategy=strategy), TOKEN)
-        assert all(s.acknowledged for s in states), states
-    for source in ({"keySource": "cookie"}, {"keySource": "client-ip"}, {"boundedLoad": 1.25}):
-        revision += 1
-        members = [{"name": "S5", "address": "10.0.0.5:5000"}]
-        doc = desired.Ring(revision, "h", True).document(members, spec.parse({"hashing": source}))
-        assert all(s.acknowledged for s in pusher.push_all(push.targets(pods()), doc, TOKEN))
+        assert all(s.acknowledged for s in pusher.push_all(push.targets(views()), document(revision, strategy=strategy), TOKEN))
 
 
-def test_wrong_token_is_not_retried(apps: dict[str, Client]) -> None:
-    session = BalancerSession(apps)
-    state = push.Pusher(session=session, sleep=lambda _: None).push_one(push.Target("b-1", "10.1.0.1"), document(1), "wrong")
-    assert not state.acknowledged and state.error.startswith("401") and session.puts == 1
+@pytest.mark.parametrize("token,status", [("wrong", "401"), ("", "403")])
+def test_refused_token_is_not_retried(token: str, status: str, pool: Any) -> None:
+    fake = FakeBalancer(token=token and TOKEN)
+    session = BalancerSession({"10.1.0.1": fake})
+    state = push.Pusher(session=session, sleep=lambda _: None, pool=pool).push_one(push.Target("b-1", "10.1.0.1"), document(1), token or TOKEN)
+    assert not state.acknowledged and state.error.startswith(status) and session.puts == 1
 
 
-def test_stale_revision_reports_what_the_balancer_holds(apps: dict[str, Client]) -> None:
-    session = BalancerSession(apps)
-    pusher = push.Pusher(session=session, sleep=lambda _: None)
+def test_stale_revision_reports_what_the_balancer_holds(pods: dict[str, FakeBalancer], pool: Any) -> None:
+    session = BalancerSession(pods)
+    pusher = push.Pusher(session=session, sleep=lambda _: None, pool=pool)
     pusher.push_one(push.Target("b-1", "10.1.0.1"), document(5), TOKEN)
+    puts = session.puts
     state = pusher.push_one(push.Target("b-1", "10.1.0.1"), document(3, n=2), TOKEN)
     assert not state.acknowledged and state.error.startswith("409") and state.revision == 5
+    assert session.puts == puts  # known from the GET: no PUT that must fail
     assert push.highest_refused([state]) == 5
 
 
-def test_unreachable_pod_is_retried_with_backoff(apps: dict[str, Client]) -> None:
+def test_unreachable_pod_is_retried_with_backoff(pods: dict[str, FakeBalancer], pool: Any) -> None:
     sleeps: list[float] = []
-    session = BalancerSession(apps, down={"10.1.0.1"})
-    states = push.Pusher(session=session, sleep=sleeps.append).push_all(push.targets(pods()), document(1), TOKEN)
+    session = BalancerSession(pods, down={"10.1.0.1"})
+    states = push.Pusher(session=session, sleep=sleeps.append, pool=pool).push_all(push.targets(views()), document(1), TOKEN)
     assert [s.acknowledged for s in states] == [False, True]
     assert states[0].error.startswith("unreachable") and sleeps == [0.2, 0.4]
+
+
+def test_hung_pods_cost_one_deadline_not_a_sum(pool: Any) -> None:
+    """Three hung balancer pods and one good one: all pushed at once, one deadline overall."""
+    fakes = {f"10.1.0.{i}": FakeBalancer() for i in range(1, 5)}
+    session = BalancerSession(fakes, hang={"10.1.0.1", "10.1.0.2", "10.1.0.3"})
+    pusher = push.Pusher(session=session, timeout=0.5, deadline=0.8, sleep=time.sleep, pool=pool)
+    targets = [push.Target(f"b-{i}", f"10.1.0.{i}") for i in range(1, 5)]
+    started = time.monotonic()
+    states = pusher.push_all(targets, document(1), TOKEN)
+    took = time.monotonic() - started
+    assert [s.acknowledged for s in states] == [False, False, False, True]
+    assert took < 1.5, took  # serial pushes would take 3 pods x 3 attempts x 0.5 s
+    assert all(s.error for s in states[:3])
+
+
+def test_concurrency_is_bounded_per_resource(pool: Any) -> None:
+    fakes = {f"10.1.0.{i}": FakeBalancer() for i in range(1, 7)}
+    inflight, peak = [0], [0]
+    lock = threading.Lock()
+
+    class Counting(BalancerSession):
+        def get(self, url: str, timeout: float) -> Reply:
+            with lock:
+                inflight[0] += 1
+                peak[0] = max(peak[0], inflight[0])
+            time.sleep(0.05)
+            with lock:
+                inflight[0] -= 1
+            return super().get(url, timeout)
+
+    pusher = push.Pusher(session=Counting(fakes), concurrency=2, pool=pool)
+    states = pusher.push_all([push.Target(f"b-{i}", f"10.1.0.{i}") for i in range(1, 7)], document(1), TOKEN)
+    assert all(s.acknowledged for s in states) and peak[0] == 2
 
 
 def test_targets_skip_pods_without_ip_or_terminating() -> None:
     gone = balancer_pod("b-3", "10.1.0.3")
     gone = PodView(**{**gone.__dict__, "terminating": True})
-    assert [t.pod for t in push.targets(pods() + [balancer_pod("b-4", ""), gone])] == ["b-1", "b-2"]
-    assert push.Target("b", "fd00::1").url == "http://[fd00::1]:5000/membership"
+    assert [t.pod for t in push.targets(views() + [balancer_pod("b-4", ""), gone])] == ["b-1", "b-2"]
+    assert push.Target("b", "fd00::1").url == f"http://[fd00::1]:{c.ADMIN_PORT}/membership"
+
+
+def test_push_metrics_count_failures_by_cause(pods: dict[str, FakeBalancer], pool: Any) -> None:
+    from ringlb_operator import metrics
+
+    def value(reason: str) -> float:
+        return metrics.REGISTRY.get_sample_value("ringlb_operator_push_failures_total", {"reason": reason}) or 0.0
+
+    before = value("unauthorized"), value("unreachable")
+    session = BalancerSession(pods, down={"10.1.0.2"})
+    push.Pusher(session=session, sleep=lambda _: None, pool=pool).push_all(push.targets(views()), document(1), "wrong")
+    assert (value("unauthorized"), value("unreachable")) == (before[0] + 1, before[1] + 1)
+    assert (metrics.REGISTRY.get_sample_value("ringlb_operator_push_duration_seconds_count") or 0) >= 2

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from typing import Any
 
 from ringlb_operator import children, desired, spec
 from ringlb_operator import constants as c
 from ringlb_operator.desired import PushState
 from ringlb_operator.observe import PodView, pod_view
-from ringlb_operator.reconcile import reconcile_once
+from ringlb_operator.reconcile import derive_token, reconcile_once
 
 from .conftest import OWNER, FakeKube, balancer_pod, resource, running, views
 
@@ -22,10 +24,12 @@ class FakePusher:
 
     def __init__(self, refuse: dict[str, PushState] | None = None) -> None:
         self.documents: list[dict[str, Any]] = []
+        self.tokens: list[str] = []
         self.refuse = refuse or {}
 
     def push_all(self, targets: list, document: dict[str, Any], token: str) -> list[PushState]:
         assert token
+        self.tokens.append(token)
         self.documents.append(copy.deepcopy(document))
         return [self.refuse.get(t.pod, PushState(t.pod, True, document["revision"])) for t in targets]
 
@@ -47,8 +51,10 @@ def converge(kube: FakeKube, res: dict[str, Any], pusher: FakePusher, balancers:
 def test_first_pass_creates_everything_once(kube: FakeKube) -> None:
     out = reconcile_once(kube, FakePusher(), resource(), [], NOW)
     assert kube.pods() == ["web-server-1", "web-server-2", "web-server-3"]
-    for kind in ("Secret", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"):
+    for kind in ("ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "NetworkPolicy", "ConfigMap"):
         assert kube.count("create", kind) == 1, kind
+    assert kube.count("create", "PodDisruptionBudget") == 2
+    assert kube.count("apply", "Secret") == 2  # the /add token and the push token, apart
     assert [e.reason for e in out.events] == [c.Reason.CREATED] * 3
     st = out.status
     assert st["readyReplicas"] == 0 and st["ringRevision"] == 1
@@ -211,8 +217,8 @@ def test_foreign_children_are_not_adopted(kube: FakeKube) -> None:
     out = reconcile_once(kube, FakePusher(), resource(), views(kube), NOW)
     degraded = conditions(out.status)["Degraded"]
     assert degraded["reason"] == c.Reason.CHILD_CONFLICT
-    assert "Service web-balancer" in degraded["message"] and "pod web-server-1" in degraded["message"]
-    assert kube.count("patch", "Service") == 0
+    assert "Service web-balancer" in degraded["message"] and "Pod web-server-1" in degraded["message"]
+    assert kube.count("apply", "Service") == 0
 
 
 def test_spec_change_patches_the_deployment(kube: FakeKube) -> None:
@@ -221,14 +227,23 @@ def test_spec_change_patches_the_deployment(kube: FakeKube) -> None:
     res["spec"] = {"replicas": 3, "balancer": {"replicas": 4}}
     reconcile_once(kube, FakePusher(), res, [], NOW)
     assert kube.objects[("Deployment", "ns", "web-balancer")]["spec"]["replicas"] == 4
-    assert kube.count("patch", "Deployment") == 1 and kube.count("create", "Deployment") == 1
+    assert kube.count("apply", "Deployment") == 1 and kube.count("create", "Deployment") == 1
 
 
-def test_token_is_created_once_and_reused(kube: FakeKube) -> None:
+def test_tokens_are_derived_separate_and_stable(kube: FakeKube) -> None:
     res = resource()
     pusher = FakePusher()
     converge(kube, res, pusher, [balancer_pod("b-1", "10.1.0.1")])
-    assert kube.count("create", "Secret") == 1
+    add = kube.objects[("Secret", "ns", "web-balancer-token")]["data"]["token"]
+    push_ = kube.objects[("Secret", "ns", "web-membership-token")]["data"]["token"]
+    assert add != push_ and kube.count("apply", "Secret") == 2  # written once, then no-ops
+    assert pusher.tokens[-1] == base64.b64decode(push_).decode()
+    env = {e["name"]: e for e in kube.objects[("Deployment", "ns", "web-balancer")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RINGLB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "web-balancer-token"
+    assert env["RINGLB_MEMBERSHIP_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "web-membership-token"
+    other = reconcile_once(FakeKube(), FakePusher(), resource(), [], NOW, key=b"other-key")
+    assert other.status  # another key gives other tokens (tokens rotate with the key)
+    assert derive_token(b"k", OWNER, "add") != derive_token(b"k", children.Owner("web", "ns", "uid-2"), "add")
 
 
 def test_api_errors_are_reported_not_raised(kube: FakeKube) -> None:
@@ -276,3 +291,126 @@ def test_scaled_to_zero_is_ready(kube: FakeKube) -> None:
     res = resource({"replicas": 0})
     st = converge(kube, res, FakePusher(), [balancer_pod("b-1", "10.1.0.1")])
     assert kube.pods() == [] and conditions(st)["Ready"]["reason"] == c.Reason.SCALED_TO_ZERO
+
+
+# --- server-side apply, drift repair, conflicts ------------------------------------------------
+def test_hand_edits_are_repaired_and_deleted_children_recreated(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    converge(kube, res, FakePusher(), balancers)
+    deploy = kube.objects[("Deployment", "ns", "web-balancer")]
+    deploy["spec"]["replicas"] = 4  # kubectl scale
+    deploy["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    kube.objects[("Service", "ns", "web-balancer")]["spec"]["selector"] = {"app": "other"}
+    del kube.objects[("NetworkPolicy", "ns", "web-balancer")]
+    reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW)
+    deploy = kube.objects[("Deployment", "ns", "web-balancer")]
+    assert deploy["spec"]["replicas"] == 2 and deploy["spec"]["template"]["spec"]["containers"][0]["image"] == c.BALANCER_IMAGE
+    assert kube.objects[("Service", "ns", "web-balancer")]["spec"]["selector"] == children.balancer_selector("web")
+    assert ("NetworkPolicy", "ns", "web-balancer") in kube.objects
+
+
+def test_a_converged_pass_reads_children_from_the_index_and_writes_nothing(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    converge(kube, res, FakePusher(), balancers)
+    owned = {(k, n): o for (k, _, n), o in kube.objects.items() if k not in ("Pod", "Secret")}
+    reads: list[str] = []
+    real_get = kube.get
+    kube.get = lambda kind, ns, name: reads.append(kind) or real_get(kind, ns, name)  # type: ignore[method-assign]
+    writes = len(kube.writes)
+    reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW, owned=owned)
+    assert reads == [] and len(kube.writes) == writes
+
+
+def test_create_409_of_a_foreign_pod_is_a_conflict_without_false_events(kube: FakeKube) -> None:
+    """Resource "web" wants pod web-a-server-1 (hostname "a-server-1"); resource "web-a" owns it."""
+    res = resource({"replicas": 1, "hostnames": ["a-server-1"]})
+    theirs = children.replica_pod(children.Owner("web-a", "ns", "uid-web-a"), spec.parse({"replicas": 1}), "Server 1")
+    kube.create(theirs)
+    for _ in range(2):
+        out = reconcile_once(kube, FakePusher(), res, [], NOW)  # our index never lists their pod
+        res["status"] = out.status
+        assert not [e for e in out.events if e.reason in (c.Reason.CREATED, c.Reason.REPLACED)]
+    degraded = conditions(out.status)["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == c.Reason.CHILD_CONFLICT
+    assert "Pod web-a-server-1" in degraded["message"] and "ReplicaSet web-a" in degraded["message"]
+    assert kube.objects[("Pod", "ns", "web-a-server-1")]["metadata"]["ownerReferences"][0]["uid"] == "uid-web-a"
+
+
+def test_foreign_secret_is_a_conflict_and_left_alone(kube: FakeKube) -> None:
+    kube.objects[("Secret", "ns", "web-membership-token")] = {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "web-membership-token", "namespace": "ns", "uid": "x"},
+        "data": {"token": "bWluZQ=="},
+    }
+    pusher = FakePusher()
+    out = reconcile_once(kube, pusher, resource(), [balancer_pod("b-1", "10.1.0.1")], NOW)
+    assert conditions(out.status)["Degraded"]["reason"] == c.Reason.CHILD_CONFLICT
+    assert "Secret web-membership-token" in conditions(out.status)["Degraded"]["message"]
+    assert kube.objects[("Secret", "ns", "web-membership-token")]["data"] == {"token": "bWluZQ=="}
+    assert pusher.documents == []  # no push without our token
+
+
+def test_hand_edited_secret_of_ours_is_taken_back(kube: FakeKube) -> None:
+    res = resource()
+    reconcile_once(kube, FakePusher(), res, [], NOW)
+    secret = kube.objects[("Secret", "ns", "web-membership-token")]
+    good = secret["data"]["token"]
+    secret["data"]["token"] = "aGFuZA=="
+    reconcile_once(kube, FakePusher(), res, [], NOW)
+    assert kube.objects[("Secret", "ns", "web-membership-token")]["data"]["token"] == good
+
+
+def test_deletes_carry_the_uid_seen(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    converge(kube, res, FakePusher(), balancers)
+    stale = views(kube)
+    kube.objects[("Pod", "ns", "web-server-3")]["metadata"]["uid"] = "a-newer-incarnation"
+    res["spec"] = {"replicas": 2}
+    reconcile_once(kube, FakePusher(), res, stale + balancers, NOW)
+    assert "web-server-3" in kube.pods()  # the pod we saw is not the pod that exists now
+
+
+def test_snapshot_configmap_is_written_before_the_push(kube: FakeKube) -> None:
+    order: list[str] = []
+    real_create, real_apply = kube.create, kube.apply
+    kube.create = lambda obj: order.append(obj["kind"]) or real_create(obj)  # type: ignore[method-assign]
+    kube.apply = lambda obj, **kw: order.append(obj["kind"]) or real_apply(obj, **kw)  # type: ignore[method-assign]
+
+    class Recording(FakePusher):
+        def push_all(self, targets: list, document: dict[str, Any], token: str) -> list[PushState]:
+            order.append("push")
+            return super().push_all(targets, document, token)
+
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    pusher = Recording()
+    st = converge(kube, res, pusher, balancers)
+    assert order.index("ConfigMap") < order.index("push")
+    cm = kube.objects[("ConfigMap", "ns", "web-membership")]
+    snapshot = json.loads(cm["data"][c.MEMBERSHIP_KEY])
+    assert snapshot == pusher.documents[-1] and snapshot["revision"] == st["ringRevision"]
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+
+
+def test_configmap_failure_holds_the_push(kube: FakeKube) -> None:
+    kube.fail[("create", "ConfigMap")] = 403
+    pusher = FakePusher()
+    out = reconcile_once(kube, pusher, resource(), [balancer_pod("b-1", "10.1.0.1")], NOW)
+    assert pusher.documents == [] and conditions(out.status)["Degraded"]["reason"] == c.Reason.API_ERROR
+
+
+def test_balancer_far_ahead_is_reset_not_followed(kube: FakeKube) -> None:
+    """A foreign push left a balancer at 2^63-1: following it would overflow the status."""
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1"), balancer_pod("b-2", "10.1.0.2")]
+    st = converge(kube, res, FakePusher(), balancers)
+    kube.objects[("Pod", "ns", "b-1")] = {"kind": "Pod", "metadata": {"name": "b-1", "namespace": "ns", "uid": "uid-b-1"}}
+    res["spec"] = {"replicas": 2}
+    poisoned = FakePusher({"b-1": PushState("b-1", False, 2**63 - 1, "409 holds revision 9223372036854775807")})
+    out = reconcile_once(kube, poisoned, res, views(kube) + balancers, NOW)
+    assert ("Pod", "ns", "b-1") not in kube.objects  # deleted: its replacement loads the snapshot
+    assert out.floor == 0 and out.status["ringRevision"] == st["ringRevision"] + 1
+    assert any(e.reason == c.Reason.BALANCER_RESET for e in out.events)

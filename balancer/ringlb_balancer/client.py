@@ -1,0 +1,395 @@
+"""The client side of the proxy: one protocol object per client connection.
+
+llhttp (through httptools) parses the bytes as they arrive; this module turns its callbacks into
+exchanges and enforces what llhttp leaves to the application: head size and field count, a
+deadline for the whole head, a minimum body rate, one Host, an origin-form target, and the
+order of pipelined answers. Requests parsed while an earlier one is still being answered wait
+in a short queue; past a small bound the connection stops being read, so a client that sends
+without reading cannot make the worker hold more than a few requests for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ringlb_balancer import framing
+from ringlb_balancer.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+
+if TYPE_CHECKING:
+    from ringlb_balancer.engine import Engine
+
+# Connection states, as the housekeeping pass sees them.
+IDLE, HEAD, BODY = 0, 1, 2
+MAX_QUEUED = 4  # pipelined requests parsed ahead of the one being answered
+MAX_PENDING_BODY = 256 * 1024  # request body bytes held while no replica connection takes them
+BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
+
+
+class Reject(Exception):
+    """A request refused while parsing; ``data`` is the complete answer to send."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, engine: "Engine", admin: bool) -> None:
+        self.engine = engine
+        self.admin = admin  # the admin listener: control endpoints only
+        self.loop = engine.loop
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = b""
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None  # whose body is being received
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.head_wire = 0  # bytes received since the current head began
+        self.state = IDLE
+        self.since = engine.now  # start of the head, or of idleness
+        self.body_since = 0.0
+        self.body_bytes = 0
+        self.trailer_bytes = 0
+        self.closing = False
+        self.read_paused = False
+        self.write_paused = False
+        self.corked: list[bytes] | None = None
+        self.tunnel: asyncio.Transport | None = None  # the replica side, once upgraded
+        self.early: list[bytes] = []  # bytes after an Upgrade head, before the replica's 101
+
+    # -- connection ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0].encode() if peer else b""
+        self.engine.accepted(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.engine.clients.pop(self, None)
+        if self.tunnel is not None:
+            self.tunnel.close()
+        for exchange in self.queue:
+            exchange.client_gone()
+        self.queue.clear()
+
+    def eof_received(self) -> bool:
+        # A half-closed client still gets its answers; the connection closes after them.
+        if self.parsing is not None and self.state == BODY:
+            self.close()  # the body can never complete
+            return False
+        if self.tunnel is not None:
+            self.tunnel.write_eof() if self.tunnel.can_write_eof() else self.tunnel.close()
+            return True
+        if not self.queue:
+            return False
+        for exchange in self.queue:
+            exchange.keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue:
+            self.queue[0].client_congested(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue:
+            self.queue[0].client_congested(False)
+
+    def write(self, data: bytes) -> None:
+        if self.corked is not None:
+            self.corked.append(data)
+        elif not self.closing:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def cork(self) -> None:
+        """Collect writes until ``uncork``: a small answer parsed from one read (head, body,
+        end) then leaves in one send instead of three; the syscalls were the largest cost."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        corked, self.corked = self.corked, None
+        if corked and not self.closing:
+            self.transport.write(b"".join(corked) if len(corked) > 1 else corked[0])  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if not self.closing:
+            self.uncork()
+            self.closing = True
+            self.transport.close()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        """End the connection with a reset: an answer cut short must not look complete."""
+        self.corked = None
+        self.closing = True
+        self.transport.abort()  # type: ignore[union-attr]
+
+    def maybe_resume(self) -> None:
+        """Read again unless a bound still says no: queued requests, or answers not drained."""
+        if len(self.queue) <= MAX_QUEUED and not self.write_paused and not self.closing:
+            exchange = self.parsing
+            if exchange is None or exchange.conn is None or not exchange.conn.write_paused:
+                self.resume()
+
+    def pause(self) -> None:
+        if not self.read_paused and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume(self) -> None:
+        if self.read_paused and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    # -- bytes in -----------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.early is not None and self.queue and self.queue[-1].upgrade:
+            self.early.append(data)  # tunnel bytes sent before the replica agreed
+            return
+        if self.closing:
+            return
+        if self.state != BODY:
+            self.head_wire += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:]
+            if rest:
+                self.early.append(rest)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, Reject):
+                self.engine.log.error("request parser callback failed", exc_info=cause)
+            self.refuse(cause.data if isinstance(cause, Reject) else framing.error(400, f"bad request: {exc}"))
+            return
+        except httptools.HttpParserError as exc:
+            self.refuse(framing.error(400, f"malformed request: {exc}"))
+            return
+        if self.state == BODY:
+            limit = self.engine.settings.max_body
+            if limit and self.body_bytes > limit:
+                self.refuse(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
+                return
+        elif self.state == HEAD and self.head_wire > self.engine.settings.max_head:
+            # httptools holds a field until its end: bound the unfinished head by the wire.
+            self.refuse(framing.error(431, f"request head exceeds {self.engine.settings.max_head} bytes"))
+            return
+        queue = self.queue
+        if queue:
+            # Started only now, when llhttp has checked all it received: a request that turns
+            # out malformed later in the same read never reaches a replica.
+            if not queue[0].started:
+                queue[0].start()
+            if len(queue) > MAX_QUEUED:
+                self.pause()
+
+    def refuse(self, answer: bytes) -> None:
+        """A request that cannot be parsed: answer after those before it, then close."""
+        refused, self.parsing = self.parsing, None
+        if refused is not None:
+            # Its head was parsed but not the rest: it is never answered; the refusal takes its place.
+            if refused.started:
+                refused.client_refused()
+                if refused.response_started:
+                    self.abort()  # part of its answer is out: a refusal after it would look like its end
+                    return
+            try:
+                self.queue.remove(refused)
+            except ValueError:
+                pass  # already answered (the replica answered before the whole body came)
+        self.queue.append(Exchange.canned(self, answer))
+        if not self.queue[0].started:
+            self.queue[0].start()
+        self.pause()
+
+    # -- llhttp callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.state = HEAD
+        self.since = self.engine.now
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.trailer_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        settings = self.engine.settings
+        if self.state == BODY:  # a trailer field: counted, then dropped
+            self.trailer_bytes += len(name) + len(value) + 4
+            if self.trailer_bytes > settings.max_head:
+                raise Reject(framing.error(431, f"trailer section exceeds {settings.max_head} bytes"))
+            return
+        self.head_bytes += len(name) + len(value) + 4
+        self.headers.append((name, value))
+        if self.head_bytes > settings.max_head:
+            raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
+        if len(self.headers) > settings.max_headers:
+            raise Reject(framing.error(431, f"more than {settings.max_headers} header fields"))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        http10 = parser.get_http_version() == "1.0"
+        method = parser.get_method()
+        keep_alive = parser.should_keep_alive()
+        if method == b"CONNECT":
+            raise Reject(framing.error(405, "CONNECT is not supported: ringlb is a reverse proxy",
+                                       extra=((b"Allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)))
+        target = self.url
+        if not framing.valid_target(target):
+            raise Reject(framing.error(400, "request target must be a path of visible ASCII (origin form)"))
+        engine = self.engine
+        key_header = engine.key_header
+        hosts = 0
+        key = None
+        cookie = None
+        length = -1
+        chunked = False
+        expect = False
+        upgrade = None
+        forwarded_for = None
+        named: set[bytes] = set()
+        kept: list[bytes] = []
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower in framing.REQUEST_DROPPED:
+                if lower == b"host":
+                    hosts += 1
+                elif lower == b"content-length":
+                    length = int(value)  # llhttp has checked it: digits, one value
+                elif lower == b"transfer-encoding":
+                    # llhttp refuses other codings too, but only after this callback returns.
+                    if value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+                        raise Reject(framing.error(400, "Transfer-Encoding must end in chunked"))
+                    chunked = True
+                elif lower == b"expect":
+                    if value.lower() != b"100-continue":
+                        raise Reject(framing.error(417, "only Expect: 100-continue is supported"))
+                    expect = True
+                elif lower == b"connection":
+                    named |= framing.connection_tokens(value)
+                elif lower == b"upgrade":
+                    upgrade = value
+                elif lower == b"x-forwarded-for":
+                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                continue
+            if lower == key_header:
+                key = value
+            elif lower == b"cookie":
+                cookie = value if cookie is None else cookie + b"; " + value
+            elif lower == b"via" and engine.via_marker in value:
+                raise Reject(framing.error(508, "forwarding loop: this request already passed this balancer"))
+            kept.append(b"%s: %s\r\n" % (name, value))
+        if hosts > 1 or (hosts == 0 and not http10):
+            raise Reject(framing.error(400, "a request needs exactly one Host header"))
+        if upgrade is not None and (b"upgrade" not in named or not parser.should_upgrade()):
+            upgrade = None
+        if named:
+            kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
+        mode = BODY_CHUNKED if chunked else BODY_LENGTH if length > 0 else BODY_NONE
+        limit = engine.settings.max_body
+        if limit and length > limit:
+            raise Reject(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
+        if engine.key_source == b"cookie" and cookie is not None:
+            key = _cookie(cookie, engine.key_name)
+        elif engine.key_source == b"client-ip":
+            key = self.client_ip
+        ip = self.client_ip
+        xff = forwarded_for + b", " + ip if forwarded_for is not None else ip
+        kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nVia: %s\r\n" % (xff, engine.via))
+        if mode == BODY_CHUNKED:
+            kept.append(b"Transfer-Encoding: chunked\r\n")
+        elif mode == BODY_LENGTH:
+            kept.append(b"Content-Length: %d\r\n" % length)
+        elif method not in (b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE") and upgrade is None:
+            kept.append(b"Content-Length: 0\r\n")
+        if upgrade is not None:
+            kept.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade)
+        kept.append(b"\r\n")
+        exchange = Exchange(
+            self, method, target, http10, keep_alive, b"".join(kept), key, mode, expect, upgrade
+        )
+        self.state = BODY if mode != BODY_NONE else HEAD
+        self.body_since = engine.now
+        self.body_bytes = 0
+        self.head_wire = 0
+        if exchange.control:
+            exchange.headers = self.headers
+        self.parsing = exchange
+        self.queue.append(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        exchange = self.parsing
+        if exchange.control and self.body_bytes > self.engine.control_max_body:  # type: ignore[union-attr]
+            raise Reject(framing.error(413, f"request body exceeds {self.engine.control_max_body} bytes"))
+        exchange.client_body(body)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        self.state = IDLE
+        self.since = self.engine.now
+        if exchange is not None:
+            exchange.client_done()
+
+    # -- answers out --------------------------------------------------------------------
+    def finished(self, exchange: Exchange) -> None:
+        """``exchange`` (the head of the queue) has written its whole answer."""
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        if not exchange.keep_alive or not self.engine.serving:
+            self.close()
+            return
+        self.since = self.engine.now
+        if self.queue:
+            self.queue[0].start()
+        if self.read_paused:
+            self.maybe_resume()
+
+    def upgraded(self, replica: asyncio.Transport) -> None:
+        """The replica answered 101: from now on this connection is a byte tunnel."""
+        self.tunnel = replica
+        for data in self.early:
+            replica.write(data)
+        self.early = None  # type: ignore[assignment]
+        self.resume()
+
+    def housekeeping(self, now: float, settings) -> None:  # type: ignore[no-untyped-def]
+        """Deadlines that llhttp leaves to the application, checked once a second."""
+        if self.tunnel is not None or self.closing:
+            return
+        if self.state == HEAD and now - self.since > settings.head_timeout:
+            self.refuse(framing.error(408, f"request head not received within {settings.head_timeout:g}s"))
+        elif self.state == BODY and not self.read_paused:
+            elapsed = now - self.body_since
+            if elapsed > BODY_RATE_GRACE and self.body_bytes < settings.min_body_rate * elapsed:
+                self.refuse(framing.error(408, f"request body slower than {settings.min_body_rate} bytes/s"))
+        elif self.state == IDLE and not self.queue and now - self.since > settings.keepalive_timeout:
+            self.close()
+
+    @property
+    def idle(self) -> bool:
+        return self.state == IDLE and not self.queue and self.tunnel is None
+
+
+def _cookie(header: bytes, name: str) -> bytes | None:
+    try:
+        morsel = SimpleCookie(header.decode("latin-1")).get(name)
+    except CookieError:
+        return None
+    return morsel.value.encode("latin-1") if morsel else None

@@ -1,0 +1,220 @@
+"""Routing and forwarding state of one worker process: the membership in force, replica pools,
+passive health, counters, and the once-a-second housekeeping of every connection.
+
+The per-request path touches only what this module precomputes per membership (pools, Host
+values, counter rows), one shared-memory read of the revision, and the strategy's table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ringlb_ring import hashing
+
+from ringlb_balancer.config import Settings
+from ringlb_balancer.counters import Counters
+from ringlb_balancer.routing import Routing, RoutingStore
+from ringlb_balancer.shared import SharedState
+from ringlb_balancer.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from ringlb_balancer.client import ClientConnection
+    from ringlb_balancer.control import Control
+    from ringlb_balancer.exchange import Exchange
+
+log = logging.getLogger("ringlb.engine")
+
+HOUSEKEEPING_INTERVAL = 0.5
+
+
+@dataclass
+class Active:
+    """Per-member objects for one membership, index-aligned with its member list. A request
+    keeps the view it started with, so a retry never re-indexes into a newer membership."""
+
+    routing: Routing
+    pools: list[UpstreamPool]
+    members: list[bytes]  # Host header value (the member's address) per index
+    rows: list[list[int]]  # counter row per index
+    consecutive_5xx: list[int]
+
+
+class Engine:
+    def __init__(self, settings: Settings, shared: SharedState, store: RoutingStore,
+                 loop: asyncio.AbstractEventLoop, instance: str) -> None:
+        self.settings = settings
+        self.shared = shared
+        self.store = store
+        self.loop = loop
+        self.log = log
+        self.counters = Counters(shared.dir)
+        self.clients: dict[ClientConnection, None] = {}  # insertion order = age, for shedding
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.serving = True
+        self.via = f"1.1 ringlb-{instance}".encode()
+        self.via_marker = f"ringlb-{instance}".encode()
+        self.control_paths: frozenset[bytes] = frozenset()
+        self.control_max_body = 64 * 1024
+        self.controller: Control | None = None
+        self.max_connections = settings.max_connections
+        self.now = loop.time()  # the clock deadlines use, advanced by housekeeping: coarse, cheap
+        self.row_base = shared.slot(0)  # this process's in-flight row, claimed after the fork
+        self.active = self._build(store.current(), None)
+        self.key_source = b"header"
+        self.key_name = "X-Request-ID"
+        self.key_header = b"x-request-id"
+        self._adopt_key()
+
+    # -- membership ---------------------------------------------------------------------
+    def current(self) -> Active:
+        """The per-member objects for the membership in force, rebuilt when it changed; pools of
+        members that stayed are kept."""
+        routing = self.store.current()
+        if routing is not self.active.routing:
+            self.active = self._build(routing, self.active)
+            self._adopt_key()
+        return self.active
+
+    def _build(self, routing: Routing, previous: Active | None) -> Active:
+        old = {(p.name, p.host, p.port): p for p in previous.pools} if previous else {}
+        pools = []
+        for m in routing.membership.members:
+            pool = old.pop((m.name, m.host, m.port), None)
+            pools.append(pool or UpstreamPool(m.name, m.host, m.port, self))
+        for pool in old.values():
+            pool.close()
+        self.shared.clear_row()
+        members = routing.membership.members
+        return Active(
+            routing, pools, [m.address.encode() for m in members],
+            [self.counters.row(m.name) for m in members], [0] * len(members),
+        )
+
+    def _adopt_key(self) -> None:
+        key = self.active.routing.membership.key
+        self.key_source = key.source.encode()
+        self.key_name = key.name
+        self.key_header = key.name.lower().encode()
+
+    def name_of(self, active: Active, index: int) -> str:
+        return active.routing.membership.members[index].name
+
+    # -- routing ------------------------------------------------------------------------
+    def choose(self, active: Active, key: bytes | None) -> int:
+        strategy = active.routing.strategy
+        text = key.decode("latin-1") if key else str(random.randint(100_000, 999_999))
+        bounded = active.routing.membership.hashing.bounded_load
+        if bounded:
+            return hashing.bounded_choice(
+                self._healthy(active, strategy.preference(text)),
+                self.shared.total_inflight(len(active.pools)), bounded,
+            )
+        index = strategy.owner(text)
+        if self.shared.ejected(index) and active is self.active:
+            index = next(self._healthy(active, strategy.preference(text)))
+        return index
+
+    def fallback(self, active: Active, key: bytes | None, tried: list[int]) -> int:
+        """The next member in the key's preference order not tried yet, or -1."""
+        text = key.decode("latin-1") if key else str(random.randint(100_000, 999_999))
+        for index in self._healthy(active, active.routing.strategy.preference(text)):
+            if index not in tried:
+                return index
+        return -1
+
+    def _healthy(self, active: Active, preference: Iterator[int]) -> Iterator[int]:
+        """Preference order with ejected members last: when all look down, trying them anyway
+        beats refusing the request."""
+        if active is not self.active:
+            yield from preference
+            return
+        ejected = []
+        for index in preference:
+            if self.shared.ejected(index):
+                ejected.append(index)
+            else:
+                yield index
+        yield from ejected
+
+    # -- accounting (shared flags and rows follow the membership in force only) ----------
+    def inflight(self, active: Active, index: int, delta: int) -> None:
+        if active is self.active:
+            self.shared.inflight[self.row_base + index] += delta
+
+    def answered(self, active: Active, index: int, status: int, seconds: float) -> None:
+        self.counters.answered(active.rows[index], status, seconds)
+
+    def retried(self, active: Active, index: int) -> None:
+        self.counters.retried(active.rows[index])
+
+    def note_ok(self, active: Active, index: int) -> None:
+        active.consecutive_5xx[index] = 0
+
+    def note_5xx(self, active: Active, index: int) -> None:
+        """Passive health: a run of 5xx answers ejects the member."""
+        active.consecutive_5xx[index] += 1
+        if active.consecutive_5xx[index] >= self.settings.failures_to_eject:
+            self.eject(active, index, "5xx")
+
+    def eject(self, active: Active, index: int, reason: str) -> None:
+        """Passive health: a failed connection ejects at once; heartbeats bring it back."""
+        if active is self.active and not self.shared.ejected(index):
+            self.shared.set_health(index, reason)
+            self.counters.ejected(active.rows[index], reason)
+            log.warning("member %s ejected: %s", self.name_of(active, index), reason)
+
+    # -- connections --------------------------------------------------------------------
+    def accepted(self, client: "ClientConnection") -> None:
+        """Register a new client; past the cap, the longest-idle client makes room for it."""
+        clients = self.clients
+        clients[client] = None
+        if len(clients) > self.max_connections:
+            for other in clients:
+                if other.idle and other is not client:
+                    other.close()
+                    clients.pop(other, None)
+                    return
+            clients.pop(client, None)
+            client.transport.close()  # type: ignore[union-attr]
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a task until it ends: the event loop keeps only weak references."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def control(self, exchange: "Exchange") -> None:
+        assert self.controller is not None
+        self.keep(self.loop.create_task(self.controller.handle(exchange)))
+
+    async def housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            now = self.now = self.loop.time()
+            settings = self.settings
+            for client in list(self.clients):
+                client.housekeeping(now, settings)
+                if client.queue:
+                    client.queue[0].timed_out(now)
+            try:
+                self.counters.flush()
+            except OSError:
+                log.exception("cannot write counters")
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking new requests on kept-alive connections, then wait for in-flight ones."""
+        self.serving = False
+        for client in list(self.clients):
+            if client.idle:
+                client.close()
+        deadline = time.monotonic() + grace
+        while any(c.queue for c in self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for client in list(self.clients):
+            client.close()
+        self.counters.flush()

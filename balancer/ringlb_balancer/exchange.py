@@ -1,0 +1,360 @@
+"""One request's life in the proxy: choose a replica, stream both ways, retry while it is safe.
+
+An exchange is driven by callbacks from both sides (the client's parser, the replica's parser,
+the transports' flow control), never by a task per request: a task and its wake-ups cost more
+than the rest of the per-request work, and the callbacks already arrive in order.
+
+Retries follow RFC 9110 §9.2.2: a request is sent again only while nothing of its answer has
+reached the client, and only if it is idempotent with a body that can be replayed (kept while it
+is small), or if it surely never left (the connection was refused).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
+
+from ringlb_balancer import framing
+
+if TYPE_CHECKING:
+    from ringlb_balancer.client import ClientConnection
+    from ringlb_balancer.engine import Active
+    from ringlb_balancer.upstream import UpstreamConnection
+
+BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})  # RFC 9110 §9.2.2
+
+# Where an exchange is, for the housekeeping pass and for what a failure means.
+WAITING, SENDING, ANSWERING, DONE = 0, 1, 2, 3
+
+
+class Exchange:
+    __slots__ = (
+        "client", "method", "target", "http10", "keep_alive", "tail", "key", "mode", "expect",
+        "upgrade", "engine", "active", "index", "tried", "conn", "state", "body_log", "body_size",
+        "replayable", "written", "client_complete", "started", "response_started", "framing_chunked",
+        "discard", "canned_answer", "since", "status", "head_only", "waiting_since", "control",
+        "control_body", "headers",
+    )
+
+    def __init__(
+        self, client: "ClientConnection", method: bytes, target: bytes, http10: bool, keep_alive: bool,
+        tail: bytes, key: bytes | None, mode: int, expect: bool, upgrade: bytes | None,
+    ) -> None:
+        self.client = client
+        self.engine = client.engine
+        self.method = method
+        self.target = target
+        self.http10 = http10
+        self.keep_alive = keep_alive and upgrade is None
+        self.tail = tail  # header lines after Host, framing included, ending with the blank line
+        self.key = key
+        self.mode = mode
+        self.expect = expect
+        self.upgrade = upgrade
+        self.head_only = method == b"HEAD"
+        self.active: Active | None = None
+        self.index = -1
+        self.tried: list[int] = []
+        self.conn: UpstreamConnection | None = None
+        self.state = WAITING
+        self.body_log: list[bytes] = []  # framed body bytes not yet sent, or kept for a replay
+        self.body_size = 0
+        self.replayable = True
+        self.written = False  # some byte of this request reached a replica connection
+        self.client_complete = mode == BODY_NONE
+        self.started = False
+        self.response_started = False
+        self.framing_chunked = False
+        self.discard = False
+        self.canned_answer: bytes | None = None
+        self.since = 0.0
+        self.waiting_since = 0.0
+        self.status = 0
+        self.control = client.admin or target.split(b"?", 1)[0] in self.engine.control_paths
+        self.control_body: list[bytes] | None = [] if self.control else None
+        self.headers: list[tuple[bytes, bytes]] | None = None  # kept for control endpoints only
+
+    @classmethod
+    def canned(cls, client: "ClientConnection", answer: bytes) -> "Exchange":
+        """An exchange that only writes ``answer`` (a refusal) and then closes the connection."""
+        exchange = cls(client, b"GET", b"/", False, False, b"", None, BODY_NONE, False, None)
+        exchange.control = False
+        exchange.canned_answer = answer
+        return exchange
+
+    # -- start --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Called when this exchange reaches the head of its connection's queue."""
+        self.started = True
+        self.since = time.perf_counter()
+        if self.canned_answer is not None:
+            self.client.write(self.canned_answer)
+            self.state = DONE
+            self.client.finished(self)
+            return
+        if self.expect and not self.client_complete:
+            self.client.write(framing.CONTINUE)
+        if self.control:
+            if self.client_complete:
+                self.engine.control(self)
+            return
+        engine = self.engine
+        active = engine.current()
+        self.active = active
+        if not active.pools:
+            engine.counters.failure("empty")
+            self.answer(503, "no replica is available")
+            return
+        self.attempt(engine.choose(active, self.key))
+
+    def attempt(self, index: int) -> None:
+        self.index = index
+        self.tried.append(index)
+        self.state = WAITING
+        self.waiting_since = self.engine.now
+        self.engine.inflight(self.active, index, 1)  # type: ignore[arg-type]
+        conn = self.active.pools[index].take()  # type: ignore[union-attr]
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.active.pools[index].connect(self)  # type: ignore[union-attr]
+
+    def attach(self, conn: "UpstreamConnection") -> None:
+        """A connection to the chosen replica is ready: send the head and what body we have."""
+        if self.state == DONE:
+            conn.release()
+            return
+        self.conn = conn
+        conn.exchange = self
+        member = self.active.members[self.index]  # type: ignore[union-attr]
+        head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (self.method, self.target, member, self.tail)
+        if self.body_log:
+            head += b"".join(self.body_log)
+            if not self.replayable:
+                self.body_log = []
+        conn.send(head)
+        self.written = True
+        self.state = SENDING
+        self.waiting_since = self.engine.now
+        if self.client.read_paused:
+            self.client.maybe_resume()
+
+    # -- client side --------------------------------------------------------------------
+    def client_body(self, data: bytes) -> None:
+        if self.control_body is not None:
+            self.control_body.append(data)  # its size is bounded by ClientConnection.on_body
+            return
+        if self.state == DONE:
+            return
+        framed = framing.chunk(data) if self.mode == BODY_CHUNKED else data
+        self._body_out(framed)
+
+    def _body_out(self, framed: bytes) -> None:
+        self.body_size += len(framed)
+        if self.replayable and self.body_size > self.engine.settings.replay_body:
+            self.replayable = False
+            if self.conn is not None:
+                self.body_log = []
+        conn = self.conn
+        if conn is not None and self.state != WAITING:
+            conn.transport.write(framed)  # type: ignore[union-attr]
+            if self.replayable:
+                self.body_log.append(framed)
+        else:
+            self.body_log.append(framed)
+            if sum(map(len, self.body_log)) > 262144:
+                self.client.pause()  # no replica connection yet: stop reading the client
+
+    def client_done(self) -> None:
+        was_complete, self.client_complete = self.client_complete, True
+        if self.control:
+            # start() dispatched it already when the request had no body
+            if self.started and not was_complete and self.control_body is not None:
+                self.engine.control(self)
+            return
+        if self.mode == BODY_CHUNKED and self.state != DONE:
+            self._body_out(framing.CHUNK_END)
+        self.waiting_since = self.engine.now
+
+    def client_gone(self) -> None:
+        """The client closed: whatever the replica is doing for it is wasted work."""
+        if self.state != DONE:
+            self.state = DONE
+            self._leave()
+            if self.conn is not None:
+                self.conn.abort()
+                self.conn = None
+
+    def client_refused(self) -> None:
+        """The rest of this request was malformed: drop the replica side."""
+        self.client_gone()
+
+    def client_congested(self, congested: bool) -> None:
+        if self.conn is not None and self.state == ANSWERING:
+            self.conn.pause() if congested else self.conn.resume()
+
+    # -- replica side -------------------------------------------------------------------
+    def response_head(self, conn: "UpstreamConnection", status: int, reason: bytes, fields: bytes,
+                      length: int) -> None:
+        """The replica's answer head: retry, translate (404), or relay it and stream the body."""
+        engine = self.engine
+        self.status = status
+        if status == 101:
+            if self.upgrade is None:
+                self.failed(conn, "101 without an Upgrade request", broken=True)
+                return
+            self.state = ANSWERING
+            self.response_started = True
+            self.client.write(framing.response_head(101, reason, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False))
+            engine.answered(self.active, self.index, status, time.perf_counter() - self.since)
+            self._leave()
+            self.state = DONE  # the exchange ends here; the tunnel lives on in both protocols
+            self.conn = None
+            conn.tunnel_to(self.client)
+            self.client.upgraded(conn.transport)  # type: ignore[arg-type]
+            return
+        if status >= 500:
+            engine.note_5xx(self.active, self.index)  # type: ignore[arg-type]
+            if self.can_retry():
+                self.discard = True  # drained to keep the connection, or closed on its way
+                conn.exchange = None
+                conn.abort()
+                self.retry(f"answered {status}")
+                return
+        else:
+            engine.note_ok(self.active, self.index)  # type: ignore[arg-type]
+        self.state = ANSWERING
+        if self.upgrade is not None:
+            self.keep_alive = False  # refused upgrade: the client may already send tunnel bytes
+        if status == 404 and not self.upgrade:
+            # The seed's contract: a path no replica serves is the balancer's 400.
+            path = unquote_to_bytes(self.target.split(b"?", 1)[0]).decode("utf-8", "replace")
+            self.discard = True
+            engine.answered(self.active, self.index, 400, time.perf_counter() - self.since)
+            self.client.write(framing.error(400, f"'{path}' endpoint does not exist in server replicas",
+                                            self.keep_alive, http10=self.http10))
+            self.response_started = True
+            if self.head_only:
+                self.response_done(conn)
+            return
+        self.response_started = True
+        keep = self.keep_alive and engine.serving
+        no_body = self.head_only or status in (204, 304)
+        if no_body:
+            frame = b"Content-Length: %d\r\n" % length if length >= 0 and status != 204 else b""
+        elif length >= 0:
+            frame = b"Content-Length: %d\r\n" % length
+        elif self.http10:
+            frame = b""  # no chunked coding for HTTP/1.0: the body ends with the connection
+            keep = False
+        else:
+            frame = b"Transfer-Encoding: chunked\r\n"
+            self.framing_chunked = True
+        self.keep_alive = keep
+        self.client.write(framing.response_head(status, reason, fields, frame, not keep, self.http10))
+        engine.answered(self.active, self.index, status, time.perf_counter() - self.since)
+        if self.head_only:
+            self.response_done(conn)  # 204 and 304 end in llhttp's own message-complete
+        elif self.client.write_paused:
+            conn.pause()
+
+    def response_body(self, data: bytes) -> None:
+        if self.discard:
+            return
+        self.client.write(framing.chunk(data) if self.framing_chunked else data)
+
+    def response_done(self, conn: "UpstreamConnection") -> None:
+        if self.state == DONE:
+            return
+        if self.framing_chunked and not self.discard:
+            self.client.write(framing.CHUNK_END)
+        self.state = DONE
+        self._leave()
+        self.conn = None
+        conn.exchange = None
+        if self.client_complete and not conn.closing_after:
+            conn.release()
+        else:
+            conn.abort()  # the replica answered before the whole request was sent
+        if not self.client_complete:
+            self.keep_alive = False  # the rest of the request body is still on the wire
+        self.client.finished(self)
+
+    def failed(self, conn: "UpstreamConnection | None", reason: str, broken: bool, refused: bool = False) -> None:
+        """The replica connection failed (refused, reset, closed early, timed out, garbage)."""
+        if self.state == DONE:
+            return
+        engine = self.engine
+        self.conn = None
+        if conn is not None:
+            conn.exchange = None
+        if self.response_started:
+            # Part of the answer is out: the client must see a broken message, not a short one.
+            self.state = DONE
+            self._leave()
+            engine.counters.failure("upstream")
+            self.client.abort()
+            return
+        if broken:
+            engine.eject(self.active, self.index, "connection")  # type: ignore[arg-type]
+        if self.can_retry(refused):
+            self.retry(reason)
+            return
+        engine.counters.failure("upstream")
+        name = engine.name_of(self.active, self.index)
+        self.answer(502, f"replica {name} failed: {reason}")
+
+    def can_retry(self, refused: bool = False) -> bool:
+        if len(self.tried) >= self.engine.settings.max_attempts or self.upgrade is not None:
+            return False
+        if refused and not self.written:
+            return True
+        return self.method in IDEMPOTENT and self.replayable
+
+    def retry(self, reason: str) -> None:
+        engine = self.engine
+        engine.inflight(self.active, self.index, -1)  # type: ignore[arg-type]
+        nxt = engine.fallback(self.active, self.key, self.tried)  # type: ignore[arg-type]
+        if nxt < 0:
+            engine.counters.failure("upstream")
+            self.answer(502, f"replica {engine.name_of(self.active, self.index)} failed: {reason}; no other replica left")
+            return
+        engine.retried(self.active, nxt)
+        self.discard = False
+        self.attempt(nxt)
+
+    def timed_out(self, now: float) -> None:
+        """Housekeeping: no first byte, or no byte for too long, from the replica."""
+        settings = self.engine.settings
+        conn = self.conn
+        if conn is None:
+            return
+        if self.state == SENDING and self.client_complete and now - self.waiting_since > settings.first_byte_timeout:
+            conn.abort()
+            self.engine.counters.failure("timeout")
+            self.failed(conn, f"no answer within {settings.first_byte_timeout:g}s", broken=True)
+        elif self.state == ANSWERING and not conn.read_paused and now - conn.last_io > settings.idle_timeout:
+            conn.abort()
+            self.engine.counters.failure("timeout")
+            self.failed(conn, f"answer stalled for {settings.idle_timeout:g}s", broken=True)
+
+    # -- endings ------------------------------------------------------------------------
+    def answer(self, status: int, message: str) -> None:
+        """The balancer's own answer in the seed's error format."""
+        self.state = DONE
+        self._leave()
+        self.client.write(framing.error(status, message, self.keep_alive, http10=self.http10))
+        self.client.finished(self)
+
+    def reply(self, data: bytes) -> None:
+        """A control endpoint's complete answer."""
+        self.state = DONE
+        self.client.write(data)
+        self.client.finished(self)
+
+    def _leave(self) -> None:
+        if self.index >= 0 and self.active is not None:
+            self.engine.inflight(self.active, self.index, -1)
+            self.index = -1

@@ -1,0 +1,79 @@
+"""The ``ringlb`` command: ``ringlb dev`` runs the whole data plane locally."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+from ringlb_ring import naming
+from ringlb_ring.hashing import STRATEGIES, HashingConfig
+from ringlb_ring.membership import KEY_SOURCES, KeyConfig
+
+from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ringlb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="balancer + replicas + supervisor on loopback, no cluster")
+    dev.add_argument("--replicas", type=int, default=3, help="initial replica count (default 3)")
+    dev.add_argument("--hostnames", nargs="*", default=[], help="names for the first replicas")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=5000)
+    dev.add_argument("--workers", type=int, default=2, help="balancer gunicorn workers")
+    dev.add_argument("--strategy", choices=STRATEGIES, default="maglev")
+    dev.add_argument("--vnodes", type=int, default=160, help="ring: points per member")
+    dev.add_argument("--table-size", type=int, default=65537, help="maglev: prime table size")
+    dev.add_argument("--seed-formulas", choices=("original", "reissue"), default="original")
+    dev.add_argument("--bounded-load", type=float, default=0.0, help="c, e.g. 1.25; 0 disables")
+    dev.add_argument("--key-source", choices=KEY_SOURCES, default="header")
+    dev.add_argument("--key-name", default="X-Request-ID", help="header or cookie name")
+    dev.add_argument("--token", default="", help="require this bearer token on /add and /rm "
+                     "(default: open, as the seed's were)")
+    dev.add_argument("--membership-token", default="",
+                     help="bearer token for PUT /membership (default: a random one, printed at start)")
+    dev.add_argument("--log-dir", default="", help="write each process's log here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not 1 <= args.replicas <= naming.MAX_REPLICAS:
+        sys.exit(f"--replicas must be between 1 and {naming.MAX_REPLICAS}")
+    hashing = HashingConfig(
+        args.strategy, args.table_size, args.vnodes, args.seed_formulas, args.bounded_load
+    )
+    try:
+        hashing.validate()
+        names = naming.desired_identities(args.replicas, args.hostnames)
+        supervisor = Supervisor(
+            LocalConfig(
+                replicas=names, host=args.host, port=args.port, workers=args.workers,
+                hashing=hashing, key=KeyConfig(args.key_source, args.key_name),
+                token=args.token, membership_token=args.membership_token, log_dir=args.log_dir,
+            )
+        )
+    except ValueError as exc:
+        sys.exit(f"ringlb dev: {exc}")
+
+    def stop(*_: Any) -> None:
+        supervisor.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"ringlb: balancer on {supervisor.balancer_url} with {names}; Ctrl-C stops everything", flush=True)
+    print(f"ringlb: status page {supervisor.balancer_url}/status; membership token {supervisor.membership_token}",
+          flush=True)
+    if not args.token:
+        print("ringlb: WARNING: /add and /rm are open to anyone who reaches this port "
+              "(seed compatibility); pass --token to require a bearer token", flush=True)
+    supervisor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

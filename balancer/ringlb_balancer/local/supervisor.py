@@ -1,0 +1,278 @@
+"""Local mode: the operator's job done with plain processes on loopback.
+
+The supervisor owns the desired replica list, keeps one gunicorn replica process per name
+(respawning a dead one on the same port, so its ring position and keys come back to it), and
+pushes the membership of ready replicas to the balancer, exactly as the operator does in a
+cluster. The balancer's /add and /rm reach it through the same scaler interface as the
+Kubernetes resource.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hmac
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+from ringlb_ring import naming
+from ringlb_ring.hashing import HashingConfig
+from ringlb_ring.membership import KeyConfig, Member, Membership
+
+from ringlb_balancer.health import heartbeat
+
+log = logging.getLogger("ringlb.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor dies, even by SIGKILL: no orphans."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Replica:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    restarts: int = 0
+
+
+@dataclass
+class LocalConfig:
+    replicas: list[str] = field(default_factory=lambda: ["Server 1", "Server 2", "Server 3"])
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 2
+    replica_workers: int = 1
+    hashing: HashingConfig = field(default_factory=HashingConfig)
+    key: KeyConfig = field(default_factory=KeyConfig)
+    token: str = ""
+    membership_token: str = ""  # generated when empty
+    log_dir: str = ""
+
+
+class Supervisor:
+    def __init__(self, config: LocalConfig) -> None:
+        self.config = config
+        for name in config.replicas:
+            naming.check_name(name)
+        naming.check_unique(config.replicas)
+        self.desired = list(config.replicas)
+        self.version = 1
+        self.replicas: dict[str, Replica] = {}
+        self.lock = threading.Lock()
+        self.revision = 0
+        self.pushed: list[Member] | None = None
+        self.membership_token = config.membership_token or secrets.token_urlsafe(24)
+        self.checked_at = 0.0
+        self.scaler_token = secrets.token_urlsafe(24)
+        self.stopping = threading.Event()
+        self.balancer: subprocess.Popen[bytes] | None = None
+        self.api = make_server("127.0.0.1", 0, self._scaler_app(), threaded=True)
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {self.membership_token}"
+
+    @property
+    def balancer_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    # -- the scaler API the balancer calls for /add and /rm ---------------------------------
+    def _scaler_app(self) -> Flask:
+        app = Flask("ringlb_supervisor")
+
+        @app.before_request
+        def check_token() -> Any:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {self.scaler_token}".encode()):
+                return jsonify({"error": "bad token"}), 401
+            return None
+
+        @app.get("/replicas")
+        def get_replicas() -> Any:
+            with self.lock:
+                return jsonify({"replicas": self.desired, "version": str(self.version)})
+
+        @app.put("/replicas")
+        def put_replicas() -> Any:
+            doc = request.get_json(silent=True)
+            if not isinstance(doc, dict) or not isinstance(doc.get("replicas"), list):
+                return jsonify({"error": "body must be {replicas: [...], version: ...}"}), 400
+            try:
+                names = [naming.check_name(n) for n in doc["replicas"]]
+                naming.check_unique(names)
+            except naming.PlanError as exc:
+                return jsonify({"error": str(exc)}), 400
+            if len(names) > naming.MAX_REPLICAS:
+                return jsonify({"error": f"at most {naming.MAX_REPLICAS} replicas"}), 400
+            with self.lock:
+                if str(doc.get("version")) != str(self.version):
+                    return jsonify({"error": "version conflict"}), 409
+                self.desired = names
+                self.version += 1
+            log.info("desired replicas: %s", names)
+            return jsonify({"replicas": names, "version": str(self.version)})
+
+        return app
+
+    # -- processes -------------------------------------------------------------------------
+    def _popen(self, cmd: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+        """Start a child that dies with the supervisor, its output in ``log_dir`` if set."""
+        if not self.config.log_dir:
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent)
+        os.makedirs(self.config.log_dir, exist_ok=True)
+        with open(os.path.join(self.config.log_dir, naming.dns_name(log_name) + ".log"), "ab") as log:
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def _spawn_replica(self, replica: Replica) -> None:
+        env = dict(os.environ, SERVER_ID=replica.name)
+        cmd = [
+            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{replica.port}",
+            "--workers", str(self.config.replica_workers), "--worker-class", "gthread",
+            "--threads", "4", "--keep-alive", "30", "--no-control-socket", "ringlb_replica.wsgi:app",
+        ]
+        replica.process = self._popen(cmd, env, replica.name)
+        replica.ready = False
+
+    def start_balancer(self) -> None:
+        env = dict(
+            os.environ,
+            RINGLB_BIND=f"{self.config.host}:{self.config.port}",
+            RINGLB_WORKERS=str(self.config.workers),
+            RINGLB_TOKEN=self.config.token,
+            RINGLB_MEMBERSHIP_TOKEN=self.membership_token,
+            RINGLB_SCALER=f"http://127.0.0.1:{self.api.server_port}",
+            RINGLB_SCALER_TOKEN=self.scaler_token,
+            RINGLB_SCALE_TIMEOUT="20",
+            RINGLB_ADMIN_BIND="",  # one port in local mode: /membership, /metrics, /status on it too
+            RINGLB_DRAIN_SECONDS="0",  # nothing routes around a local balancer: stop at once
+        )
+        cmd = [
+            sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
+            "ringlb_balancer.wsgi:app",
+        ]
+        self.balancer = self._popen(cmd, env, "balancer")
+
+    @staticmethod
+    def _stop_all(processes: list[subprocess.Popen[bytes] | None], grace: float = 5.0) -> None:
+        """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
+        running = [p for p in processes if p is not None and p.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    # -- reconciliation --------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """One level-based pass: make processes match the desired list, push if needed."""
+        with self.lock:
+            desired = list(self.desired)
+        used_ports = {r.port for r in self.replicas.values()}
+        for name in desired:
+            replica = self.replicas.get(name)
+            if replica is None:
+                port = free_port()
+                while port in used_ports or port == self.config.port:
+                    port = free_port()
+                replica = self.replicas[name] = Replica(name, port)
+                used_ports.add(port)
+            if replica.process is None or replica.process.poll() is not None:
+                if replica.process is not None:
+                    replica.restarts += 1
+                    log.warning("replica %s exited (%s); respawning", name, replica.process.returncode)
+                self._spawn_replica(replica)
+            elif not replica.ready:
+                replica.ready = heartbeat(Member(name, "127.0.0.1", replica.port), 0.5)
+        members = [
+            Member(n, "127.0.0.1", self.replicas[n].port) for n in desired if self.replicas[n].ready
+        ]
+        if members != self.pushed or self._hijacked(members):
+            self.push(members)
+        # Removed replicas leave the ring first, then stop (all at once: each takes a while
+        # to shut down gracefully).
+        removed = [self.replicas.pop(n) for n in list(self.replicas) if n not in desired]
+        self._stop_all([r.process for r in removed])
+
+    def _hijacked(self, members: list[Member], every: float = 1.0) -> bool:
+        """Whether the balancer holds a ring other than ours (someone else pushed), checked once
+        a second: like the operator, the supervisor compares and repairs, level-based."""
+        now = time.monotonic()
+        if self.pushed is None or now - self.checked_at < every:
+            return False
+        self.checked_at = now
+        try:
+            held = self.session.get(f"{self.balancer_url}/membership", timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return False
+        ours = Membership(self.revision, tuple(members), self.config.hashing, self.config.key).to_json()
+        if held == ours:
+            return False
+        log.warning("balancer holds revision %s, not ours (%d): pushing ours again", held.get("revision"), self.revision)
+        if isinstance(held.get("revision"), int):
+            self.revision = max(self.revision, held["revision"])
+        return True
+
+    def push(self, members: list[Member]) -> None:
+        doc = Membership(self.revision + 1, tuple(members), self.config.hashing, self.config.key).to_json()
+        try:
+            reply = self.session.put(f"{self.balancer_url}/membership", json=doc, timeout=5)
+        except requests.RequestException:
+            return  # balancer not up yet: the next pass pushes again
+        if reply.status_code == 200:
+            self.revision += 1
+            self.pushed = members
+            log.info("membership revision %d: %s", self.revision, [m.name for m in members])
+        elif reply.status_code == 409:
+            # A newer revision is in force (another pusher): go past it on the next pass.
+            try:
+                self.revision = max(self.revision, int(self.session.get(
+                    f"{self.balancer_url}/membership", timeout=2).json()["revision"]))
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                pass
+            self.pushed = None
+        else:
+            log.error("balancer refused membership: %s %s", reply.status_code, reply.text)
+
+    def run(self, interval: float = 0.2) -> None:
+        threading.Thread(target=self.api.serve_forever, daemon=True, name="scaler-api").start()
+        self.start_balancer()
+        try:
+            while not self.stopping.wait(interval):
+                if self.balancer is not None and self.balancer.poll() is not None:
+                    log.error("balancer exited with %s; restarting it", self.balancer.returncode)
+                    self.pushed = None
+                    self.revision = 0
+                    self.start_balancer()
+                self.reconcile()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.api.shutdown()
+        self._stop_all([self.balancer, *(r.process for r in self.replicas.values())])

@@ -1,0 +1,373 @@
+"""What the status page shows, computed from the routing in force: pure functions, no I/O.
+
+The endpoints (``GET /status/data``, ``GET /status/lookup``) hand these functions the strategy
+objects the balancer routes with, the health flags, in-flight counts and counter samples they
+read from the shared state, and serialize what comes back. Nothing here reads a clock, a file or
+a socket, so everything is unit-tested with hand-built inputs.
+
+Shares and moved fractions are *computed from the tables*, not estimated from sample keys:
+
+- maglev: a key goes to ``table[hash64(key) % table_size]``; a member's share is its number of
+  entries over the table size (exact up to the 2^64 mod table_size bias, below 1e-14).
+- ring: a key goes to the first point clockwise of ``hash64(key)`` on the 2^64 circle; a member's
+  share is the total length of the arcs that end at its points, over 2^64 (exact integers).
+- seed: a key becomes a request id in 100000..999999 (the seed's random 6-digit ids; other keys
+  are hashed into that range), then the request slot ``H(id) % 512``, then the first occupied
+  slot clockwise. H is an integer polynomial, so ``H(id) % 512`` depends only on ``id % 512``:
+  weighting each of the 512 residues by how many ids fall on it gives the exact share of the
+  id space. (Counting occupied slots instead would be wrong: H is quadratic and never lands on
+  most slots, so slot counts say little about where requests go.)
+
+Between two strategies of the same kind and size the moved fraction is exact the same way;
+between different kinds (a strategy switch) or sizes it is measured on a fixed sample of
+``SAMPLE_KEYS`` keys, and the change record says so (``"exact": false``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ringlb_ring import hashing
+
+CIRCLE = 2**64
+SEED_IDS = (100_000, 1_000_000)  # request ids the seed strategy sees: [low, high)
+SAMPLE_KEYS = 20_000
+WINDOW = 60.0  # seconds of history the page charts
+MAX_CHANGES = 20  # change-log entries the page shows
+
+HEALTHY = "healthy"
+EJECTED = "ejected"
+
+Strategy = Any  # hashing.Strategy: Maglev, Ring or Seed (their attributes are read directly)
+
+
+# -- key-space shares ------------------------------------------------------------------------
+def shares(strategy: Strategy) -> list[float]:
+    """Each member's share of the key space, index-aligned with ``strategy.members``; sums to 1
+    (to float rounding) when there is at least one member, ``[]`` when there is none."""
+    n = len(strategy.members)
+    if n == 0:
+        return []
+    counts = [0] * n
+    if strategy.name == "maglev":
+        for index in strategy.table:
+            counts[index] += 1
+        total = strategy.table_size
+    elif strategy.name == "ring":
+        for index, length in _arcs(strategy.points, strategy.owners):
+            counts[index] += length
+        total = CIRCLE
+    elif strategy.name == "seed":
+        for residue, weight in _seed_weights(strategy.slots):
+            index = _seed_owner(strategy, residue)
+            if index >= 0:
+                counts[index] += weight
+        total = SEED_IDS[1] - SEED_IDS[0]
+    else:
+        raise ValueError(f"unknown strategy {strategy.name!r}")
+    return [c / total for c in counts]
+
+
+def _arcs(points: Sequence[int], owners: Sequence[int]) -> Iterable[tuple[int, int]]:
+    """(owner index, arc length) for each ring point: a hash h goes to the point at
+    ``bisect_right(points, h)`` (wrapping), so point k owns [points[k-1], points[k]) and
+    point 0 owns [points[-1], 2^64) plus [0, points[0])."""
+    if not points:
+        return
+    yield owners[0], CIRCLE - points[-1] + points[0]
+    for k in range(1, len(points)):
+        yield owners[k], points[k] - points[k - 1]
+
+
+def _seed_weights(slots: int) -> Iterable[tuple[int, int]]:
+    """(residue r, how many request ids in SEED_IDS are congruent to r mod ``slots``)."""
+    low, high = SEED_IDS
+    for r in range(slots):
+        first = low + (r - low) % slots  # the smallest id >= low with id % slots == r
+        yield r, 0 if first >= high else (high - 1 - first) // slots + 1
+
+
+def _seed_owner(strategy: Strategy, residue: int) -> int:
+    slot = strategy.next_slot[strategy.request_slot(residue) % strategy.slots]
+    return strategy.occupied[slot] if slot >= 0 else -1
+
+
+# -- what a membership change moved ----------------------------------------------------------
+def moved_fraction(before: Strategy, after: Strategy) -> float:
+    """Fraction of the key space whose owner (by member name) differs between two strategies.
+
+    Exact when both are the same kind with the same table (maglev: same table size; seed: same
+    slot count); otherwise measured on ``SAMPLE_KEYS`` fixed keys (see ``moved_is_exact``).
+    A key without an owner (empty membership) counts as moved when the other side has one.
+    """
+    names_b = _names(before)
+    names_a = _names(after)
+    if before.name == after.name == "maglev" and before.table_size == after.table_size:
+        moved = sum(1 for x, y in zip(before.table, after.table) if names_b[x] != names_a[y])
+        return moved / before.table_size
+    if before.name == after.name == "ring":
+        return _ring_moved(before, after, names_b, names_a) / CIRCLE
+    if before.name == after.name == "seed" and before.slots == after.slots:
+        moved = sum(
+            weight
+            for residue, weight in _seed_weights(before.slots)
+            if names_b[_seed_owner(before, residue)] != names_a[_seed_owner(after, residue)]
+        )
+        return moved / (SEED_IDS[1] - SEED_IDS[0])
+    keys = sample_keys()
+    moved = sum(1 for key in keys if _owner_name(before, key) != _owner_name(after, key))
+    return moved / len(keys)
+
+
+def moved_is_exact(before: Strategy, after: Strategy) -> bool:
+    """Whether ``moved_fraction(before, after)`` is computed from the tables (not sampled)."""
+    if before.name != after.name:
+        return False
+    if before.name == "maglev":
+        return before.table_size == after.table_size
+    if before.name == "seed":
+        return before.slots == after.slots
+    return True
+
+
+def sample_keys(count: int = SAMPLE_KEYS) -> list[str]:
+    """The fixed keys a cross-strategy moved fraction is measured on (non-numeric, so the seed
+    strategy hashes them into its id range like any header value)."""
+    return [f"status-sample-{i}" for i in range(count)]
+
+
+class _NameOf(dict):
+    """Member index -> name, with -1 (no owner) -> None."""
+
+    def __missing__(self, index: int) -> None:
+        return None
+
+
+def _names(strategy: Strategy) -> _NameOf:
+    return _NameOf(enumerate(strategy.members))
+
+
+def _owner_name(strategy: Strategy, key: str) -> str | None:
+    if not strategy.members:
+        return None
+    index = strategy.owner(key)
+    return strategy.members[index] if index >= 0 else None
+
+
+def _ring_moved(before: Strategy, after: Strategy, names_b: _NameOf, names_a: _NameOf) -> int:
+    """Length of the 2^64 circle whose owner changed: both owners are constant between two
+    consecutive points of the union of both point sets."""
+    bounds = sorted(set(before.points) | set(after.points) | {0})
+    moved = 0
+    for i, start in enumerate(bounds):
+        end = bounds[i + 1] if i + 1 < len(bounds) else CIRCLE
+        if names_b[_ring_owner(before, start)] != names_a[_ring_owner(after, start)]:
+            moved += end - start
+    return moved
+
+
+def _ring_owner(strategy: Strategy, h: int) -> int:
+    points = strategy.points
+    if not points:
+        return -1
+    return strategy.owners[bisect.bisect(points, h) % len(points)]
+
+
+def change(before: Strategy, after: Strategy, revision: int, at: float) -> dict[str, Any]:
+    """One change-log entry, to record when a new membership is put in force (``at`` is a
+    Unix time). ``moved`` is a fraction of the key space in [0, 1]."""
+    old, new = set(before.members), set(after.members)
+    return {
+        "revision": revision,
+        "at": at,
+        "added": [m for m in after.members if m not in old],
+        "removed": [m for m in before.members if m not in new],
+        "moved": moved_fraction(before, after),
+        "exact": moved_is_exact(before, after),
+        "strategy": after.name,
+    }
+
+
+# -- request and error rates -----------------------------------------------------------------
+Sample = tuple[float, Mapping[str, tuple[int, int]]]
+
+
+def series(
+    samples: Sequence[Sample], now: float | None = None, window: float = WINDOW, names: Iterable[str] = ()
+) -> dict[str, dict[str, list[Any]]]:
+    """Per member, rates between consecutive samples of cumulative counters.
+
+    ``samples``: (Unix time, {member name: (requests, errors)}) in time order, typically one a
+    second; gaps are fine (a rate is the difference over the elapsed time). Returns
+    ``{name: {"at": [t, ...], "rps": [...], "errorRate": [...]}}`` for the intervals ending
+    within ``window`` seconds of ``now`` (default: the last sample's time), for every member
+    named in a sample or in ``names``. A member missing from a sample counts as (0, 0): counters
+    are created on a member's first request. ``errorRate`` is errors / requests in the interval,
+    ``None`` when there were no requests; an interval where a counter went backwards (a
+    balancer restart) has ``None`` rates.
+    """
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        out[name] = {"at": [], "rps": [], "errorRate": []}
+    if not samples:
+        return out
+    if now is None:
+        now = samples[-1][0]
+    for _, counts in samples:
+        for name in counts:
+            if name not in out:
+                out[name] = {"at": [], "rps": [], "errorRate": []}
+    zero = (0, 0)
+    for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+        if t1 <= t0 or t1 < now - window or t1 > now:
+            continue
+        for name, s in out.items():
+            s["at"].append(round(t1, 3))
+            a, b = c0.get(name, zero), c1.get(name, zero)
+            if b[0] < a[0] or b[1] < a[1]:
+                s["rps"].append(None)
+                s["errorRate"].append(None)
+                continue
+            requests, errors = b[0] - a[0], b[1] - a[1]
+            s["rps"].append(round(requests / (t1 - t0), 3))
+            s["errorRate"].append(round(errors / requests, 4) if requests else None)
+    return out
+
+
+def keep_samples(samples: list[Sample], sample: Sample, window: float = WINDOW) -> list[Sample]:
+    """``samples`` plus ``sample``, without those older than needed for ``window`` seconds of
+    rates (one sample before the window is kept: the first rate needs it)."""
+    kept = [s for s in samples if s[0] < sample[0]] + [sample]
+    cutoff = sample[0] - window
+    start = 0
+    while start + 1 < len(kept) and kept[start + 1][0] <= cutoff:
+        start += 1
+    return kept[start:]
+
+
+# -- the documents ---------------------------------------------------------------------------
+def data(
+    membership: Any,
+    strategy: Strategy,
+    *,
+    ejected: Mapping[str, str] | None = None,
+    inflight: Sequence[int] = (),
+    samples: Sequence[Sample] = (),
+    changes: Sequence[Mapping[str, Any]] = (),
+    now: float | None = None,
+    window: float = WINDOW,
+) -> dict[str, Any]:
+    """The document of ``GET /status/data``.
+
+    ``membership``: the Membership in force (revision, members with name and address, hashing,
+    key); ``strategy``: the strategy built from it (``routing.strategy``); ``ejected``: name ->
+    reason ("heartbeat", "connection", "5xx", or "" when unknown) of each ejected member;
+    ``inflight``: in-flight requests per member index; ``samples``: see ``series``; ``changes``:
+    change-log entries from ``change`` (any order; the newest ``MAX_CHANGES`` are returned,
+    newest first); ``now``: Unix time of the answer.
+    """
+    ejected = ejected or {}
+    share = shares(strategy)
+    rates = series(samples, now, window, [m.name for m in membership.members])
+    if now is None:
+        now = samples[-1][0] if samples else 0.0
+    members = []
+    for i, m in enumerate(membership.members):
+        s = rates.get(m.name, {"at": [], "rps": [], "errorRate": []})
+        members.append({
+            "name": m.name,
+            "address": m.address,
+            "share": share[i] if i < len(share) else 0.0,
+            "health": EJECTED if m.name in ejected else HEALTHY,
+            "reason": ejected.get(m.name, ""),
+            "inflight": inflight[i] if i < len(inflight) else 0,
+            "rps": _last(s["rps"]),
+            "errorRate": _last(s["errorRate"]),
+            "series": s,
+        })
+    config = membership.hashing
+    log = sorted(changes, key=lambda c: c["revision"], reverse=True)[:MAX_CHANGES]
+    return {
+        "revision": membership.revision,
+        "strategy": config.strategy,
+        "hashing": {
+            "tableSize": config.table_size,
+            "vnodes": config.vnodes,
+            "seedFormulas": config.seed_formulas,
+        },
+        "key": {"source": membership.key.source, "name": membership.key.name},
+        "boundedLoad": float(config.bounded_load),
+        "now": now,
+        "window": window,
+        "members": members,
+        "changes": [dict(c) for c in log],
+    }
+
+
+def _last(values: Sequence[Any]) -> Any:
+    for value in reversed(values):
+        if value is not None:
+            return value
+    return None
+
+
+def lookup(
+    strategy: Strategy,
+    key: str,
+    *,
+    ejected: Iterable[str] = (),
+    inflight: Sequence[int] | None = None,
+    bounded_load: float = 0.0,
+) -> dict[str, Any]:
+    """The document of ``GET /status/lookup?key=``: where the balancer sends a request whose key
+    (the header or cookie value, or the client IP) is ``key``.
+
+    ``preference`` is the strategy's order (owner first), ``owner`` its first entry, and
+    ``route`` the member the balancer picks right now, as ``Engine.forward`` does: with bounded
+    loads, ``bounded_choice`` over the preference order with ejected members last; otherwise
+    the owner, or the first healthy member of the preference order when the owner is ejected.
+    Raises ValueError for an empty key (the balancer gives keyless requests a random one).
+    """
+    if not key:
+        raise ValueError("key: required, non-empty (a request without a key goes to a random owner)")
+    members = strategy.members
+    out: dict[str, Any] = {"key": key, "strategy": strategy.name, "owner": None, "route": None,
+                           "preference": [], "ejected": [], "position": _position(strategy, key)}
+    if not members:
+        return out
+    down = set(ejected)
+    order = list(strategy.preference(key))
+    healthy = [i for i in order if members[i] not in down] + [i for i in order if members[i] in down]
+    if bounded_load:
+        counts = list(inflight) if inflight is not None else []
+        counts += [0] * (len(members) - len(counts))
+        route = hashing.bounded_choice(iter(healthy), counts[: len(members)], bounded_load)
+    else:
+        route = strategy.owner(key)
+        if members[route] in down:
+            route = healthy[0]
+    out.update(
+        owner=members[strategy.owner(key)],
+        route=members[route],
+        preference=[members[i] for i in order],
+        ejected=[members[i] for i in order if members[i] in down],
+    )
+    return out
+
+
+def _position(strategy: Strategy, key: str) -> dict[str, Any]:
+    """Where the key lands in the strategy's table, for the page to show."""
+    if strategy.name == "seed":
+        return {"slot": strategy.slot_of(key)}
+    h = hashing.hash64(key)
+    if strategy.name == "maglev":
+        return {"hash": f"{h:016x}", "entry": h % strategy.table_size}
+    return {"hash": f"{h:016x}", "angle": round(360 * h / CIRCLE, 3)}
+
+
+def percent(fraction: float) -> str:
+    """How the page prints a fraction (kept here so tests can compare with the page's text)."""
+    return f"{100 * fraction:.1f} %" if math.isfinite(fraction) else "n/a"

@@ -1,0 +1,54 @@
+"""What every hashing strategy shares: the stable 64-bit hash, the ``Strategy`` protocol, the preference walk.
+
+Kept apart from the strategy modules so that each of them, and the registry in ``__init__``,
+can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+
+def hash64(data: str) -> int:
+    """Stable 64-bit hash of a string: the same in every process and on every machine.
+
+    Python's ``hash()`` is salted per process, so two balancer workers would disagree.
+    BLAKE2b with an 8-byte digest is in the standard library and costs well under a microsecond.
+    """
+    return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "little")
+
+
+class Strategy(Protocol):
+    """What the balancer needs from a hashing strategy."""
+
+    name: str
+    members: tuple[str, ...]
+
+    def owner(self, key: str) -> int:
+        """Index into ``members`` of the member that owns ``key``."""
+
+    def preference(self, key: str) -> Iterator[int]:
+        """Every member index exactly once, owner first, in this strategy's fallback order."""
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def distinct(sequence: Sequence[int], start: int, count: int) -> Iterator[int]:
+    """Walk ``sequence`` cyclically from ``start``, yielding each value the first time seen,
+    until ``count`` distinct values have been yielded."""
+    seen: set[int] = set()
+    size = len(sequence)
+    for step in range(size):
+        value = sequence[(start + step) % size]
+        if value >= 0 and value not in seen:
+            seen.add(value)
+            yield value
+            if len(seen) == count:
+                return

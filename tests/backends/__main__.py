@@ -1,0 +1,5 @@
+import sys
+
+from tests.backends import main
+
+sys.exit(main())

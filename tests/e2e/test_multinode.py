@@ -1,0 +1,177 @@
+"""End-to-end tests that need two worker nodes: `make kind-up` (kind-config.yaml: one control
+plane, two workers). On a cluster with fewer schedulable workers they fail, naming what is missing.
+
+Traffic for the drain and the stopped node goes through the balancer Service as a NodePort on
+the control-plane node (kind nodes are containers on a docker network this host can reach), so
+kube-proxy, not a port-forward pinned to one pod, picks the balancer pod of each connection.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from .conftest import (
+    apply,
+    balancer_pods,
+    condition,
+    kubectl,
+    kubectl_json,
+    load,
+    pod_ready,
+    replica_pods,
+    resource,
+    sample,
+    wait_for,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.e2e
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+
+
+def nodes() -> list[dict[str, Any]]:
+    return kubectl_json("get", "nodes")["items"]
+
+
+def node_ready(node: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+
+
+def workers() -> list[str]:
+    """Ready, schedulable nodes without the control-plane role."""
+    return sorted(
+        n["metadata"]["name"]
+        for n in nodes()
+        if CONTROL_PLANE_LABEL not in n["metadata"].get("labels", {})
+        and not n["spec"].get("unschedulable")
+        and node_ready(n)
+    )
+
+
+def node_address(name: str) -> str:
+    node = kubectl_json("get", "node", name)
+    return next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+
+
+def control_plane() -> str:
+    return next(n["metadata"]["name"] for n in nodes() if CONTROL_PLANE_LABEL in n["metadata"].get("labels", {}))
+
+
+@pytest.fixture(autouse=True)
+def two_workers() -> None:
+    found = workers()
+    if len(found) < 2:
+        pytest.fail(f"these tests need two Ready workers (make kind-up); found {found}")
+
+
+@pytest.fixture
+def web_nodeport(namespace: str) -> Iterator[tuple[str, str]]:
+    """The sample with its balancer Service as a NodePort, Ready; yields (namespace, url) where
+    url is the NodePort on the control-plane node."""
+    doc = sample()
+    doc["spec"].setdefault("balancer", {})["serviceType"] = "NodePort"
+    apply(namespace, doc)
+    wait_ready(namespace, 3)
+    svc = kubectl_json("-n", namespace, "get", "service", "web-balancer")
+    port = next(p["nodePort"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    url = f"http://{node_address(control_plane())}:{port}"
+    wait_for("the NodePort to answer", lambda: requests.get(url + "/rep", timeout=5).ok, timeout=60)
+    yield namespace, url
+
+
+def node_of(pod: dict[str, Any]) -> str:
+    return pod["spec"].get("nodeName", "")
+
+
+def serving_identities(namespace: str) -> set[str]:
+    """Identities whose replica pod is Ready."""
+    return {p["metadata"]["annotations"].get("ringlb.io/identity", p["metadata"]["name"]) for p in replica_pods(namespace) if pod_ready(p)}
+
+
+def test_balancer_pods_are_spread_over_both_workers(web: str) -> None:
+    pods = [p for p in balancer_pods(web) if pod_ready(p)]
+    assert len(pods) >= 2, f"expected at least two Ready balancer pods, got {[p['metadata']['name'] for p in pods]}"
+    placed = {p["metadata"]["name"]: node_of(p) for p in pods}
+    assert len(set(placed.values())) >= 2, f"balancer pods share one node: {placed}"
+    replicas = {p["metadata"]["name"]: node_of(p) for p in replica_pods(web)}
+    assert len(set(replicas.values())) >= 2, f"replica pods share one node: {replicas}"
+
+
+def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, str]) -> None:
+    namespace, url = web_nodeport
+    # the worker holding the most of this resource's pods
+    pods = balancer_pods(namespace) + replica_pods(namespace)
+    counts: dict[str, int] = {}
+    for p in pods:
+        counts[node_of(p)] = counts.get(node_of(p), 0) + 1
+    target = max((n for n in counts if n in workers()), key=lambda n: counts[n])
+    stop = threading.Event()
+    results: list[Any] = []
+    loader = threading.Thread(target=lambda: results.append(load(url, 10**7, threads=8, seconds=420, stop=stop)))
+    loader.start()
+    try:
+        time.sleep(3)
+        t0 = time.monotonic()
+        drain = kubectl(
+            "drain", target, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s",
+            check=False, timeout=330,
+        )
+        assert drain.returncode == 0, f"kubectl drain {target} failed: {drain.stderr.strip()}"
+        wait_ready(namespace, 3)
+        drained_in = time.monotonic() - t0
+        time.sleep(3)
+    finally:
+        stop.set()
+        loader.join(60)
+        kubectl("uncordon", target, check=False)
+    result = results[0]
+    moved = {p["metadata"]["name"]: node_of(p) for p in balancer_pods(namespace) + replica_pods(namespace)}
+    print(f"drained {target} in {drained_in:.0f}s; {result.sent} requests, {len(result.failures)} failed; pods now on {moved}")
+    assert result.sent > 100
+    assert not result.failures, f"{len(result.failures)} of {result.sent} requests failed during the drain: {result.failures[:5]}"
+    assert target not in moved.values()
+
+
+def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) -> None:
+    """A worker container stopped (`docker stop`): what the resource's status says, and how long
+    until every identity it held serves again on the other worker."""
+    namespace, url = web_nodeport
+    replicas = replica_pods(namespace)
+    counts: dict[str, int] = {}
+    for p in replicas:
+        counts[node_of(p)] = counts.get(node_of(p), 0) + 1
+    target = max(counts, key=lambda n: counts[n])
+    lost = {p["metadata"]["annotations"].get("ringlb.io/identity", p["metadata"]["name"]) for p in replicas if node_of(p) == target}
+    subprocess.run(["docker", "stop", "-t", "0", target], check=True, capture_output=True, timeout=60)
+    t0 = time.monotonic()
+    statuses: list[str] = []
+    try:
+        def back() -> bool | None:
+            obj = resource(namespace)
+            ready = condition(obj, "Ready")
+            line = f"{time.monotonic() - t0:5.0f}s Ready={ready.get('status')} {ready.get('reason', '')}: {ready.get('message', '')}"
+            if not statuses or statuses[-1].split(" ", 1)[1] != line.split(" ", 1)[1]:
+                statuses.append(line)
+            serving = serving_identities(namespace)
+            on_target = [p for p in replica_pods(namespace) if node_of(p) == target and pod_ready(p)]
+            return True if lost <= serving and not on_target and ready.get("status") == "True" else None
+
+        wait_for(f"identities {sorted(lost)} of {target} to serve again elsewhere", back, timeout=600, interval=2)
+        recovered_in = time.monotonic() - t0
+        result = load(url, 300, threads=8, seconds=60)
+    finally:
+        subprocess.run(["docker", "start", target], capture_output=True, timeout=120)
+        wait_for(f"{target} Ready again", lambda: node_ready(kubectl_json("get", "node", target)) or None, timeout=180, interval=2)
+    print(f"{target} stopped; identities {sorted(lost)} served again after {recovered_in:.0f}s; status over time:")
+    print("\n".join(statuses))
+    print(json.dumps(dict(result.per_server)))
+    assert not result.failures, f"requests failed after recovery: {result.failures[:5]}"
+    assert len(result.per_server) == 3
