@@ -12,7 +12,7 @@ IMAGES := $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 KIND_CLUSTER ?= ringlb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test unit integration e2e bench bench-memory analysis images deploy undeploy \
+.PHONY: help venv dev test unit integration e2e bench bench-memory fuzz analysis images deploy undeploy \
 	kind-up kind-down kind-node-image kind-e2e port-forward local-up local-down local-e2e local-images clean
 
 help: ## list targets
@@ -43,6 +43,9 @@ bench: venv ## ringlb vs nginx and HAProxy: replica table + CPU overhead table (
 
 bench-memory: venv ## ringlb worker RSS while 1 GiB streams down to a slow client and up to a slow backend
 	$(PY) scripts/memory.py $(ARGS)
+
+fuzz: venv ## long request-path fuzz of the balancer (minutes, not in CI; ARGS="--seconds 600")
+	$(PY) scripts/fuzz.py $(ARGS)
 
 analysis: venv ## the seed's analyses A-1..A-4 -> docs/analysis/
 	$(PY) scripts/analysis.py $(ARGS)

@@ -144,7 +144,7 @@ build() {
   local t0=$SECONDS
   command -v debootstrap >/dev/null || die "debootstrap missing (scripts/kind-host.sh prereqs)"
   binaries
-  local node_base img_base work
+  local node_base img_base
   node_base=$(rootfs node-rootfs "$NODE_PKGS")
   img_base=$(rootfs image-base "$IMG_PKGS")
   work="$(mktemp -d "$CACHE/node-image/build.XXXXXX")"
@@ -188,13 +188,20 @@ DOCKERFILE
     ctr -n k8s.io images ls -q
     kill %1; wait || true
     rm -f /images.tar; rm -rf /tmp/* /var/log/*' >&2
-  docker commit \
-    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
-    --change 'STOPSIGNAL SIGRTMIN+3' --change 'ENV container=docker' \
-    --change "LABEL io.ringlb.kind-node.key=$KEY io.ringlb.kubernetes=$K8S_VERSION" \
-    "$c" "$IMAGE" >/dev/null
+  docker commit "$c" "ringlb/kind-node-stage:$KEY-loaded" >/dev/null
   docker rm -f "$c" >/dev/null
-  docker rmi "ringlb/kind-node-stage:$KEY" >/dev/null 2>&1 || true
+  # systemd halts on SIGRTMIN+3 (`docker stop`); kind starts nodes with the image's entrypoint
+  mkdir -p "$work/final"
+  cat > "$work/final/Dockerfile" <<DOCKERFILE
+FROM ringlb/kind-node-stage:$KEY-loaded
+ENV container=docker
+STOPSIGNAL SIGRTMIN+3
+LABEL io.ringlb.kind-node.key=$KEY io.ringlb.kubernetes=$K8S_VERSION
+ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]
+CMD []
+DOCKERFILE
+  docker build -q -t "$IMAGE" "$work/final" >/dev/null || die "final node image build failed"
+  docker rmi "ringlb/kind-node-stage:$KEY-loaded" "ringlb/kind-node-stage:$KEY" >/dev/null 2>&1 || true
   log "built $IMAGE in $((SECONDS - t0))s; caching it as $TARBALL"
   rm -f "$CACHE"/node-image/kind-node-*.tar
   docker save "$IMAGE" > "$TARBALL.tmp" && mv "$TARBALL.tmp" "$TARBALL"

@@ -39,6 +39,12 @@ class Reject(Exception):
 
 
 class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "admin", "body_bytes", "body_since", "body_wire", "client_ip", "closing", "corked", "early",
+        "engine", "head_wire", "headers", "loop", "parser", "parsing", "queue", "read_paused", "since",
+        "state", "trailer_bytes", "transport", "tunnel", "url", "write_paused", "__weakref__",
+    )
+
     def __init__(self, engine: "Engine", admin: bool) -> None:
         self.engine = engine
         self.admin = admin  # the admin listener: control endpoints only
@@ -50,8 +56,8 @@ class ClientConnection(asyncio.Protocol):
         self.parsing: Exchange | None = None  # whose body is being received
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
         self.head_wire = 0  # bytes received since the current head began
+        self.body_wire = 0  # bytes received since the current body began, framing included
         self.state = IDLE
         self.since = engine.now  # start of the head, or of idleness
         self.body_since = 0.0
@@ -162,6 +168,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.state != BODY:
             self.head_wire += len(data)
+        else:
+            self.body_wire += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -181,6 +189,10 @@ class ClientConnection(asyncio.Protocol):
             limit = self.engine.settings.max_body
             if limit and self.body_bytes > limit:
                 self.refuse(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
+                return
+            if limit and self.body_wire > 2 * limit + self.engine.settings.max_head:
+                # Chunk sizes and extensions are bytes too: bounded with the body they frame.
+                self.refuse(framing.error(413, f"chunked framing of the request body exceeds {2 * limit} bytes"))
                 return
         elif self.state == HEAD and self.head_wire > self.engine.settings.max_head:
             # httptools holds a field until its end: bound the unfinished head by the wire.
@@ -220,30 +232,26 @@ class ClientConnection(asyncio.Protocol):
         self.since = self.engine.now
         self.url = b""
         self.headers = []
-        self.head_bytes = 0
         self.trailer_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        settings = self.engine.settings
         if self.state == BODY:  # a trailer field: counted, then dropped
             self.trailer_bytes += len(name) + len(value) + 4
-            if self.trailer_bytes > settings.max_head:
-                raise Reject(framing.error(431, f"trailer section exceeds {settings.max_head} bytes"))
+            if self.trailer_bytes > self.engine.settings.max_head:
+                raise Reject(framing.error(431, f"trailer section exceeds {self.engine.settings.max_head} bytes"))
             return
-        self.head_bytes += len(name) + len(value) + 4
-        self.headers.append((name, value))
-        if self.head_bytes > settings.max_head:
-            raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
-        if len(self.headers) > settings.max_headers:
-            raise Reject(framing.error(431, f"more than {settings.max_headers} header fields"))
+        self.headers.append((name, value))  # sizes are checked once the head is complete
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            # llhttp reads a request line without a version as HTTP/0.9; no replica speaks it.
+            raise Reject(framing.error(400 if version < "1.0" else 505, f"HTTP/{version} is not supported: use HTTP/1.1"))
+        http10 = version == "1.0"
         method = parser.get_method()
         keep_alive = parser.should_keep_alive()
         if method == b"CONNECT":
@@ -253,6 +261,12 @@ class ClientConnection(asyncio.Protocol):
         if not framing.valid_target(target):
             raise Reject(framing.error(400, "request target must be a path of visible ASCII (origin form)"))
         engine = self.engine
+        settings = engine.settings
+        headers = self.headers
+        if len(headers) > settings.max_headers:
+            raise Reject(framing.error(431, f"more than {settings.max_headers} header fields"))
+        if sum(len(n) + len(v) + 4 for n, v in headers) + len(target) > settings.max_head:
+            raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
         key_header = engine.key_header
         hosts = 0
         key = None
@@ -264,7 +278,7 @@ class ClientConnection(asyncio.Protocol):
         forwarded_for = None
         named: set[bytes] = set()
         kept: list[bytes] = []
-        for name, value in self.headers:
+        for name, value in headers:
             lower = name.lower()
             if lower in framing.REQUEST_DROPPED:
                 if lower == b"host":
@@ -326,6 +340,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = BODY if mode != BODY_NONE else HEAD
         self.body_since = engine.now
         self.body_bytes = 0
+        self.body_wire = 0
         self.head_wire = 0
         if exchange.control:
             exchange.headers = self.headers

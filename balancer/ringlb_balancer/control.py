@@ -113,7 +113,9 @@ class Control:
         self.scaler = scaler
         self.own_addresses = own_addresses  # (host, port) this balancer listens on
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ringlb-control")
+        self.history = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlb-history")
         self.scale_lock = asyncio.Lock()  # scale calls of one worker take turns: fewer conflicts
+        self.publish_lock = asyncio.Lock()
         self.draining = False
         self.status_hooks: dict[str, Callable[[Request], Reply]] = {}
 
@@ -128,8 +130,8 @@ class Control:
         if exchange.client.closing:
             return
         keep_alive = exchange.keep_alive and exchange.engine.serving
-        body = b"" if request.method == "HEAD" else reply.body
-        data = framing.response(reply.status, body, keep_alive, reply.content_type, reply.headers, exchange.http10)
+        data = framing.response(reply.status, reply.body, keep_alive, reply.content_type, reply.headers,
+                                exchange.http10, head_only=request.method == "HEAD")
         exchange.reply(data)
 
     @staticmethod
@@ -237,11 +239,15 @@ class Control:
                 raise membership_doc.MembershipError(
                     f"revision {doc.revision} jumps more than 2^32 past revision {in_force} in force"
                 )
-            routing, changed = await self.blocking(self.store.publish, doc)
+            async with self.publish_lock:  # this worker's pushes one at a time: ``previous`` is ours
+                routing, changed = await self.blocking(self.store.publish, doc)
+                previous = self.store.previous
         except membership_doc.MembershipError as exc:
             return failure(str(exc))
         except StaleRevision as exc:
             return failure(str(exc), 409)
+        if changed:  # one thread, so the log keeps the order of the pushes
+            asyncio.get_running_loop().run_in_executor(self.history, self.store.record_change, previous, routing)
         return as_json({"revision": routing.membership.revision, "members": len(routing.membership.members),
                         "changed": changed})
 

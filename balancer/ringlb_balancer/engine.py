@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from ringlb_ring import hashing
 from ringlb_balancer.config import Settings
 from ringlb_balancer.counters import Counters
 from ringlb_balancer.routing import Routing, RoutingStore
-from ringlb_balancer.shared import SharedState
+from ringlb_balancer.shared import HEALTH_AT, SharedState
 from ringlb_balancer.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ class Active:
     keeps the view it started with, so a retry never re-indexes into a newer membership."""
 
     routing: Routing
+    revision: int
+    owner: Callable[[str], int]  # the strategy's lookup, bound once
+    bounded: float
     pools: list[UpstreamPool]
     members: list[bytes]  # Host header value (the member's address) per index
     rows: list[list[int]]  # counter row per index
@@ -65,6 +68,9 @@ class Engine:
         self.max_connections = settings.max_connections
         self.now = loop.time()  # the clock deadlines use, advanced by housekeeping: coarse, cheap
         self.row_base = shared.slot(0)  # this process's in-flight row, claimed after the fork
+        self.inflight_view = shared.inflight
+        self.revision_view = shared.revision_view
+        self.health = shared.map
         self.active = self._build(store.current(), None)
         self.key_source = b"header"
         self.key_name = "X-Request-ID"
@@ -92,7 +98,8 @@ class Engine:
         self.shared.clear_row()
         members = routing.membership.members
         return Active(
-            routing, pools, [m.address.encode() for m in members],
+            routing, routing.membership.revision, routing.strategy.owner, routing.membership.hashing.bounded_load,
+            pools, [m.address.encode() for m in members],
             [self.counters.row(m.name) for m in members], [0] * len(members),
         )
 
@@ -106,19 +113,24 @@ class Engine:
         return active.routing.membership.members[index].name
 
     # -- routing ------------------------------------------------------------------------
-    def choose(self, active: Active, key: bytes | None) -> int:
-        strategy = active.routing.strategy
+    def route(self, key: bytes | None) -> tuple[Active, int]:
+        """The membership in force and the member for ``key`` (-1: the ring is empty)."""
+        active = self.active
+        if self.revision_view[0] != active.revision:
+            active = self.current()
+        if not active.pools:
+            return active, -1
         text = key.decode("latin-1") if key else str(random.randint(100_000, 999_999))
-        bounded = active.routing.membership.hashing.bounded_load
-        if bounded:
-            return hashing.bounded_choice(
+        if active.bounded:
+            strategy = active.routing.strategy
+            return active, hashing.bounded_choice(
                 self._healthy(active, strategy.preference(text)),
-                self.shared.total_inflight(len(active.pools)), bounded,
+                self.shared.total_inflight(len(active.pools)), active.bounded,
             )
-        index = strategy.owner(text)
-        if self.shared.ejected(index) and active is self.active:
-            index = next(self._healthy(active, strategy.preference(text)))
-        return index
+        index = active.owner(text)
+        if self.health[HEALTH_AT + index] and active is self.active:
+            index = next(self._healthy(active, active.routing.strategy.preference(text)))
+        return active, index
 
     def fallback(self, active: Active, key: bytes | None, tried: list[int]) -> int:
         """The next member in the key's preference order not tried yet, or -1."""

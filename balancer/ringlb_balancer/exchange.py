@@ -101,25 +101,27 @@ class Exchange:
                 self.engine.control(self)
             return
         engine = self.engine
-        active = engine.current()
-        self.active = active
-        if not active.pools:
+        self.active, index = engine.route(self.key)
+        if index < 0:
             engine.counters.failure("empty")
             self.answer(503, "no replica is available")
             return
-        self.attempt(engine.choose(active, self.key))
+        self.attempt(index)
 
     def attempt(self, index: int) -> None:
+        engine = self.engine
+        active = self.active
         self.index = index
         self.tried.append(index)
         self.state = WAITING
-        self.waiting_since = self.engine.now
-        self.engine.inflight(self.active, index, 1)  # type: ignore[arg-type]
-        conn = self.active.pools[index].take()  # type: ignore[union-attr]
+        self.waiting_since = engine.now
+        if active is engine.active:
+            engine.inflight_view[engine.row_base + index] += 1
+        conn = active.pools[index].take()  # type: ignore[union-attr]
         if conn is not None:
             self.attach(conn)
         else:
-            self.active.pools[index].connect(self)  # type: ignore[union-attr]
+            active.pools[index].connect(self)  # type: ignore[union-attr]
 
     def attach(self, conn: "UpstreamConnection") -> None:
         """A connection to the chosen replica is ready: send the head and what body we have."""
@@ -196,8 +198,7 @@ class Exchange:
             self.conn.pause() if congested else self.conn.resume()
 
     # -- replica side -------------------------------------------------------------------
-    def response_head(self, conn: "UpstreamConnection", status: int, reason: bytes, fields: bytes,
-                      length: int) -> None:
+    def response_head(self, conn: "UpstreamConnection", status: int, fields: bytes, length: int) -> None:
         """The replica's answer head: retry, translate (404), or relay it and stream the body."""
         engine = self.engine
         self.status = status
@@ -207,7 +208,7 @@ class Exchange:
                 return
             self.state = ANSWERING
             self.response_started = True
-            self.client.write(framing.response_head(101, reason, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False))
+            self.client.write(framing.response_head(101, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False))
             engine.answered(self.active, self.index, status, time.perf_counter() - self.since)
             self._leave()
             self.state = DONE  # the exchange ends here; the tunnel lives on in both protocols
@@ -253,7 +254,7 @@ class Exchange:
             frame = b"Transfer-Encoding: chunked\r\n"
             self.framing_chunked = True
         self.keep_alive = keep
-        self.client.write(framing.response_head(status, reason, fields, frame, not keep, self.http10))
+        self.client.write(framing.response_head(status, fields, frame, not keep, self.http10))
         engine.answered(self.active, self.index, status, time.perf_counter() - self.since)
         if self.head_only:
             self.response_done(conn)  # 204 and 304 end in llhttp's own message-complete

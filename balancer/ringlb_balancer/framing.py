@@ -26,6 +26,9 @@ REQUEST_DROPPED = HOP_BY_HOP | {
     b"forwarded", b"x-real-ip",
 }
 RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
+# Connection options that are not field names (RFC 9112 §9.6): nothing to drop for them.
+_CONNECTION_OPTIONS = frozenset({b"keep-alive", b"close", b"upgrade"})
+_CONNECTION_PLAIN = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
 
 # A request target is origin-form: "/" then visible ASCII only. llhttp already refuses CR and
 # LF there; this also refuses NUL, TAB, spaces and DEL, which a lenient replica might split on.
@@ -68,8 +71,10 @@ def response(
     content_type: bytes = b"application/json",
     extra: tuple[tuple[bytes, bytes], ...] = (),
     http10: bool = False,
+    head_only: bool = False,
 ) -> bytes:
-    """One complete answer of the balancer's own (errors, control endpoints)."""
+    """One complete answer of the balancer's own (errors, control endpoints); ``head_only``
+    answers HEAD: the length of the body, without it."""
     out = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason(status), content_type, len(body))]
     for name, value in extra:
         out.append(b"%s: %s\r\n" % (name, value))
@@ -78,7 +83,8 @@ def response(
     elif http10:
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
-    out.append(body)
+    if not head_only:
+        out.append(body)
     return b"".join(out)
 
 
@@ -103,17 +109,25 @@ def response_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, boo
                 length = int(value)  # llhttp has checked it
             elif lower == b"transfer-encoding":
                 chunked = True
-            elif lower == b"connection":  # a repeated field adds to the list (RFC 9110 §5.3)
+            elif lower == b"connection" and value not in _CONNECTION_PLAIN:
+                # a repeated field adds to the list (RFC 9110 §5.3)
                 named = connection_tokens(value) | (named or set())
             continue
         out.append(b"%s: %s\r\n" % (name, value))
     if named:
-        out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
+        named -= _CONNECTION_OPTIONS
+        if named:  # rare: a replica naming its own hop-by-hop fields
+            out = [line for line in out if line.split(b":", 1)[0].lower() not in named]
     return b"".join(out), (-1 if chunked else length), chunked
 
 
-def response_head(status: int, reason_phrase: bytes, fields: bytes, framing: bytes, close: bool, http10: bool) -> bytes:
+def response_head(status: int, fields: bytes, framing: bytes, close: bool, http10: bool) -> bytes:
     """The head of a replica's answer for the client; ``fields`` from ``response_fields``,
-    ``framing`` a complete header line or empty."""
+    ``framing`` a complete header line or empty. The reason phrase is the standard one for the
+    code: RFC 9112 §4 lets a proxy replace it, and clients ignore it."""
     connection = b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n" if http10 else b""
-    return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (status, reason_phrase or reason(status), fields, framing, connection)
+    line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+    return b"%s%s%s%s\r\n" % (line, fields, framing, connection)
+
+
+_STATUS_LINES = {status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode()) for status in HTTPStatus}

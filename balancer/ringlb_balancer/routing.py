@@ -51,6 +51,7 @@ class RoutingStore:
         self._snapshot_seen: tuple[int, int] = (-1, 0)  # (mtime_ns, revision)
         self.path = shared.dir / "routing.pickle"
         self.routing = Routing.build(EMPTY)
+        self.previous = self.routing  # what the last publish replaced
         self.revision = 0
 
     def current(self) -> Routing:
@@ -94,9 +95,12 @@ class RoutingStore:
         if doc is None or doc.revision <= self.shared.revision:
             return False
         try:
-            return self.publish(doc)[1]
+            routing, changed = self.publish(doc)
         except (StaleRevision, MembershipError):
             return False
+        if changed:
+            self.record_change(self.previous, routing)
+        return changed
 
     def _load(self) -> None:
         with open(self.path, "rb") as f:
@@ -142,6 +146,11 @@ class RoutingStore:
             self.shared.revision = membership.revision
             self.routing = routing
             self.revision = membership.revision
-            history.record_change(self.shared.dir, status.change(previous.strategy, routing.strategy,
-                                                                 membership.revision, time.time()))
+            self.previous = previous
             return routing, True
+
+    def record_change(self, before: Routing, after: Routing) -> None:
+        """Add a push to the status page's change log. Comparing two tables takes as long as a
+        push itself, so callers do it after answering, in the background."""
+        history.record_change(self.shared.dir, status.change(before.strategy, after.strategy,
+                                                             after.membership.revision, time.time()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import requests
+from ringlb_ring import resource as resource_api
 
 
 
@@ -67,12 +68,9 @@ class KubernetesScaler:
 
     def __init__(self, resource: str) -> None:
         from kubernetes import client, config  # only the in-cluster image needs the client
-        from ringlb_operator import constants, spec  # the resource's one model and API names
 
-        self.api_path = (constants.GROUP, constants.VERSION)
-        self.plural = constants.PLURAL
-        self.parse = spec.parse
-
+        self.api_path = (resource_api.GROUP, resource_api.VERSION)
+        self.plural = resource_api.PLURAL
         self.namespace, self.name = resource.split("/")
         try:
             config.load_incluster_config()
@@ -89,7 +87,7 @@ class KubernetesScaler:
         except self.exceptions.ApiException as exc:
             raise ScalerError(f"cannot read ReplicaSet {self.namespace}/{self.name}: {exc.reason}") from None
         try:
-            names = self.parse(obj.get("spec")).identities()  # the CRD's defaults, not ours
+            names = resource_api.identities(obj.get("spec"))  # the CRD's defaults, not ours
         except ValueError as exc:
             raise ScalerError(f"ReplicaSet {self.namespace}/{self.name} has an invalid spec: {exc}") from None
         return names, obj["metadata"]["resourceVersion"]

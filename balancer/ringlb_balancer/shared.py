@@ -23,7 +23,7 @@ from ringlb_ring.naming import MAX_REPLICAS
 MAX_WORKERS = 32
 _REVISION = struct.Struct("<Q")
 _PID = struct.Struct("<i")
-_HEALTH_AT = 64
+_HEALTH_AT = HEALTH_AT = 64
 _PIDS_AT = _HEALTH_AT + MAX_REPLICAS
 _INFLIGHT_AT = _PIDS_AT + 4 * MAX_WORKERS
 _ROW = 4 * MAX_REPLICAS
@@ -53,6 +53,9 @@ class SharedState:
         self._row_pid = -1
         self._row = -1
         self.inflight = memoryview(self.map).cast("B")[_INFLIGHT_AT:].cast("i")
+        # The hot path reads these without a method call: the revision, and health bytes at
+        # ``HEALTH_AT + index`` (non-zero: ejected).
+        self.revision_view = memoryview(self.map).cast("B")[:8].cast("Q")
 
     @contextmanager
     def locked(self) -> Iterator[None]:

@@ -24,6 +24,12 @@ MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "awaiting_head", "closed", "closing_after", "exchange", "got_bytes", "head_wire", "headers",
+        "informational", "last_io", "loop", "parser", "pool", "read_paused", "reused", "skip_complete",
+        "transport", "tunnel", "until_close", "write_paused", "__weakref__",
+    )
+
     def __init__(self, pool: "UpstreamPool") -> None:
         self.pool = pool
         self.loop = pool.loop
@@ -31,7 +37,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.head_wire = 0  # bytes received while the answer's head is incomplete
         self.awaiting_head = False
         self.informational = False
@@ -51,6 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, data: bytes) -> None:
+        self.headers = []
         self.got_bytes = False
         self.awaiting_head = True
         self.head_wire = 0
@@ -157,14 +163,8 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             client.uncork()
 
-    # -- llhttp callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
-
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
-
+    # -- llhttp callbacks (httptools calls only those defined: no on_message_begin, on_url or
+    # on_status here; the reason phrase is the standard one, as RFC 9112 §4 lets a proxy do)
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
@@ -173,6 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.informational = True  # 100, 103: the final answer follows
+            self.headers = []
             return
         self.awaiting_head = False
         exchange = self.exchange
@@ -187,7 +188,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
             self.skip_complete = length == 0 or status in (204, 304)
             self.until_close = False
-        exchange.response_head(self, status, self.reason, fields, length)
+        exchange.response_head(self, status, fields, length)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange

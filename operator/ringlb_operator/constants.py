@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 
-GROUP = "ringlb.io"
-VERSION = "v1alpha1"
+from ringlb_ring.resource import DEFAULT_REPLICAS, GROUP, KIND, PLURAL, VERSION
+
 API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ReplicaSet"
-PLURAL = "replicasets"
 SHORT_NAME = "lbrs"
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
@@ -78,7 +76,6 @@ STUCK_WAITING_REASONS = (
 )
 
 # --- defaults (the CRD repeats them as schema defaults; a test keeps the two equal) ----------
-DEFAULT_REPLICAS = 3
 DEFAULT_BALANCER_REPLICAS = 2
 MAX_BALANCER_REPLICAS = 10
 DEFAULT_SERVICE_TYPE = "ClusterIP"

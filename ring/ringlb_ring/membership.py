@@ -50,9 +50,27 @@ def parse_address(text: object) -> tuple[str, int]:
         raise MembershipError(f"address host must be an IP address, got {host!r}") from None
     if bracketed and ip.version != 6:
         raise MembershipError(f"address host: only IPv6 hosts take brackets, got {'[' + host + ']'!r}")
+    refused = _refused(ip)
+    if refused:
+        raise MembershipError(f"address host {host} is {refused}: no replica listens there")
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise MembershipError(f"address port must be 1-65535, got {port_text!r}")
     return str(ip), int(port_text)
+
+
+def _refused(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Why a replica can never have this address (empty: it can). A pushed ring is routed to
+    as given, so these would make the balancer a tool for reaching the cloud metadata service
+    (link-local), itself, or everyone at once."""
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast"  # a subnet's broadcast address depends on its mask, unknown here
+    return ""
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ class BalancerProcess:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=20)
+        self.process.wait(timeout=45)  # in-flight requests get gunicorn's graceful_timeout (20 s)
         self.log.close()
 
 

@@ -185,8 +185,8 @@ INJECTIONS = {
     "lf": b"GET /a\nX-Injected: yes HTTP/1.1\r\nHost: test\r\n\r\n",
     "lf-request": b"GET /a\nGET /injected HTTP/1.1\r\nHost: test\r\n\r\n",
     "cr": b"GET /a\rX-Injected: yes HTTP/1.1\r\nHost: test\r\n\r\n",
-    "crlf-request": b"GET /a HTTP/1.1\r\nGET /injected HTTP/1.1\r\nHost: test\r\n\r\n"[:0]
-                    + b"GET /a\r\nX-Injected: yes HTTP/1.1\r\nHost: test\r\n\r\n",
+    # a target that ends in CRLF: the rest of the line must not become a header field
+    "crlf": b"GET /a\r\nX-Injected: yes HTTP/1.1\r\nHost: test\r\n\r\n",
     "nul": b"GET /a\x00b HTTP/1.1\r\nHost: test\r\n\r\n",
     "tab": b"GET /a\tb HTTP/1.1\r\nHost: test\r\n\r\n",
 }
@@ -324,24 +324,22 @@ def test_forwarded_and_x_real_ip_are_stripped_and_xff_appended(balancer: Balance
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
 
 
-def test_json_nested_30000_deep_is_a_400_json_answer(balancer: Balancer) -> None:
-    deep = b"[" * 30_000 + b"]" * 30_000
-    targets = [(balancer.url + "/add", "POST", {"Authorization": "Bearer add-token"}),
-               (balancer.url + "/rm", "DELETE", {"Authorization": "Bearer add-token"}),
-               (balancer.admin_url + "/membership", "PUT", {"Authorization": f"Bearer {balancer.token}"})]
-    for url, method, headers in targets:
-        reply = requests.request(method, url, data=deep, headers=headers | {"Content-Type": "application/json"}, timeout=10)
-        assert reply.status_code < 500, f"{method} {url}: {reply.status_code} {reply.text[:200]}"
-        assert reply.headers.get("Content-Type", "").startswith("application/json"), reply.headers
-        assert reply.json()["status"] == "failure" if "membership" not in url else True
-
-
-def test_deep_json_to_add_with_a_scaler_is_400(scaled: tuple[Balancer, FakeScaler]) -> None:
-    balancer, _ = scaled
-    reply = requests.post(f"{balancer.url}/add", data=b"[" * 30_000 + b"]" * 30_000,
-                          headers={"Content-Type": "application/json"}, timeout=10)
+def test_json_nested_30000_deep_to_membership_is_a_400_json_answer(balancer: Balancer) -> None:
+    before = balancer.membership()
+    reply = balancer.put_membership(b"[" * 30_000 + b"]" * 30_000)
     assert reply.status_code == 400, reply.text[:300]
-    assert reply.headers.get("Content-Type", "").startswith("application/json")
+    assert reply.headers.get("Content-Type", "").startswith("application/json"), reply.headers
+    assert balancer.membership() == before
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/add"), ("DELETE", "/rm")])
+def test_json_nested_30000_deep_to_add_and_rm_is_a_400_json_answer(
+        scaled: tuple[Balancer, FakeScaler], method: str, path: str) -> None:
+    balancer, _ = scaled
+    reply = requests.request(method, f"{balancer.url}{path}", data=b"[" * 30_000 + b"]" * 30_000,
+                             headers={"Content-Type": "application/json"}, timeout=10)
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.headers.get("Content-Type", "").startswith("application/json"), reply.headers
     assert reply.json()["status"] == "failure"
 
 
@@ -467,7 +465,6 @@ def test_revision_jump_beyond_2_to_the_32_is_refused(balancer: Balancer) -> None
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory, echo: MainBackend) -> Iterator[tuple[Balancer, FakeScaler]]:
     tmp = tmp_path_factory.mktemp("scaled")
-    holder: dict[str, str] = {}
     scaler_token = "scaler-token"
     # the scaler needs the balancer's admin URL, the balancer the scaler's URL: start the scaler
     # against a placeholder, then point it at the balancer.
@@ -478,7 +475,6 @@ def scaled(tmp_path_factory: pytest.TempPathFactory, echo: MainBackend) -> Itera
     assert requests.get(f"{process.admin_url}/readyz", timeout=5).status_code == 503
     scaler.push_now()
     assert not scaler.push_failures, scaler.push_failures
-    holder["ok"] = "1"
     yield process, scaler
     scaler.stop()
     process.stop()
@@ -506,6 +502,7 @@ def test_control_endpoints_answer_fast_under_50_concurrent_scale_calls(scaled: t
         assert status_of(answers) == 200
         return elapsed
 
+    quiet_push = scaler.push_now()  # the same push with nothing else going on, for the report
     healthz, pushes = [], []
     with ThreadPoolExecutor(50) as pool:
         futures = [pool.submit(scale, i) for i in range(50)]
@@ -517,7 +514,7 @@ def test_control_endpoints_answer_fast_under_50_concurrent_scale_calls(scaled: t
         for future in futures:
             future.result(timeout=90)
     print(f"\n/healthz {[round(t * 1000, 1) for t in healthz]} ms, push {[round(t * 1000, 1) for t in pushes]} ms "
-          f"under 50 concurrent /add+/rm")
+          f"under 50 concurrent /add+/rm (a push alone: {quiet_push * 1000:.1f} ms)")
     assert not scaler.push_failures, scaler.push_failures
     assert max(healthz) < 0.1, f"/healthz took {max(healthz) * 1000:.0f} ms under /add load"
     assert max(pushes) < 0.1, f"PUT /membership took {max(pushes) * 1000:.0f} ms under /add load"

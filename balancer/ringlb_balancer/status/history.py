@@ -8,9 +8,13 @@ or the new list, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +34,26 @@ def _read(path: Path) -> list[Any]:
 
 
 def _write(path: Path, doc: list[Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, path)
 
 
+@contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """Appends are read-modify-write, by the master and every worker: one at a time."""
+    with open(state_dir / "status.lock", "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+
+
 def record_change(state_dir: Path, entry: dict[str, Any]) -> None:
     path = state_dir / CHANGES
-    _write(path, (_read(path) + [entry])[-KEEP_CHANGES:])
+    with _locked(state_dir):
+        _write(path, sorted(_read(path) + [entry], key=lambda e: e["revision"])[-KEEP_CHANGES:])
 
 
 def changes(state_dir: Path) -> list[dict[str, Any]]:
@@ -50,9 +66,8 @@ def record_sample(state_dir: Path) -> None:
     sample = (time.time(), {
         name: (sum(row["answers"].values()), row["answers"]["5xx"]) for name, row in totals.items()
     })
-    path = state_dir / SAMPLES
-    previous = [(at, {n: tuple(v) for n, v in members.items()}) for at, members in _read(path)]
-    _write(path, keep_samples(previous, sample))  # type: ignore[arg-type]
+    with _locked(state_dir):
+        _write(state_dir / SAMPLES, keep_samples(samples(state_dir), sample))  # type: ignore[arg-type]
 
 
 def samples(state_dir: Path) -> list[tuple[float, dict[str, tuple[int, int]]]]:

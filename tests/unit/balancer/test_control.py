@@ -783,3 +783,16 @@ def test_without_admin_bind_everything_is_on_the_public_listener(state_dir):
         assert (await push(c, 1, S3)).status == 200
 
     run(body())
+
+
+@pytest.mark.parametrize("member", ["0.0.0.0:5000", "[::]:5000", "169.254.1.1:80", "[fe80::1]:80", "224.0.0.1:80",
+                                    "255.255.255.255:80"])
+def test_member_at_an_address_no_replica_listens_on_is_400(state_dir, member):
+    async def body():
+        c = make(state_dir)
+        doc = {"revision": 1, "members": [{"name": "S1", "address": member}], "hashing": {"strategy": "ring"}}
+        r = await call(c, "PUT", "/membership", doc, MEMBER_AUTH)
+        assert r.status == 400 and doc_of(r)["message"].startswith("members[0]: address host "), r.body
+        assert doc_of(await call(c, "GET", "/rep"))["message"]["N"] == 0
+
+    run(body())

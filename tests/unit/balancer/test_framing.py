@@ -139,7 +139,7 @@ def test_response_fields_framing(headers, length, chunked):
 
 def test_response_head():
     fields, _, _ = framing.response_fields([(b"Content-Type", b"text/plain"), (b"Keep-Alive", b"timeout=5")])
-    assert framing.response_head(200, b"OK", fields, b"Content-Length: 5\r\n", False, False) == (
+    assert framing.response_head(200, fields, b"Content-Length: 5\r\n", False, False) == (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
     )
 
@@ -150,12 +150,14 @@ def test_response_head():
      (False, True, b"Connection: keep-alive\r\n")],
 )
 def test_response_head_connection(close, http10, tail):
-    out = framing.response_head(204, b"", b"", b"", close, http10)
+    out = framing.response_head(204, b"", b"", close, http10)
     assert out == b"HTTP/1.1 204 No Content\r\n" + tail + b"\r\n"
 
 
-def test_response_head_keeps_the_replicas_reason():
-    assert framing.response_head(404, b"NOT FOUND", b"", b"", False, False) == b"HTTP/1.1 404 NOT FOUND\r\n\r\n"
+def test_response_head_uses_the_standard_reason():
+    # RFC 9112 §4: the reason phrase carries no meaning; a proxy may send the standard one.
+    assert framing.response_head(404, b"", b"", False, False) == b"HTTP/1.1 404 Not Found\r\n\r\n"
+    assert framing.response_head(599, b"", b"", False, False) == b"HTTP/1.1 599 Unknown\r\n\r\n"
 
 
 def test_request_dropped_fields():

@@ -151,6 +151,15 @@ def test_member_name_with_trailing_newline():
         ("[127.0.0.1]:80", "members[1]: address host: only IPv6 hosts take brackets, got '[127.0.0.1]'"),
         ("[fd00::1:80", "members[1]: address host must be an IP address, got '[fd00::1'"),
         ("[]:80", "members[1]: address host must be an IP address, got ''"),
+        # Addresses no replica can have: the balancer would forward to the metadata service,
+        # to everyone, or nowhere.
+        ("0.0.0.0:80", "members[1]: address host 0.0.0.0 is unspecified: no replica listens there"),
+        ("[::]:80", "members[1]: address host :: is unspecified: no replica listens there"),
+        ("169.254.169.254:80", "members[1]: address host 169.254.169.254 is link-local: no replica listens there"),
+        ("[fe80::1]:80", "members[1]: address host fe80::1 is link-local: no replica listens there"),
+        ("224.0.0.1:80", "members[1]: address host 224.0.0.1 is multicast: no replica listens there"),
+        ("[ff02::1]:80", "members[1]: address host ff02::1 is multicast: no replica listens there"),
+        ("255.255.255.255:80", "members[1]: address host 255.255.255.255 is broadcast: no replica listens there"),
     ],
 )
 def test_member_bad_address(address, message):
@@ -162,7 +171,7 @@ def test_member_bad_address(address, message):
     ("address", "host", "port"),
     [
         ("10.1.2.3:80", "10.1.2.3", 80),
-        ("[fe80::1]:8080", "fe80::1", 8080),
+        ("[fd12::1]:8080", "fd12::1", 8080),
         ("::1:5000", "::1", 5000),
         ("1.2.3.4:65535", "1.2.3.4", 65535),
         ("[FD00:0:0::1]:5000", "fd00::1", 5000),
@@ -325,7 +334,9 @@ def test_parse_does_not_mutate_input():
 
 
 _name = st.from_regex(r"\A[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,8}[A-Za-z0-9])?\Z")
-_ipv4 = st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t)))
+# Routable unicast only: unspecified, link-local, multicast and broadcast hosts are refused.
+_ipv4 = st.tuples(st.integers(1, 223), *[st.integers(0, 255)] * 3).map(lambda t: ".".join(map(str, t))).filter(
+    lambda a: not a.startswith("169.254."))
 
 
 @settings(max_examples=100, deadline=None)
