@@ -21,12 +21,12 @@ from ringlb_balancer import framing
 from ringlb_balancer.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
 
 if TYPE_CHECKING:
+    from ringlb_balancer.config import Settings
     from ringlb_balancer.engine import Engine
 
 # Connection states, as the housekeeping pass sees them.
 IDLE, HEAD, BODY = 0, 1, 2
 MAX_QUEUED = 4  # pipelined requests parsed ahead of the one being answered
-MAX_PENDING_BODY = 256 * 1024  # request body bytes held while no replica connection takes them
 BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
 
 
@@ -91,8 +91,11 @@ class ClientConnection(asyncio.Protocol):
         if self.parsing is not None and self.state == BODY:
             self.close()  # the body can never complete
             return False
-        if self.tunnel is not None:
-            self.tunnel.write_eof() if self.tunnel.can_write_eof() else self.tunnel.close()
+        if self.tunnel is not None:  # pass the half-close on; the replica may still answer
+            if self.tunnel.can_write_eof():
+                self.tunnel.write_eof()
+            else:
+                self.tunnel.close()
             return True
         if not self.queue:
             return False
@@ -265,8 +268,6 @@ class ClientConnection(asyncio.Protocol):
         headers = self.headers
         if len(headers) > settings.max_headers:
             raise Reject(framing.error(431, f"more than {settings.max_headers} header fields"))
-        if sum(len(n) + len(v) + 4 for n, v in headers) + len(target) > settings.max_head:
-            raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
         key_header = engine.key_header
         hosts = 0
         key = None
@@ -278,7 +279,9 @@ class ClientConnection(asyncio.Protocol):
         forwarded_for = None
         named: set[bytes] = set()
         kept: list[bytes] = []
+        size = len(target)
         for name, value in headers:
+            size += len(name) + len(value)
             lower = name.lower()
             if lower in framing.REQUEST_DROPPED:
                 if lower == b"host":
@@ -308,6 +311,8 @@ class ClientConnection(asyncio.Protocol):
             elif lower == b"via" and engine.via_marker in value:
                 raise Reject(framing.error(508, "forwarding loop: this request already passed this balancer"))
             kept.append(b"%s: %s\r\n" % (name, value))
+        if size + 4 * len(headers) > settings.max_head:
+            raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
         if hosts > 1 or (hosts == 0 and not http10):
             raise Reject(framing.error(400, "a request needs exactly one Host header"))
         if upgrade is not None and (b"upgrade" not in named or not parser.should_upgrade()):
@@ -384,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
         self.early = None  # type: ignore[assignment]
         self.resume()
 
-    def housekeeping(self, now: float, settings) -> None:  # type: ignore[no-untyped-def]
+    def housekeeping(self, now: float, settings: "Settings") -> None:
         """Deadlines that llhttp leaves to the application, checked once a second."""
         if self.tunnel is not None or self.closing:
             return
