@@ -194,7 +194,10 @@ class Exchange:
 
     def client_congested(self, congested: bool) -> None:
         if self.conn is not None and self.state == ANSWERING:
-            self.conn.pause() if congested else self.conn.resume()
+            if congested:
+                self.conn.pause()
+            else:
+                self.conn.resume()
 
     # -- replica side -------------------------------------------------------------------
     def response_head(self, conn: "UpstreamConnection", status: int, fields: bytes, length: int) -> None:
@@ -290,6 +293,14 @@ class Exchange:
         self.conn = None
         if conn is not None:
             conn.exchange = None
+        if self.response_started and self.discard:
+            # The client has its whole answer already (the seed's 400 for a 404): only the
+            # replica's unread body is lost, and with it this connection's keep-alive.
+            self.state = DONE
+            self._leave()
+            self.keep_alive = False
+            self.client.finished(self)
+            return
         if self.response_started:
             # Part of the answer is out: the client must see a broken message, not a short one.
             self.state = DONE
@@ -315,11 +326,12 @@ class Exchange:
 
     def retry(self, reason: str) -> None:
         engine = self.engine
-        engine.inflight(self.active, self.index, -1)  # type: ignore[arg-type]
+        name = engine.name_of(self.active, self.index)  # type: ignore[arg-type]
+        self._leave()
         nxt = engine.fallback(self.active, self.key, self.tried)  # type: ignore[arg-type]
         if nxt < 0:
             engine.counters.failure("upstream")
-            self.answer(502, f"replica {engine.name_of(self.active, self.index)} failed: {reason}; no other replica left")
+            self.answer(502, f"replica {name} failed: {reason}; no other replica left")
             return
         engine.retried(self.active, nxt)
         self.discard = False

@@ -35,6 +35,9 @@ from .conftest import (
 
 pytestmark = pytest.mark.e2e
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+# A stopped node turns NotReady after ~40 s; its pods are evicted after their 300 s
+# not-ready/unreachable tolerations unless the operator acts sooner.
+RECOVERY_TIMEOUT = 420.0
 
 
 def nodes() -> list[dict[str, Any]]:
@@ -97,12 +100,15 @@ def serving_identities(namespace: str) -> set[str]:
 
 
 def test_balancer_pods_are_spread_over_both_workers(web: str) -> None:
-    pods = [p for p in balancer_pods(web) if pod_ready(p)]
-    assert len(pods) >= 2, f"expected at least two Ready balancer pods, got {[p['metadata']['name'] for p in pods]}"
+    wanted = resource(web)["spec"]["balancer"]["replicas"]
+    assert wanted >= 2, f"the sample runs {wanted} balancer pod(s); spreading needs two"
+    pods = wait_for(
+        f"{wanted} Ready balancer pods",
+        lambda: (ready if len(ready := [p for p in balancer_pods(web) if pod_ready(p)]) >= wanted else None),
+    )
     placed = {p["metadata"]["name"]: node_of(p) for p in pods}
+    print(f"balancer pods: {placed}; replica pods: { {p['metadata']['name']: node_of(p) for p in replica_pods(web)} }")
     assert len(set(placed.values())) >= 2, f"balancer pods share one node: {placed}"
-    replicas = {p["metadata"]["name"]: node_of(p) for p in replica_pods(web)}
-    assert len(set(replicas.values())) >= 2, f"replica pods share one node: {replicas}"
 
 
 def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, str]) -> None:
@@ -164,7 +170,12 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
             on_target = [p for p in replica_pods(namespace) if node_of(p) == target and pod_ready(p)]
             return True if lost <= serving and not on_target and ready.get("status") == "True" else None
 
-        wait_for(f"identities {sorted(lost)} of {target} to serve again elsewhere", back, timeout=600, interval=2)
+        try:
+            wait_for(f"identities {sorted(lost)} of {target} to serve again elsewhere", back, timeout=RECOVERY_TIMEOUT, interval=2)
+        except AssertionError as exc:
+            pods = {p["metadata"]["name"]: (node_of(p), p["status"].get("phase"), bool(p["metadata"].get("deletionTimestamp")))
+                    for p in replica_pods(namespace)}
+            raise AssertionError(f"{exc}\nstatus over time:\n" + "\n".join(statuses) + f"\nreplica pods (node, phase, deleting): {pods}") from None
         recovered_in = time.monotonic() - t0
         result = load(url, 300, threads=8, seconds=60)
     finally:

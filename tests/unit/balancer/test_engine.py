@@ -1030,3 +1030,18 @@ def test_slow_head_is_408_and_idle_connection_closes(make):
         assert idle_out.closed and idle_out.data == b""
 
     run(body)
+
+
+def test_in_flight_counts_return_to_zero_after_retries_run_out(make):
+    # Bounded load reads these counters: a request must leave exactly what it added, however
+    # many members it tried.
+    async def body():
+        h = make()
+        h.refuse = set(NAMES)
+        client, out = h.client()
+        client.data_received(b"POST /pay HTTP/1.1\r\nHost: lb\r\nX-Request-ID: k\r\nContent-Length: 2\r\n\r\n{}")
+        await settle(10)
+        assert status_of(out.take()) == 502
+        assert h.engine.shared.total_inflight(len(NAMES)) == [0, 0, 0]
+
+    run(body)
