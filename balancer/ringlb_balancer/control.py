@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 PUBLIC_PATHS = frozenset({"/rep", "/add", "/rm", "/healthz", "/readyz", "/openapi.json"})
 ADMIN_PATHS = frozenset({"/membership", "/metrics", "/status", "/status/data", "/status/lookup"}) | PUBLIC_PATHS
 CONFLICT_RETRIES = 5
+DESIRED_RECHECK = 0.5  # seconds between reads of the desired list while a scale call waits
 MAX_REVISION_JUMP = 2**32
 OPENAPI = resources.files("ringlb_balancer").joinpath("openapi.json").read_bytes()
 
@@ -199,22 +200,32 @@ class Control:
                 return failure(str(exc))
             except ScalerError as exc:
                 return failure(f"<Error> {exc}", 502)
-        # In force when this call's own change is: its additions present, its removals gone.
-        # Later changes by others do not make it wait.
+        # In force when this call's own change is: its additions in the ring, its removals out.
+        # A later change by another caller may undo part of it (remove what this call added,
+        # re-add a name it removed): that part is then settled too, not waited for.
         added = set(target) - set(current)
         removed = set(current) - set(target)
         deadline = time.monotonic() + self.settings.scale_timeout
+        desired, checked = set(target), time.monotonic()
         while True:
-            names = self.store.current().membership.names
-            if added <= set(names) and not removed & set(names):
-                return ok(replicas_message(names))
+            names = set(self.store.current().membership.names)
+            if all(n in names or n not in desired for n in added) and all(
+                n not in names or n in desired for n in removed
+            ):
+                return ok(replicas_message(self.store.current().membership.names))
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.02)
+            if time.monotonic() - checked > DESIRED_RECHECK:
+                checked = time.monotonic()
+                try:
+                    desired = set((await self.blocking(scaler.desired))[0])
+                except ScalerError:
+                    pass  # keep waiting on what we knew
         return failure(
             f"<Error> change accepted but not in force after {self.settings.scale_timeout:g}s "
-            f"(not yet ready: {sorted(added - set(names))}; not yet removed: {sorted(removed & set(names))}); "
-            "check the replicas",
+            f"(not yet ready: {sorted((added & desired) - names)}; not yet removed: "
+            f"{sorted((removed & names) - desired)}); check the replicas",
             504,
         )
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from ringlb_balancer import framing
+from ringlb_balancer.shared import HEALTH_AT
 
 if TYPE_CHECKING:
     from ringlb_balancer.client import ClientConnection
@@ -343,7 +344,14 @@ class Exchange:
         conn = self.conn
         if conn is None:
             return
-        if self.state == SENDING and self.client_complete and now - self.waiting_since > settings.first_byte_timeout:
+        engine = self.engine
+        if (self.state == SENDING and self.active is engine.active and self.index >= 0
+                and engine.health[HEALTH_AT + self.index] and self.can_retry()):
+            # Ejected while this request waits for its first byte (heartbeats found the replica
+            # hung): the next member answers it now rather than after the first-byte timeout.
+            conn.abort()
+            self.failed(conn, "ejected while the request waited for an answer", broken=False)
+        elif self.state == SENDING and self.client_complete and now - self.waiting_since > settings.first_byte_timeout:
             conn.abort()
             self.engine.counters.failure("timeout")
             self.failed(conn, f"no answer within {settings.first_byte_timeout:g}s", broken=True)

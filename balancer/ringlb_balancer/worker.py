@@ -111,7 +111,10 @@ class ProxyWorker(Worker):
             if self.ppid != os.getppid():
                 break
             if self.draining and drain_until is None:
+                # Endpoints still send here for a while: serve, but end each connection after its
+                # answer, so clients reconnect to a pod that stays instead of racing our close.
                 control.draining = True
+                engine.serving = False
                 drain_until = time.monotonic() + engine.settings.drain_seconds
                 self.log.info("draining: /readyz answers 503, serving %gs more", engine.settings.drain_seconds)
             if drain_until is not None and time.monotonic() >= drain_until:

@@ -33,7 +33,7 @@ from .conftest import (
     wait_ready,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 # A stopped node turns NotReady after ~40 s; its pods are evicted after their 300 s
 # not-ready/unreachable tolerations unless the operator acts sooner.
@@ -163,9 +163,9 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
         def back() -> bool | None:
             obj = resource(namespace)
             ready = condition(obj, "Ready")
-            line = f"{time.monotonic() - t0:5.0f}s Ready={ready.get('status')} {ready.get('reason', '')}: {ready.get('message', '')}"
-            if not statuses or statuses[-1].split(" ", 1)[1] != line.split(" ", 1)[1]:
-                statuses.append(line)
+            said = f"Ready={ready.get('status')} {ready.get('reason', '')}: {ready.get('message', '')}"
+            if not statuses or not statuses[-1].endswith(said):
+                statuses.append(f"{time.monotonic() - t0:5.0f}s {said}")
             serving = serving_identities(namespace)
             on_target = [p for p in replica_pods(namespace) if node_of(p) == target and pod_ready(p)]
             return True if lost <= serving and not on_target and ready.get("status") == "True" else None

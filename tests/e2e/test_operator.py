@@ -148,9 +148,11 @@ def test_operator_restart_mid_change_converges_without_duplicates(web: str) -> N
     pods = replica_pods(web)
     assert sorted(p["metadata"]["name"] for p in pods) == sorted(f"web-server-{i}" for i in range(1, 7))
     assert sorted(identities(web).values()) == sorted(f"Server {i}" for i in range(1, 7))
-    for kind in ("deployment", "service", "secret", "serviceaccount", "role", "rolebinding"):
+    # One of each child, two Secrets: the /add token and the membership-push token.
+    for kind, count in (("deployment", 1), ("service", 1), ("secret", 2), ("serviceaccount", 1), ("role", 1),
+                        ("rolebinding", 1)):
         items = kubectl_json("-n", web, "get", kind, "-l", "ringlb.io/resource=web")["items"]
-        assert len(items) == 1, (kind, [i["metadata"]["name"] for i in items])
+        assert len(items) == count, (kind, [i["metadata"]["name"] for i in items])
     wait_for(
         "the operator back",
         lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
@@ -241,9 +243,12 @@ def test_membership_cannot_be_hijacked_with_the_add_token(web: str, forward: Por
         assert requests.get(admin.url + "/membership", timeout=5).json()["revision"] == held["revision"]
     finally:
         admin.close()
-    # The public port (the Service) does not serve /membership at all.
+    # The public port (the Service) does not serve /membership at all: the path is forwarded like
+    # any other, and no replica has it (the seed's 400 for a path no replica serves).
     public = requests.put(forward.url + "/membership", json=evil, headers={"Authorization": f"Bearer {token(web)}"}, timeout=5)
-    assert public.status_code in (404, 405), public.status_code
+    assert public.status_code == 400, public.status_code
+    assert public.json() == {"message": "<Error> '/membership' endpoint does not exist in server replicas",
+                             "status": "failure"}
     assert token(web) != token(web, secret="membership-token")
     policy = kubectl_json("-n", web, "get", "networkpolicy", "web-balancer")
     assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == [5000, 5001]
@@ -304,3 +309,23 @@ def test_standby_takes_over_when_the_active_operator_is_killed(web: str) -> None
         lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
         timeout=180,
     )
+
+
+def test_status_page_on_the_admin_port(web: str, forward: PortForward) -> None:
+    # As docs/operator.md tells a user: port-forward to a balancer pod's admin port, open /status.
+    pod = next(p["metadata"]["name"] for p in balancer_pods(web) if pod_ready(p))
+    admin = PortForward(web, target=f"pod/{pod}", port=5001)
+    try:
+        page = requests.get(admin.url + "/status", timeout=5)
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert b"<script" in page.content and b'src="http' not in page.content  # no CDN: all of it ships inline
+        data = requests.get(admin.url + "/status/data", timeout=5).json()
+        names = [m["name"] for m in data["members"]]
+        assert sorted(names) == SERVERS
+        assert abs(sum(m["share"] for m in data["members"]) - 1.0) < 1e-9
+        key = "e2e-key-42"
+        lookup = requests.get(admin.url + "/status/lookup", params={"key": key}, timeout=5).json()
+        answered = requests.get(forward.url + "/home", headers={"X-Request-ID": key}, timeout=5).json()
+        assert answered["message"] == f"Hello from Server: {lookup['route']}"
+    finally:
+        admin.close()

@@ -430,6 +430,27 @@ def test_add_answers_when_its_own_change_is_in_force_while_another_is_pending(st
     scaler.join()
 
 
+def test_add_undone_by_a_later_rm_answers_without_waiting_out_the_timeout(state_dir):
+    """Ours added S5; a later /rm took S5 away again before it was ever in the ring. Nothing of
+    ours is left to wait for: answer with the ring as it is, not 504 after the timeout."""
+    scaler = FakeScaler(state_dir, S3, converge=False)
+    c = make(state_dir, scaler, scale_timeout=5.0)
+    run(push(c, 1, S3))
+    real_set = scaler.set_desired
+
+    def set_desired(names, version):
+        real_set(names, version)
+        scaler.names = [n for n in names if n != "S5"]  # the later /rm, accepted right after ours
+        scaler.version += 1
+
+    scaler.set_desired = set_desired  # type: ignore[method-assign]
+    started = time.monotonic()
+    r = run(call(c, "POST", "/add", {"n": 1, "hostnames": ["S5"]}))
+    assert r.status == 200, r.body
+    assert doc_of(r)["message"] == {"N": 3, "replicas": S3}
+    assert time.monotonic() - started < 2.0
+
+
 def test_rm_answers_when_its_removal_is_in_force_while_an_addition_is_pending(state_dir):
     scaler = FakeScaler(state_dir, S3, converge=False)
     c = make(state_dir, scaler, scale_timeout=5.0)

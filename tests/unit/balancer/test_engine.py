@@ -1045,3 +1045,23 @@ def test_in_flight_counts_return_to_zero_after_retries_run_out(make):
         assert h.engine.shared.total_inflight(len(NAMES)) == [0, 0, 0]
 
     run(body)
+
+
+def test_get_waiting_on_a_member_ejected_by_heartbeats_moves_on_at_once(make):
+    # A hung replica (SIGSTOP) is ejected by the master's heartbeats within seconds; requests
+    # already waiting on it go to the next member then, not after the 30 s first-byte timeout.
+    async def body():
+        h = make(first_byte_timeout=30.0)
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        first = h.upstream()
+        h.engine.shared.set_health(NAMES.index(h.member(first)), "heartbeat")
+        client.queue[0].timed_out(h.engine.loop.time() + 2)
+        await settle()
+        assert first.transport.aborted and len(h.upstreams) == 2  # type: ignore[union-attr]
+        assert h.member(h.upstream()) != h.member(first)
+        h.upstream().data_received(OK_HELLO)
+        assert out.take().endswith(b"hello")
+
+    run(body)

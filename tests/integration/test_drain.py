@@ -1,0 +1,54 @@
+"""SIGTERM as Kubernetes sends it to a balancer pod being deleted: not ready at once, still
+serving while endpoints catch up (each answer ends its connection), then gone."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.backends import MainBackend
+from tests.support.balancer import Balancer
+
+pytestmark = pytest.mark.integration
+
+DRAIN = 2.0
+
+
+@pytest.fixture
+def backend() -> Iterator[MainBackend]:
+    server = MainBackend(name="main").start()
+    yield server
+    server.stop()
+
+
+def test_sigterm_turns_readyz_503_keeps_serving_then_exits(tmp_path: Path, backend: MainBackend) -> None:
+    balancer = Balancer(tmp_path, workers=2, env={"RINGLB_DRAIN_SECONDS": str(DRAIN)})
+    try:
+        assert balancer.push([("main", backend.port)]).status_code == 200
+        session = requests.Session()
+        assert session.get(f"{balancer.url}/readyz", timeout=5).status_code == 200
+        assert session.get(f"{balancer.url}/home", timeout=5).headers.get("Connection") != "close"
+
+        sent = time.monotonic()
+        balancer.process.send_signal(signal.SIGTERM)
+        deadline = sent + 1.0
+        while session.get(f"{balancer.admin_url}/readyz", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "/readyz still 200 a second after SIGTERM"
+            time.sleep(0.05)
+        # Within the drain window requests are still answered, and each connection ends after
+        # its answer, so a client moves on to a pod that stays.
+        served = 0
+        while time.monotonic() < sent + DRAIN - 0.5:
+            reply = requests.get(f"{balancer.url}/home", headers={"X-Request-ID": str(served)}, timeout=5)
+            assert reply.status_code == 200 and reply.headers.get("Connection") == "close"
+            served += 1
+        assert served > 0
+        balancer.process.wait(timeout=DRAIN + 20)
+        assert time.monotonic() - sent >= DRAIN - 0.5  # it did not leave before the window
+    finally:
+        balancer.stop()
