@@ -155,18 +155,11 @@ class Engine:
         yield from ejected
 
     # -- accounting (shared flags and rows follow the membership in force only) ----------
-    def inflight(self, active: Active, index: int, delta: int) -> None:
-        if active is self.active:
-            self.shared.inflight[self.row_base + index] += delta
-
     def answered(self, active: Active, index: int, status: int, seconds: float) -> None:
         self.counters.answered(active.rows[index], status, seconds)
 
     def retried(self, active: Active, index: int) -> None:
         self.counters.retried(active.rows[index])
-
-    def note_ok(self, active: Active, index: int) -> None:
-        active.consecutive_5xx[index] = 0
 
     def note_5xx(self, active: Active, index: int) -> None:
         """Passive health: a run of 5xx answers ejects the member."""

@@ -228,7 +228,7 @@ class Exchange:
                 self.retry(f"answered {status}")
                 return
         else:
-            engine.note_ok(self.active, self.index)  # type: ignore[arg-type]
+            self.active.consecutive_5xx[self.index] = 0  # type: ignore[union-attr]
         self.state = ANSWERING
         if self.upgrade is not None:
             self.keep_alive = False  # refused upgrade: the client may already send tunnel bytes
@@ -258,7 +258,7 @@ class Exchange:
             self.framing_chunked = True
         self.keep_alive = keep
         self.client.write(framing.response_head(status, fields, frame, not keep, self.http10))
-        engine.answered(self.active, self.index, status, time.perf_counter() - self.since)
+        engine.counters.answered(self.active.rows[self.index], status, time.perf_counter() - self.since)  # type: ignore[union-attr]
         if self.head_only:
             self.response_done(conn)  # 204 and 304 end in llhttp's own message-complete
         elif self.client.write_paused:
@@ -375,6 +375,9 @@ class Exchange:
         self.client.finished(self)
 
     def _leave(self) -> None:
-        if self.index >= 0 and self.active is not None:
-            self.engine.inflight(self.active, self.index, -1)
+        """This request no longer counts against its member's in-flight load."""
+        if self.index >= 0:
+            engine = self.engine
+            if self.active is engine.active:
+                engine.inflight_view[engine.row_base + self.index] -= 1
             self.index = -1
