@@ -586,7 +586,7 @@ def replica_stop(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outc
         f"ejected after {fmt(out)} (heartbeats), in rotation again {fmt(up - (t_cont - t) if up else None)} "
         "after SIGCONT" if out is not None else "never ejected",
         f"left /rep after {fmt(gone)}, back {fmt(back)} after SIGCONT" if gone is not None else "stayed in /rep",
-        "answered requests slower than 1 s: {over_1s} (sent to it before the ejection, answered after SIGCONT)",
+        "answered requests slower than 1 s: {over_1s} (sent to it before the ejection; they move to the next member when it is ejected)",
     ], extra={"t_fault": t})
 
 
