@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
-from ringlb_ring.resource import DEFAULT_REPLICAS, GROUP, KIND, PLURAL, VERSION
+# The resource's names and defaults are the shared contract's; re-exported so the operator
+# spells everything through this module.
+from ringlb_ring.resource import DEFAULT_REPLICAS as DEFAULT_REPLICAS
+from ringlb_ring.resource import GROUP, PLURAL, VERSION
+from ringlb_ring.resource import KIND as KIND
 
 API_VERSION = f"{GROUP}/{VERSION}"
 SHORT_NAME = "lbrs"

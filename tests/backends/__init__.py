@@ -21,8 +21,6 @@ Every backend answers ``GET /heartbeat`` with 200 so the balancer's health check
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import signal
@@ -31,7 +29,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any

@@ -6,7 +6,6 @@ HTTP/1.1 one (the request-target injection), one that drops reused connections, 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,8 +19,8 @@ import pytest
 import requests
 
 from tests.backends import BackendProcess, ByteLogBackend, FakeScaler, LenientBackend, MainBackend, ReuseDropBackend, parse_requests
-from tests.support.balancer import Balancer, member, membership_doc
-from tests.support.net import Answer, connect, exchange, read_answers, request_bytes, wait_until
+from tests.support.balancer import Balancer, membership_doc
+from tests.support.net import Answer, connect, exchange, read_answers, request_bytes
 
 pytestmark = pytest.mark.integration
 
