@@ -1,4 +1,5 @@
-"""The balancer's own endpoints: the seed API (/rep, /add, /rm), membership, health, metrics.
+"""The balancer's own endpoints: the seed API (/rep, /add, /rm), membership, probes, metrics,
+the status page.
 
 They run as coroutines in the worker's event loop, beside the proxy, not on a thread pool: a
 probe or a push must answer in milliseconds whatever /add is waiting for, and /add waits by
@@ -12,6 +13,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,16 +21,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
-import socket
 
 from ringlb_ring import membership as membership_doc
 from ringlb_ring.naming import PlanError
 
 from ringlb_balancer import framing, metrics, planning, status
-from ringlb_balancer.status import history
 from ringlb_balancer.config import Settings
 from ringlb_balancer.routing import RoutingStore, StaleRevision
 from ringlb_balancer.scaling import Conflict, Scaler, ScalerError
+from ringlb_balancer.status import history
 
 if TYPE_CHECKING:
     from ringlb_balancer.exchange import Exchange
