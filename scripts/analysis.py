@@ -51,7 +51,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import requests  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 from loadgen import LoadResult, format_summary, run_load  # noqa: E402
+
+from tests.support.proc import alive, children  # noqa: E402
 
 from ringlb_ring import hashing  # noqa: E402
 from ringlb_ring.hashing import HashingConfig, seed  # noqa: E402
@@ -177,26 +180,6 @@ class LocalTarget(Target):
         for pid in self.extra_pids:
             wait_gone(pid, 5)
         super().close()
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc), e.g. a gunicorn master's workers."""
-    kids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                kids += [int(x) for x in fh.read().split()]
-    except OSError:
-        pass
-    return kids
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
@@ -564,7 +547,7 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
     time.sleep(before)
     proc = sup.replicas[victim].process
     old_pid = proc.pid
-    workers = children_of(old_pid)
+    workers = children(old_pid)
     target.extra_pids.update(workers)
     polls: list[tuple[float, bool]] = []
     t_kill = time.monotonic()

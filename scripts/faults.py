@@ -60,6 +60,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.support.net import free_port  # noqa: E402
+from tests.support.proc import alive, children, cmdline, start_ticks  # noqa: E402
 
 VICTIM = "Server 2"
 GREETING = re.compile(r"Hello from Server: (.+)$")
@@ -73,48 +74,8 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# /proc
+# processes
 # ----------------------------------------------------------------------------------------------
-def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()
-
-
-def start_ticks(pid: int) -> int | None:
-    """Field 22 (start time): with the PID it names one process, never a later one reusing it."""
-    try:
-        return int(_stat(pid)[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def alive(pid: int, ticks: int | None = None) -> bool:
-    try:
-        fields = _stat(pid)
-    except OSError:
-        return False
-    return fields[0] != "Z" and (ticks is None or int(fields[19]) == ticks)
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                kids += [int(x) for x in fh.read().split()]
-    except OSError:
-        pass
-    return kids
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def _die_with_parent() -> None:
     """The stack gets SIGTERM (a clean stop) if this script dies without its finally blocks."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -72,9 +72,6 @@ class Engine:
         self.revision_view = shared.revision_view
         self.health = shared.map
         self.active = self._build(store.current(), None)
-        self.key_source = b"header"
-        self.key_name = "X-Request-ID"
-        self.key_header = b"x-request-id"
         self._adopt_key()
 
     # -- membership ---------------------------------------------------------------------
@@ -104,10 +101,11 @@ class Engine:
         )
 
     def _adopt_key(self) -> None:
-        key = self.active.routing.membership.key
-        self.key_source = key.source.encode()
-        self.key_name = key.name
-        self.key_header = key.name.lower().encode()
+        """Copied off the routing in force: the client protocol reads them for every request."""
+        routing = self.active.routing
+        self.key_source = routing.key_source
+        self.key_name = routing.membership.key.name
+        self.key_header = routing.key_header
 
     def name_of(self, active: Active, index: int) -> str:
         return active.routing.membership.members[index].name
@@ -155,12 +153,6 @@ class Engine:
         yield from ejected
 
     # -- accounting (shared flags and rows follow the membership in force only) ----------
-    def answered(self, active: Active, index: int, status: int, seconds: float) -> None:
-        self.counters.answered(active.rows[index], status, seconds)
-
-    def retried(self, active: Active, index: int) -> None:
-        self.counters.retried(active.rows[index])
-
     def note_5xx(self, active: Active, index: int) -> None:
         """Passive health: a run of 5xx answers ejects the member."""
         active.consecutive_5xx[index] += 1

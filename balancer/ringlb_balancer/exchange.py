@@ -212,7 +212,7 @@ class Exchange:
             self.state = ANSWERING
             self.response_started = True
             self.client.write(framing.response_head(101, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False))
-            engine.answered(self.active, self.index, status, time.perf_counter() - self.since)
+            engine.counters.answered(self.active.rows[self.index], status, time.perf_counter() - self.since)  # type: ignore[union-attr]
             self._leave()
             self.state = DONE  # the exchange ends here; the tunnel lives on in both protocols
             self.conn = None
@@ -236,7 +236,7 @@ class Exchange:
             # The seed's contract: a path no replica serves is the balancer's 400.
             path = unquote_to_bytes(self.target.split(b"?", 1)[0]).decode("utf-8", "replace")
             self.discard = True
-            engine.answered(self.active, self.index, 400, time.perf_counter() - self.since)
+            engine.counters.answered(self.active.rows[self.index], 400, time.perf_counter() - self.since)  # type: ignore[union-attr]
             self.client.write(framing.error(400, f"'{path}' endpoint does not exist in server replicas",
                                             self.keep_alive, http10=self.http10))
             self.response_started = True
@@ -334,7 +334,7 @@ class Exchange:
             engine.counters.failure("upstream")
             self.answer(502, f"replica {name} failed: {reason}; no other replica left")
             return
-        engine.retried(self.active, nxt)
+        engine.counters.retried(self.active.rows[nxt])  # type: ignore[union-attr]
         self.discard = False
         self.attempt(nxt)
 

@@ -32,10 +32,12 @@ class Routing:
 
     membership: Membership
     strategy: hashing.Strategy
-    key_header: str = field(init=False)  # lower-cased, as requests index their headers
+    key_source: bytes = field(init=False)  # "header", "cookie" or "client-ip"
+    key_header: bytes = field(init=False)  # the key's header name lower-cased, as llhttp gives bytes
 
     def __post_init__(self) -> None:
-        self.key_header = self.membership.key.name.lower()
+        self.key_source = self.membership.key.source.encode()
+        self.key_header = self.membership.key.name.lower().encode()
 
     @classmethod
     def build(cls, membership: Membership) -> "Routing":

@@ -27,26 +27,53 @@ def state(pid: int) -> str:
         return "Z"
 
 
-def alive(pid: int) -> bool:
-    return state(pid) != "Z"
+def start_ticks(pid: int) -> int | None:
+    """Start time (field 22): with the PID it names one process, never a later one reusing it."""
+    try:
+        return int(_stat(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def alive(pid: int, ticks: int | None = None) -> bool:
+    """Running (not a zombie); with ``ticks`` from ``start_ticks``, and still the same process."""
+    try:
+        fields = _stat(pid)
+    except OSError:
+        return False
+    return fields[0] != "Z" and (ticks is None or int(fields[19]) == ticks)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a gunicorn master's workers, a supervisor's processes)."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            kids += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+        except OSError:
+            continue
+    return kids
 
 
 def descendants(pid: int) -> set[int]:
     """Every live process below ``pid`` (children, grandchildren...)."""
     found: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            if child not in found:
-                found |= {child} | descendants(child)
+    for child in children(pid):
+        if child not in found:
+            found |= {child} | descendants(child)
     return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
 
 
 def cpu_seconds(pid_tree_root: int) -> float:

@@ -49,7 +49,7 @@ def test_initial_routing_is_empty(tmp_path):
     assert routing.membership == EMPTY
     assert routing.membership.names == []
     assert store.revision == 0 and store.shared.revision == 0
-    assert routing.key_header == "x-request-id"
+    assert routing.key_header == b"x-request-id" and routing.key_source == b"header"
 
 
 def test_publish_is_seen_by_another_process(two_processes):
@@ -166,7 +166,7 @@ def test_publish_to_empty_membership_then_back(two_processes):
 
 def test_routing_build_key_header_is_lower_case():
     m = membership(1, S3, source="header", name="X-My-Key")
-    assert Routing.build(m).key_header == "x-my-key"
+    assert Routing.build(m).key_header == b"x-my-key"
     assert Membership(revision=1, key=KeyConfig("cookie", "Session")).key.name == "Session"
 
 
