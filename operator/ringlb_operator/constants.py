@@ -79,7 +79,7 @@ STUCK_WAITING_REASONS = (
     Reason.CRASH_LOOP,
 )
 
-# --- defaults (the CRD repeats them as schema defaults; a test keeps the two equal) ----------
+# --- defaults (spec.py uses them; the CRD's schema defaults are generated from spec.py) ------
 DEFAULT_BALANCER_REPLICAS = 2
 MAX_BALANCER_REPLICAS = 10
 DEFAULT_SERVICE_TYPE = "ClusterIP"

@@ -1,7 +1,8 @@
 """The resource's spec as one typed model (pydantic): defaults, parsing and field names, once.
 
 Everything that spells the spec takes it from here: the operator parses with ``parse``; the CRD's
-schema defaults, enums and ranges are checked against these models by a unit test; the balancer's
+spec schema is generated from these models (``crd.py``, ``make crd``), so the field descriptions
+and the schema-only constraints (``json_schema_extra``) live here too; the balancer's
 ``KubernetesScaler`` reads its resource through ``parse``; the hashing defaults are
 ``HashingConfig``'s own, so ``ringlb dev``'s flags and the wire ``hashing`` object agree with the
 CRD. Checks that need code (DNS-form collisions, primality, the resource name) live in
@@ -34,12 +35,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
 
+def _image(description: str) -> Any:
+    """The ``image`` field: "" (absent) means the operator's default image for the component, but
+    the API server refuses an explicit empty string, which would only hide a templating mistake."""
+    return Field("", description=description, json_schema_extra={"minLength": 1})
+
+
+def _env(description: str) -> Any:
+    """The ``env`` field; the replica and balancer spell it alike but describe it apart."""
+    return Field((), max_length=64, description=description)
+
+
 class EnvVar(_Model):
     name: str = Field(min_length=1, pattern=ENV_NAME_PATTERN)
     value: str = ""
 
 
 class Resources(_Model):
+    # int | str becomes x-kubernetes-int-or-string in the CRD (quantities: 1, "500m", "64Mi").
     requests: dict[str, int | str] = Field(default_factory=dict)
     limits: dict[str, int | str] = Field(default_factory=dict)
 
@@ -58,17 +71,25 @@ class LocalObjectReference(_Model):
 class PodTemplate(_Model):
     """What a replica (or balancer) pod is built from, scheduling included."""
 
-    image: str = ""  # "" = the operator's default image for the component
+    image: str = _image("Replica image; default the operator's RINGLB_REPLICA_IMAGE (ringlb/replica:0.1.0).")
     image_pull_policy: PullPolicy = Field(c.DEFAULT_PULL_POLICY, alias="imagePullPolicy")
-    env: tuple[EnvVar, ...] = Field((), max_length=64)
-    resources: Resources = Field(default_factory=Resources)
-    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
-    tolerations: tuple[dict[str, Any], ...] = ()
-    affinity: dict[str, Any] = Field(default_factory=dict)
-    image_pull_secrets: tuple[LocalObjectReference, ...] = Field((), alias="imagePullSecrets")
-    priority_class_name: str = Field("", alias="priorityClassName")
-    labels: dict[str, str] = Field(default_factory=dict)  # extra pod labels (ours win on a clash)
-    annotations: dict[str, str] = Field(default_factory=dict)  # extra pod annotations
+    env: tuple[EnvVar, ...] = _env("Extra environment variables (SERVER_ID is always set by the operator).")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Container resources (requests, limits; a CPU limit only if set here); a small default when empty.",
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector", description="Node labels the pods must match.")
+    # Kubernetes' own objects, kept whole: x-kubernetes-preserve-unknown-fields in the CRD.
+    tolerations: tuple[dict[str, Any], ...] = Field((), description="Pod tolerations (core/v1 Toleration objects).")
+    affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (core/v1 Affinity).")
+    image_pull_secrets: tuple[LocalObjectReference, ...] = Field(
+        (), alias="imagePullSecrets", description="Secrets for pulling the image."
+    )
+    priority_class_name: str = Field("", alias="priorityClassName", description="PriorityClass of the pods.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra pod labels (the operator's own labels win on a clash)."
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
 
     def env_pairs(self) -> list[dict[str, str]]:
         return [{"name": e.name, "value": e.value} for e in self.env]
@@ -77,14 +98,43 @@ class PodTemplate(_Model):
 class Hashing(_Model):
     """The ``hashing`` object; defaults are ``HashingConfig``'s (the balancer's and ``ringlb dev``'s)."""
 
-    strategy: Literal["maglev", "ring", "seed"] = _HASHING.strategy  # type: ignore[assignment]
-    vnodes: int = Field(_HASHING.vnodes, ge=1, le=1000)
-    table_size: int = Field(_HASHING.table_size, alias="tableSize", ge=257, le=1_000_003)
-    seed_formulas: Literal["original", "reissue"] = Field(_HASHING.seed_formulas, alias="seedFormulas")  # type: ignore[assignment]
-    bounded_load: float = Field(_HASHING.bounded_load, alias="boundedLoad", ge=0, le=10)
-    key_source: Literal["header", "cookie", "client-ip"] = Field("header", alias="keySource")
-    key_header: str = Field(c.DEFAULT_KEY_HEADER, alias="keyHeader", pattern=r"^[A-Za-z0-9-]{1,64}$")
-    key_cookie: str = Field(c.DEFAULT_KEY_COOKIE, alias="keyCookie", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    strategy: Literal["maglev", "ring", "seed"] = Field(
+        _HASHING.strategy,  # type: ignore[arg-type]
+        description="maglev (even, O(1)), ring (virtual nodes) or seed (the assignment's formulas).",
+    )
+    vnodes: int = Field(_HASHING.vnodes, ge=1, le=1000, description="Virtual nodes per replica (strategy ring).")
+    table_size: int = Field(
+        _HASHING.table_size, alias="tableSize", ge=257, le=1_000_003, description="Maglev lookup table size; must be prime."
+    )
+    seed_formulas: Literal["original", "reissue"] = Field(
+        _HASHING.seed_formulas,  # type: ignore[arg-type]
+        alias="seedFormulas",
+        description="Which formulas the seed strategy uses.",
+    )
+    # The gap (0, 1) is refused by the API server here; ``problems`` reports it for older objects.
+    bounded_load: float = Field(
+        _HASHING.bounded_load,
+        alias="boundedLoad",
+        ge=0,
+        le=10,
+        description="Bounded-load factor c (1.0 to 10.0); 0 turns it off.",
+        json_schema_extra={"anyOf": [{"maximum": 0}, {"minimum": 1}]},
+    )
+    key_source: Literal["header", "cookie", "client-ip"] = Field(
+        "header", alias="keySource", description="Where the request key comes from."
+    )
+    key_header: str = Field(
+        c.DEFAULT_KEY_HEADER,
+        alias="keyHeader",
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Header carrying the key (keySource header); a random key when absent.",
+    )
+    key_cookie: str = Field(
+        c.DEFAULT_KEY_COOKIE,
+        alias="keyCookie",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Cookie carrying the key (keySource cookie).",
+    )
 
     def config(self) -> HashingConfig:
         return HashingConfig(
@@ -107,11 +157,24 @@ class Hashing(_Model):
 class Balancer(PodTemplate):
     """The balancer Deployment and Service (its pod template fields sit beside these)."""
 
+    # Redeclared only to describe them for the balancer; type, default and limits are PodTemplate's.
+    image: str = _image("Balancer image; default the operator's RINGLB_BALANCER_IMAGE (ringlb/balancer:0.1.0).")
+    env: tuple[EnvVar, ...] = _env("Extra balancer settings, e.g. RINGLB_SCALE_TIMEOUT.")
     replicas: int = Field(c.DEFAULT_BALANCER_REPLICAS, ge=1, le=c.MAX_BALANCER_REPLICAS)
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(c.DEFAULT_SERVICE_TYPE, alias="serviceType")  # type: ignore[assignment]
-    port: int = Field(c.PORT, ge=1, le=65535)
-    service_annotations: dict[str, str] = Field(default_factory=dict, alias="serviceAnnotations")
-    drain_seconds: int = Field(c.DEFAULT_DRAIN_SECONDS, alias="drainSeconds", ge=0, le=300)
+    port: int = Field(c.PORT, ge=1, le=65535, description=f"Service port (the pods always listen on {c.PORT}).")
+    service_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        alias="serviceAnnotations",
+        description="Annotations of the balancer Service (e.g. for a cloud load balancer).",
+    )
+    drain_seconds: int = Field(
+        c.DEFAULT_DRAIN_SECONDS,
+        alias="drainSeconds",
+        ge=0,
+        le=300,
+        description="After SIGTERM a balancer pod is unready but keeps serving this long (RINGLB_DRAIN_SECONDS).",
+    )
 
     @property
     def template(self) -> PodTemplate:
@@ -122,11 +185,29 @@ class Balancer(PodTemplate):
 
 
 class Spec(_Model):
-    replicas: int = Field(c.DEFAULT_REPLICAS, ge=0, le=MAX_REPLICAS)
-    hostnames: tuple[str, ...] = Field((), max_length=MAX_REPLICAS)
-    template: PodTemplate = Field(default_factory=PodTemplate)
-    hashing: Hashing = Field(default_factory=Hashing)
-    balancer: Balancer = Field(default_factory=Balancer)
+    """What to run."""
+
+    replicas: int = Field(
+        c.DEFAULT_REPLICAS, ge=0, le=MAX_REPLICAS, description="Number of replica pods (ring members). kubectl scale sets it."
+    )
+    # Each name is checked by ``problems`` (so a bad stored name is reported, not a parse error);
+    # the API server checks it against the same pattern before storing.
+    hostnames: tuple[str, ...] = Field(
+        (),
+        max_length=MAX_REPLICAS,
+        description=(
+            'Ring identities, in order (seed style, e.g. "S5"). The first `replicas` are used; generated '
+            'names "Server <k>" fill the rest. Pod names are <resource>-<identity in DNS form>; two names '
+            "with the same DNS form are refused in status (InvalidSpec)."
+        ),
+        json_schema_extra={
+            "items": {"type": "string", "minLength": 1, "maxLength": 40, "pattern": NAME_PATTERN.pattern},
+            "x-kubernetes-list-type": "set",
+        },
+    )
+    template: PodTemplate = Field(default_factory=PodTemplate, description="The replica pods' container.")
+    hashing: Hashing = Field(default_factory=Hashing, description="How the balancer maps request keys to replicas.")
+    balancer: Balancer = Field(default_factory=Balancer, description="The balancer Deployment and Service.")
 
     def identities(self) -> list[str]:
         """The ring identities, in ring order (the balancer's /rep order)."""

@@ -1,7 +1,8 @@
 """Manifests, CRD schema and images, checked without a cluster.
 
-The CRD's openAPIV3Schema is a JSON-Schema dialect: jsonschema validates the samples and the
-bad resources the API server must refuse. ``x-kubernetes-list-type: set`` becomes
+The CRD is generated from the spec model (test_crd.py keeps the committed file equal to it); its
+openAPIV3Schema is a JSON-Schema dialect: jsonschema validates the samples and the bad resources
+the API server must refuse. ``x-kubernetes-list-type: set`` becomes
 ``uniqueItems`` here (the API server enforces it itself); the one CEL rule (metadata.name) is
 checked by mirroring it, since jsonschema cannot evaluate CEL.
 """
@@ -111,57 +112,59 @@ def test_cel_rule_guards_the_name() -> None:
     assert not cel_name_ok("Web") and not cel_name_ok("1web") and not cel_name_ok("a" * 41)
 
 
-def _check_model(model: type, props: dict[str, Any], where: str) -> None:
-    """Each field of a spec model against its CRD property: default, enum, range, pattern."""
-    import typing
-
-    from pydantic import BaseModel
-
-    for name, info in model.model_fields.items():
-        key = info.alias or name
-        assert key in props, f"{where}.{key} missing from the CRD"
-        prop = props[key]
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            assert prop["type"] == "object" and prop.get("default", {}) == {}, f"{where}.{key}"
-            _check_model(annotation, prop["properties"], f"{where}.{key}")
-            continue
-        if typing.get_origin(annotation) is typing.Literal:
-            assert prop["enum"] == list(typing.get_args(annotation)), f"{where}.{key}"
-        if "default" in prop:
-            assert prop["default"] == info.get_default(call_default_factory=True), f"{where}.{key}"
-        for meta in info.metadata:
-            for attr, crd in (("ge", "minimum"), ("le", "maximum"), ("min_length", "minLength"), ("max_length", "maxItems"), ("pattern", "pattern")):
-                value = getattr(meta, attr, None)
-                if value is not None and not (attr == "max_length" and prop["type"] != "array"):
-                    assert prop.get(crd) == value, f"{where}.{key}.{crd}"
+def apply_defaults(schema: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """What the API server stores: each absent property with a default gets it, recursively."""
+    for key, prop in schema.get("properties", {}).items():
+        if key not in obj and "default" in prop:
+            obj[key] = copy.deepcopy(prop["default"])
+        if isinstance(obj.get(key), dict):
+            apply_defaults(prop, obj[key])
+    return obj
 
 
-def test_schema_agrees_with_the_spec_model() -> None:
-    """The pydantic model is the one spelling: every field, default, enum and range of the CRD
-    matches it (and the model's hashing defaults are HashingConfig's)."""
-    props = SCHEMA["properties"]["spec"]["properties"]
-    _check_model(spec.Spec, props, "spec")
-    assert set(props) == {f.alias or n for n, f in spec.Spec.model_fields.items()}
-    for name in ("template", "hashing", "balancer"):
-        assert props[name]["default"] == {}  # so nested defaults apply to a spec without them
-    assert props["hostnames"]["items"]["pattern"] == naming.NAME_PATTERN.pattern
-    assert props["hostnames"]["x-kubernetes-list-type"] == "set"
-    for name in ("template", "balancer"):
-        crd = set(props[name]["properties"])
-        model = spec.PodTemplate if name == "template" else spec.Balancer
-        assert crd == {f.alias or n for n, f in model.model_fields.items()}, name
-    defaults = spec.parse({})
-    assert spec.parse(CRD_DEFAULTED_EMPTY) == defaults
+def lookup(obj: Any, json_path: str) -> Any:
+    for key in json_path.split(".")[1:]:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
 
 
-CRD_DEFAULTED_EMPTY = {"template": {}, "hashing": {}, "balancer": {}}
+def test_an_empty_spec_is_stored_with_the_models_defaults() -> None:
+    """The nested objects default to {} so their fields' defaults apply (kubectl's Strategy column
+    reads one), and what the API server stores parses to the operator's defaults."""
+    stored = apply_defaults(SCHEMA, {"spec": {}})
+    assert {"template", "hashing", "balancer"} <= set(stored["spec"])
+    for column in VERSION["additionalPrinterColumns"]:
+        if column["jsonPath"].startswith(".spec."):
+            assert lookup(stored, column["jsonPath"]) is not None, column["name"]
+    assert spec.parse(stored["spec"]) == spec.defaults()
+
+
+def test_every_default_passes_its_own_schema() -> None:
+    """The API server refuses a CRD whose defaults fail their own schema (e.g. a "" under minLength 1)."""
+
+    def walk(node: dict[str, Any], where: str) -> None:
+        if "default" in node:
+            found = list(jsonschema.Draft4Validator(to_jsonschema(node)).iter_errors(node["default"]))
+            assert not found, (where, found)
+        for key, child in (node.get("properties") or {}).items():
+            walk(child, f"{where}.{key}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{where}[]")
+
+    walk(SCHEMA, "")
+
+
+PYDANTIC_ONLY = {"$ref", "$defs", "const", "title"}  # no refs or const in a CRD; titles are noise
 
 
 def test_structural_schema() -> None:
-    """Every node outside anyOf has a type, as the API server requires of a v1 CRD."""
+    """Every node outside anyOf has a type, as the API server requires of a v1 CRD; nothing of
+    pydantic's JSON Schema is left that the API server refuses (refs, null types) or that would
+    make it prune a free-form object (additionalProperties: true)."""
 
     def walk(node: dict[str, Any], where: str) -> None:
+        assert not PYDANTIC_ONLY & set(node) and node.get("additionalProperties") is not True, where
+        assert node.get("type") != "null" and {"type": "null"} not in node.get("anyOf", []), where
         if "x-kubernetes-int-or-string" not in node and "x-kubernetes-preserve-unknown-fields" not in node:
             assert "type" in node, where
         for key, child in (node.get("properties") or {}).items():
