@@ -12,7 +12,7 @@ IMAGES := $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 KIND_CLUSTER ?= ringlb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test unit integration e2e bench bench-memory fuzz analysis faults images deploy undeploy \
+.PHONY: help venv dev test unit integration e2e bench bench-memory fuzz analysis faults images crd deploy undeploy \
 	kind-up kind-down kind-node-image kind-e2e port-forward local-up local-down local-e2e local-images clean
 
 help: ## list targets
@@ -21,10 +21,16 @@ help: ## list targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[operator,analysis,test]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[operator,analysis,test,compile]'
 	touch $@
 
-venv: $(VENV)/.installed ## create .venv with everything installed
+# The balancer's hot modules compiled in place with mypyc (setup.py), as the image has them;
+# rebuilt when any balancer module changes (mypyc type-checks what they import, too).
+$(VENV)/.compiled: $(VENV)/.installed setup.py $(wildcard balancer/ringlb_balancer/*.py ring/ringlb_ring/*.py)
+	RINGLB_COMPILE=1 $(PY) setup.py -q build_ext --inplace >$(VENV)/compile.log 2>&1 || { tail -30 $(VENV)/compile.log; exit 1; }
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.compiled ## create .venv with everything installed, hot modules compiled
 
 dev: venv ## balancer on 127.0.0.1:5000 + 3 replicas + supervisor (Ctrl-C stops all)
 	$(VENV)/bin/ringlb dev $(ARGS)
@@ -56,6 +62,9 @@ faults: venv ## failed requests and outage under load: replica, balancer, superv
 # --- images and clusters -------------------------------------------------------------------
 images: ## build the three images (BASE_IMAGE=... to use a local base image)
 	BASE_IMAGE=$(BASE_IMAGE) scripts/images.sh $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
+
+crd: venv ## regenerate manifests/crd/replicasets.ringlb.io.yaml from the spec model (ringlb_operator/spec.py)
+	$(PY) -m ringlb_operator.crd >$@.tmp && mv $@.tmp manifests/crd/replicasets.ringlb.io.yaml
 
 deploy: ## CRD, RBAC, namespace, operator into the current kube-context
 	kubectl get crd clusterkopfpeerings.kopf.dev >/dev/null 2>&1 || kubectl create -k manifests/kopf/
@@ -111,3 +120,6 @@ local-e2e: venv ## local-up, images, deploy, e2e (all but the multi-node tests),
 	status=0; { $(MAKE) local-images && $(MAKE) deploy && $(MAKE) e2e E2E_ARGS='-m "not multinode"'; } || status=$$?; \
 	if [ $$status -ne 0 ]; then scripts/local-cluster.sh diagnose || true; fi; \
 	scripts/local-cluster.sh down; exit $$status
+
+clean: ## remove the venv, the compiled modules and build files (the caches in /var/cache/ringlb stay)
+	rm -rf $(VENV) build balancer/ringlb_balancer/*.so

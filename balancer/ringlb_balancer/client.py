@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from ringlb_balancer.engine import Engine
 
 # Connection states, as the housekeeping pass sees them.
-IDLE, HEAD, BODY = 0, 1, 2
-MAX_QUEUED = 4  # pipelined requests parsed ahead of the one being answered
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
+MAX_QUEUED: Final = 4  # pipelined requests parsed ahead of the one being answered
 BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
 
 
@@ -38,11 +40,14 @@ class Reject(Exception):
         self.data = data
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
+    """An asyncio protocol, duck-typed: without the ``asyncio.Protocol`` base, mypyc compiles it
+    as a native class whose fields are C struct members (see ``setup.py``)."""
+
     __slots__ = (
         "admin", "body_bytes", "body_since", "body_wire", "client_ip", "closing", "corked", "early",
         "engine", "head_wire", "headers", "loop", "parser", "parsing", "queue", "read_paused", "since",
-        "state", "trailer_bytes", "transport", "tunnel", "url", "write_paused", "__weakref__",
+        "state", "trailer_bytes", "transport", "tunnel", "url", "write_paused",
     )
 
     def __init__(self, engine: "Engine", admin: bool) -> None:
@@ -164,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
-        if self.early is not None and self.queue and self.queue[-1].upgrade:
+        if self.queue and self.queue[-1].upgrade:
             self.early.append(data)  # tunnel bytes sent before the replica agreed
             return
         if self.closing:
@@ -389,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = replica
         for data in self.early:
             replica.write(data)
-        self.early = None  # type: ignore[assignment]
+        self.early = []
         self.resume()
 
     def housekeeping(self, now: float, settings: "Settings") -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -51,7 +51,7 @@ class Settings:
             raw = environ.get(f"RINGLB_{f.name.upper()}")
             if raw is None:
                 continue
-            kind = type(f.default)
+            kind: Callable[[str], Any] = type(f.default)
             try:
                 values[f.name] = kind(raw)
             except ValueError:

@@ -185,6 +185,11 @@ class Engine:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def connect(self, pool: UpstreamPool, exchange: "Exchange") -> None:
+        """A new connection to ``pool``'s replica for ``exchange``: the one seam where the
+        proxy opens sockets (the engine's unit tests replace it; compiled classes cannot be)."""
+        self.keep(self.loop.create_task(pool.open(exchange)))
+
     def control(self, exchange: "Exchange") -> None:
         assert self.controller is not None
         self.keep(self.loop.create_task(self.controller.handle(exchange)))

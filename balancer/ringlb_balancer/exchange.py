@@ -12,7 +12,7 @@ is small), or if it surely never left (the connection was refused).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote_to_bytes
 
 from ringlb_balancer import framing
@@ -23,13 +23,18 @@ if TYPE_CHECKING:
     from ringlb_balancer.engine import Active
     from ringlb_balancer.upstream import UpstreamConnection
 
-BODY_NONE, BODY_LENGTH, BODY_CHUNKED = 0, 1, 2
+BODY_NONE: Final = 0
+BODY_LENGTH: Final = 1
+BODY_CHUNKED: Final = 2
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})  # RFC 9110 §9.2.2
 
 MAX_PENDING_BODY = 256 * 1024  # request body bytes held while no replica connection takes them
 
 # Where an exchange is, for the housekeeping pass and for what a failure means.
-WAITING, SENDING, ANSWERING, DONE = 0, 1, 2, 3
+WAITING: Final = 0
+SENDING: Final = 1
+ANSWERING: Final = 2
+DONE: Final = 3
 
 
 class Exchange:
@@ -121,7 +126,7 @@ class Exchange:
         if conn is not None:
             self.attach(conn)
         else:
-            active.pools[index].connect(self)  # type: ignore[union-attr]
+            engine.connect(active.pools[index], self)  # type: ignore[union-attr]
 
     def attach(self, conn: "UpstreamConnection") -> None:
         """A connection to the chosen replica is ready: send the head and what body we have."""
@@ -315,7 +320,7 @@ class Exchange:
             self.retry(reason)
             return
         engine.counters.failure("upstream")
-        name = engine.name_of(self.active, self.index)
+        name = engine.name_of(self.active, self.index)  # type: ignore[arg-type]
         self.answer(502, f"replica {name} failed: {reason}")
 
     def can_retry(self, refused: bool = False) -> bool:

@@ -8,7 +8,7 @@ the new membership, which is what ``/add`` and ``/rm`` wait for.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 from ringlb_ring import resource as resource_api
@@ -81,7 +81,7 @@ class KubernetesScaler:
 
     def desired(self) -> tuple[list[str], str]:
         try:
-            obj = self.api.get_namespaced_custom_object(
+            obj: Any = self.api.get_namespaced_custom_object(
                 *self.api_path, self.namespace, self.plural, self.name
             )
         except self.exceptions.ApiException as exc:

@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """An asyncio protocol, duck-typed like ``ClientConnection`` so that mypyc compiles it."""
+
     __slots__ = (
         "awaiting_head", "closed", "closing_after", "exchange", "got_bytes", "head_wire", "headers",
         "informational", "last_io", "loop", "parser", "pool", "read_paused", "reused", "skip_complete",
-        "transport", "tunnel", "until_close", "write_paused", "__weakref__",
+        "transport", "tunnel", "until_close", "write_paused",
     )
 
     def __init__(self, pool: "UpstreamPool") -> None:
@@ -135,15 +137,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- bytes in -----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.write(data)
+        # Attributes are read into locals before a None test: mypy would narrow ``self.tunnel``
+        # for the rest of the method, and mypyc checks a narrowed read at run time.
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.write(data)
             return
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             self.abort()  # bytes nobody asked for: this connection is out of step
             return
         self.got_bytes = True
         self.last_io = self.pool.engine.now
-        client = self.exchange.client
+        client = exchange.client
         if self.awaiting_head:
             self.head_wire += len(data)
         client.cork()
@@ -153,10 +159,11 @@ class UpstreamConnection(asyncio.Protocol):
                 raise httptools.HttpParserError(f"answer head exceeds {MAX_RESPONSE_HEAD} bytes")
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0]:]
-            if self.tunnel is not None and rest:
-                self.tunnel.write(rest)
+            tunnel = self.tunnel  # set by the 101 this read carried
+            if tunnel is not None and rest:
+                tunnel.write(rest)
         except httptools.HttpParserError as exc:
-            exchange = self.exchange
+            exchange = self.exchange  # the one fed, or None if its answer completed
             self.abort()
             if exchange is not None:
                 exchange.failed(self, f"invalid answer: {exc}", broken=True)
@@ -251,13 +258,11 @@ class UpstreamPool:
             conn.abort()
         self.idle.clear()
 
-    def connect(self, exchange: "Exchange") -> None:
-        self.engine.keep(self.loop.create_task(self._connect(exchange)))
-
-    async def _connect(self, exchange: "Exchange") -> None:
+    async def open(self, exchange: "Exchange") -> None:
+        """Connect, then hand the connection to ``exchange`` (through ``Engine.connect``)."""
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),  # type: ignore[type-var]
                 self.engine.settings.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:

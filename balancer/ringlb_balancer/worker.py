@@ -66,7 +66,11 @@ class ProxyWorker(Worker):
         self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
 
     def _drain(self) -> None:
+        # Flipped here, not at the serving loop's next turn: with several workers, one that
+        # flipped late would still answer keep-alive after a sibling's /readyz said 503.
         self.draining = True
+        self.control.draining = True
+        self.engine.serving = False
 
     def _stop(self) -> None:
         self.alive = False
@@ -87,6 +91,7 @@ class ProxyWorker(Worker):
         control = Control(settings, balancer.store, balancer.scaler,
                           own_addresses(settings.bind, settings.admin_bind))
         engine.controller = control
+        self.engine, self.control = engine, control
         paths = PUBLIC_PATHS if settings.admin_bind else ADMIN_PATHS
         engine.control_paths = frozenset(p.encode() for p in paths)
         try:
@@ -112,9 +117,8 @@ class ProxyWorker(Worker):
                 break
             if self.draining and drain_until is None:
                 # Endpoints still send here for a while: serve, but end each connection after its
-                # answer, so clients reconnect to a pod that stays instead of racing our close.
-                control.draining = True
-                engine.serving = False
+                # answer (``_drain``), so clients reconnect to a pod that stays instead of racing
+                # our close.
                 drain_until = time.monotonic() + engine.settings.drain_seconds
                 self.log.info("draining: /readyz answers 503, serving %gs more", engine.settings.drain_seconds)
             if drain_until is not None and time.monotonic() >= drain_until:

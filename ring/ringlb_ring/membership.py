@@ -129,7 +129,7 @@ def content(members: Sequence[Mapping[str, str]], hashing: HashingConfig, key: K
 
 EMPTY = Membership(revision=0)
 
-_HASHING_FIELDS = {
+_HASHING_FIELDS: dict[str, tuple[str, type | tuple[type, ...]]] = {
     "strategy": ("strategy", str),
     "tableSize": ("table_size", int),
     "vnodes": ("vnodes", int),

@@ -3,7 +3,7 @@
 A real ``Engine`` (built as ``worker.ProxyWorker.run`` builds it) over a temporary state dir with
 a published membership; client bytes go in through ``ClientConnection.data_received`` and the
 answer is read from a transport that records writes. Replica connections are fakes too:
-``UpstreamPool.connect`` is replaced so that a real ``UpstreamConnection`` gets a recording
+``Engine.connect`` is replaced so that a real ``UpstreamConnection`` gets a recording
 transport, and the test feeds the replica's answer to its ``data_received``.
 """
 
@@ -101,7 +101,7 @@ class Harness:
         return conn, transport
 
     def connect(self, pool: UpstreamPool, exchange: Any) -> None:
-        """Stands in for ``UpstreamPool.connect``: the connection completes on the next loop turn."""
+        """Stands in for ``Engine.connect``: the connection completes on the next loop turn."""
         self.connects.append(pool.name)
 
         def done() -> None:
@@ -139,7 +139,7 @@ def run(test: Callable[..., Awaitable[None]], *args: Any) -> None:
 @pytest.fixture
 def make(tmp_path, monkeypatch):
     """``await make(**settings)`` → a Harness over a published 3-member membership."""
-    monkeypatch.setattr(UpstreamPool, "connect", lambda pool, exchange: harness_of[0].connect(pool, exchange))
+    monkeypatch.setattr(Engine, "connect", lambda engine, pool, exchange: harness_of[0].connect(pool, exchange))
     harness_of: list[Harness] = []
     counter = [0]
 
@@ -281,6 +281,20 @@ def test_answer_relayed_and_connection_reused(make):
         client.data_received(GET)
         await settle()
         assert len(h.upstreams) == 1 and h.sent(up).count(b"GET /home") == 2
+
+    run(body)
+
+
+def test_a_draining_engine_answers_with_connection_close_then_closes(make):
+    async def body():
+        h = make()
+        h.engine.serving = False  # what the worker sets on SIGTERM
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        h.upstream().data_received(OK_HELLO)
+        assert out.take() == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        assert out.closed
 
     run(body)
 
