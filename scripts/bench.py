@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import requests
@@ -115,7 +114,7 @@ backend replicas
   hash-type consistent
 {servers}
 """
-TOOLS = (("nginx-light", "nginx"), ("wrk", "wrk"), ("haproxy", "haproxy"))
+TOOLS = (("nginx-light", "nginx"), ("wrk", "wrk"), ("haproxy", "haproxy"), ("linux-perf", "perf"))
 
 
 def ensure_tools(binaries: set[str]) -> None:
@@ -331,71 +330,33 @@ def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[st
 
 
 def profile(master: int, url: str, script: Path, args: argparse.Namespace) -> None:
-    """py-spy on the ringlb worker under the overhead load: a flame graph, the collapsed stacks
-    and a text summary (top functions by self and by total samples)."""
-    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not spy:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    """perf on the ringlb worker under the overhead load: where its CPU goes by shared object
+    (kernel, libpython, the compiled proxy modules, llhttp, uvloop) and by symbol. perf, not a
+    Python sampler: the per-request modules are compiled, and half the cost is in the kernel."""
+    ensure_tools({"perf"})
     # the one worker of the overhead bench: the busiest process below the master
     worker = max(descendants(master), key=cpu_seconds)
     prefix, seconds = Path(args.profile), args.profile_seconds
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    outputs = {"flamegraph": prefix.with_suffix(".svg"), "raw": prefix.with_suffix(".collapsed")}
-    for fmt, out in outputs.items():
-        cmd = [spy, "record", "--pid", str(worker), "-d", str(seconds), "-r", "200", "--format", fmt,
-               "-o", str(out), "--function"]  # blocking: --nonblocking truncates stacks
-        spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)
-        load = run_wrk(url, script, seconds, args.connections, args.wrk_threads, master)
-        _, err = spy_proc.communicate(timeout=seconds + 30)
-        if spy_proc.returncode:
-            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
-        print(f"profile ({fmt}) under load: {load}", file=sys.stderr, flush=True)
-    text = summarize_profile(outputs["raw"], load)
+    data = prefix.with_suffix(".perf.data")
+    record = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(worker), "-o", str(data),
+                               "--", "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    load = run_wrk(url, script, seconds, args.connections, args.wrk_threads, master)
+    _, err = record.communicate(timeout=seconds + 30)
+    if record.returncode:
+        raise RuntimeError(f"perf record failed: {err.decode(errors='replace')[-500:]}")
+    reports = [f"perf, ringlb worker under the overhead load: {load['rps']:.0f} req/s, "
+               f"{load.get('cpu_us', 0):.0f} CPU µs/request (process tree)"]
+    for sort, top in (("dso", 12), ("dso,sym", 30)):
+        out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
+                              "--percent-limit", "0.5"], capture_output=True, text=True, check=True).stdout
+        rows = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+        reports += ["", f"by {sort} (top {top}):", *rows[:top]]
+    data.unlink()
+    text = "\n".join(reports) + "\n"
     prefix.with_suffix(".txt").write_text(text)
     print(text, file=sys.stderr)
-
-
-# leaves of threads that wait on a queue, which py-spy's idle detection does not recognise
-IDLE_LEAVES = ("_worker (concurrent/futures/thread.py",)
-
-
-def summarize_profile(collapsed: Path, load: dict[str, float], top: int = 15) -> str:
-    self_samples: Counter[str] = Counter()
-    total_samples: Counter[str] = Counter()
-    scaffolding: set[str] = set()
-    samples = idle = 0
-    for line in collapsed.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        n = int(count)
-        frames = stack.split(";")
-        if frames and frames[0].startswith(("process ", "thread ")):
-            frames = [f for f in frames if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        if frames[-1].startswith(IDLE_LEAVES):
-            idle += n
-            continue
-        samples += n
-        self_samples[frames[-1]] += n
-        loop = next((i for i, f in enumerate(frames) if f.startswith("BaseEventLoop._run_once ")), None)
-        if loop is not None:  # gunicorn, the worker and the event loop around every callback
-            scaffolding.update(frames[: loop + 1])
-        for frame in set(frames):
-            total_samples[frame] += n
-    lines = [f"py-spy, ringlb worker under the overhead load: {load['rps']:.0f} req/s, "
-             f"{load.get('cpu_us', 0):.0f} CPU µs/request (process tree); {samples} busy samples "
-             f"({idle} more of idle pool threads that py-spy counts as busy left out)",
-             "", f"top {top} by self samples:", f"{'self %':>7} {'total %':>8}  function"]
-    for frame, n in self_samples.most_common(top):
-        lines.append(f"{100 * n / samples:>6.1f}% {100 * total_samples[frame] / samples:>7.1f}%  {frame}")
-    lines += ["", f"top {top} by total (inclusive) samples, below the event loop:", f"{'total %':>8}  function"]
-    inner = [(f, n) for f, n in total_samples.most_common() if f not in scaffolding]
-    for frame, n in inner[:top]:
-        lines.append(f"{100 * n / samples:>7.1f}%  {frame}")
-    return "\n".join(lines) + "\n"
 
 
 def print_table(title: str, summary: dict[str, dict[str, float]]) -> None:
@@ -458,8 +419,8 @@ def main() -> int:
     parser.add_argument("--plot", nargs="?", const=str(ROOT / "docs" / "benchmarks.png"),
                         help="also draw both tables into this PNG (default docs/benchmarks.png)")
     parser.add_argument("--profile", metavar="PREFIX",
-                        help="after the overhead rounds, py-spy the ringlb worker under the same load: "
-                             "PREFIX.svg (flame graph), PREFIX.collapsed, PREFIX.txt (top functions)")
+                        help="after the overhead rounds, perf the ringlb worker under the same load: "
+                             "PREFIX.txt (CPU by shared object and by symbol)")
     parser.add_argument("--profile-seconds", type=int, default=10)
     args = parser.parse_args()
     for name, normal, quick in (("seconds", 10, 3), ("rounds", 3, 1), ("warmup", 2, 1)):

@@ -380,7 +380,7 @@ class ClientConnection:
         """``exchange`` (the head of the queue) has written its whole answer."""
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
-        if not exchange.keep_alive or not self.engine.serving:
+        if not exchange.keep_alive:  # as its head said: a drain that began since waits for the next
             self.close()
             return
         self.since = self.engine.now

@@ -131,7 +131,8 @@ class Control:
             reply = failure(f"<Error> balancer error: {exc}", 500)
         if exchange.client.closing:
             return
-        keep_alive = exchange.keep_alive and exchange.engine.serving
+        # stored: ClientConnection.finished closes exactly when the head said so
+        exchange.keep_alive = keep_alive = exchange.keep_alive and exchange.engine.serving
         data = framing.response(reply.status, reply.body, keep_alive, reply.content_type, reply.headers,
                                 exchange.http10, head_only=request.method == "HEAD")
         exchange.reply(data)

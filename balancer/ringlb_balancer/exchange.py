@@ -235,8 +235,10 @@ class Exchange:
         else:
             self.active.consecutive_5xx[self.index] = 0  # type: ignore[union-attr]
         self.state = ANSWERING
-        if self.upgrade is not None:
-            self.keep_alive = False  # refused upgrade: the client may already send tunnel bytes
+        # Decided once, before the head: the head's Connection field and what happens to the
+        # connection after the answer must agree, even if a drain begins in between.
+        # A refused upgrade closes: the client may already send tunnel bytes.
+        self.keep_alive = self.keep_alive and engine.serving and self.upgrade is None
         if status == 404 and not self.upgrade:
             # The seed's contract: a path no replica serves is the balancer's 400.
             path = unquote_to_bytes(self.target.split(b"?", 1)[0]).decode("utf-8", "replace")
@@ -249,7 +251,7 @@ class Exchange:
                 self.response_done(conn)
             return
         self.response_started = True
-        keep = self.keep_alive and engine.serving
+        keep = self.keep_alive
         no_body = self.head_only or status in (204, 304)
         if no_body:
             frame = b"Content-Length: %d\r\n" % length if length >= 0 and status != 204 else b""
@@ -370,6 +372,7 @@ class Exchange:
         """The balancer's own answer in the seed's error format."""
         self.state = DONE
         self._leave()
+        self.keep_alive = self.keep_alive and self.engine.serving
         self.client.write(framing.error(status, message, self.keep_alive, http10=self.http10))
         self.client.finished(self)
 

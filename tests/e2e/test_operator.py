@@ -329,3 +329,58 @@ def test_status_page_on_the_admin_port(web: str, forward: PortForward) -> None:
         assert answered["message"] == f"Hello from Server: {lookup['route']}"
     finally:
         admin.close()
+
+
+def _resource_events(namespace: str, name: str) -> list[dict]:
+    """Events on the ringlb ReplicaSet ``name`` (not on apps/v1 ReplicaSets of the same kind name)."""
+    items = kubectl_json("-n", namespace, "get", "events")["items"]
+    return [e for e in items if e["involvedObject"].get("apiVersion", "").startswith("ringlb.io/")
+            and e["involvedObject"]["name"] == name]
+
+
+def test_colliding_replicasets_second_is_degraded_first_serves(namespace: str) -> None:
+    # Pod names are <resource>-<DNS form of the identity>: "web" + "a-server-1" and
+    # "web-a" + "Server 1" both make pod web-a-server-1.
+    first = sample(replicas=1, hostnames=["a-server-1"])
+    apply(namespace, first)
+    wait_ready(namespace, 1)
+    pod = kubectl_json("-n", namespace, "get", "pod", "web-a-server-1")
+    assert pod["metadata"]["annotations"]["ringlb.io/identity"] == "a-server-1"
+    uid, owner = pod["metadata"]["uid"], pod["metadata"]["ownerReferences"][0]["uid"]
+    assert owner == resource(namespace)["metadata"]["uid"]
+
+    second = sample(replicas=1, hostnames=["Server 1"])
+    second["metadata"]["name"] = "web-a"
+    apply(namespace, second)
+    expected = "Pod web-a-server-1 exists and is controlled by ReplicaSet web"
+
+    def conflict() -> dict | None:
+        degraded = condition(resource(namespace, "web-a"), "Degraded")
+        return degraded if degraded.get("status") == "True" and degraded.get("reason") == "ChildConflict" else None
+
+    degraded = wait_for("web-a Degraded/ChildConflict", conflict, timeout=60)
+    assert expected in degraded["message"], degraded
+    time.sleep(5)  # a conflicting resource runs a pass every second: let several run
+    obj = resource(namespace, "web-a")
+    assert condition(obj, "Degraded")["reason"] == "ChildConflict" and condition(obj, "Ready")["status"] == "False"
+
+    # The first keeps its pod (same incarnation, same owner), stays Ready and serves.
+    pod = kubectl_json("-n", namespace, "get", "pod", "web-a-server-1")
+    assert (pod["metadata"]["uid"], pod["metadata"]["ownerReferences"][0]["uid"]) == (uid, owner)
+    obj = wait_ready(namespace, 1)
+    assert condition(obj, "Degraded")["status"] == "False", condition(obj, "Degraded")
+    pf = PortForward(namespace)
+    try:
+        wait_for("the port-forward to answer", lambda: requests.get(pf.url + "/rep", timeout=5).ok, timeout=30)
+        result = load(pf.url, 300, threads=4, seconds=60)
+    finally:
+        pf.close()
+    assert result.failures == [] and dict(result.per_server) == {"a-server-1": 300}, (result.failures[:3], result.per_server)
+    # No Created/Replaced Event for a pod that neither created or replaced (web-a), no
+    # Replaced on web, whose pod never went away.
+    first_events = [(e["reason"], e["message"]) for e in _resource_events(namespace, "web")]
+    assert [m for r, m in first_events if r == "Replaced"] == [], first_events
+    assert [m for r, m in first_events if r == "Created"] == ["created pod web-a-server-1 for 'a-server-1'"], first_events
+    second_events = [(e["reason"], e["message"]) for e in _resource_events(namespace, "web-a")]
+    assert not [m for r, m in second_events if r in ("Created", "Replaced")], second_events
+    print(f"web-a: {degraded['reason']}: {degraded['message']}; web: Ready, served 300 of 300; events on web: {first_events}")

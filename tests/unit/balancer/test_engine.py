@@ -299,6 +299,25 @@ def test_a_draining_engine_answers_with_connection_close_then_closes(make):
     run(body)
 
 
+def test_a_drain_beginning_mid_answer_keeps_the_connection_its_head_promised(make):
+    async def body():
+        h = make()
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        up = h.upstream()
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n")
+        h.engine.serving = False  # SIGTERM between the head and the body
+        up.data_received(b"hello")
+        assert b"Connection: close" not in out.take() and not out.closed  # the client may reuse it
+        client.data_received(GET)
+        await settle()
+        up.data_received(OK_HELLO)
+        assert b"Connection: close\r\n" in out.take() and out.closed
+
+    run(body)
+
+
 def test_pipelined_requests_are_answered_in_order(make):
     async def body():
         h = make()

@@ -9,7 +9,7 @@ import kopf
 import pytest
 
 from ringlb_operator import constants as c
-from ringlb_operator import handlers, main
+from ringlb_operator import handlers
 from ringlb_operator.children import replica_pod
 from ringlb_operator.spec import parse
 
@@ -45,17 +45,6 @@ def test_index_keys_pods_by_owner() -> None:
     pod = running(replica_pod(OWNER, parse({}), "Server 1"), "10.0.0.1")
     [(key, view)] = handlers.index_pod(pod).items()
     assert key == ("ns", "web") and view.identity == "Server 1" and view.ready and view.owner_uid == OWNER.uid
-
-
-def test_registrations() -> None:
-    registry = kopf.get_default_registry()
-    ids = {h.id for h in registry._spawning.get_all_handlers()} | {h.id for h in registry._watching.get_all_handlers()}
-    assert any("reconciler" in i for i in ids) and any("pod_changed" in i for i in ids)
-    indexes = {h.id for h in registry._indexing.get_all_handlers()}
-    assert any("ringlb_pods" in i for i in indexes)
-    for _, _, plural, _ in handlers.OWNED_KINDS:  # every owned kind is indexed and watched
-        assert handlers.index_id(plural) in indexes and f"{plural}_changed" in ids
-    assert main.OURS[c.LABEL_RESOURCE] is kopf.PRESENT
 
 
 def test_owned_children_come_from_the_indexes() -> None:
