@@ -17,6 +17,8 @@ HOT_MODULES = [
     "balancer/ringlb_balancer/exchange.py",
     "balancer/ringlb_balancer/upstream.py",
     "balancer/ringlb_balancer/framing.py",
+    "balancer/ringlb_balancer/engine.py",
+    "balancer/ringlb_balancer/counters.py",
 ]
 
 ext_modules = []

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
 from ringlb_ring import hashing
 
 from ringlb_balancer.config import Settings
@@ -48,6 +49,7 @@ class Active:
     consecutive_5xx: list[int]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the unit tests' engine opens no sockets
 class Engine:
     def __init__(self, settings: Settings, shared: SharedState, store: RoutingStore,
                  loop: asyncio.AbstractEventLoop, instance: str) -> None:

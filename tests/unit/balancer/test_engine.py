@@ -3,7 +3,7 @@
 A real ``Engine`` (built as ``worker.ProxyWorker.run`` builds it) over a temporary state dir with
 a published membership; client bytes go in through ``ClientConnection.data_received`` and the
 answer is read from a transport that records writes. Replica connections are fakes too:
-``Engine.connect`` is replaced so that a real ``UpstreamConnection`` gets a recording
+``Engine.connect`` is overridden (a subclass) so that a real ``UpstreamConnection`` gets a recording
 transport, and the test feeds the replica's answer to its ``data_received``.
 """
 
@@ -137,9 +137,13 @@ def run(test: Callable[..., Awaitable[None]], *args: Any) -> None:
 
 
 @pytest.fixture
-def make(tmp_path, monkeypatch):
+def make(tmp_path):
     """``await make(**settings)`` → a Harness over a published 3-member membership."""
-    monkeypatch.setattr(Engine, "connect", lambda engine, pool, exchange: harness_of[0].connect(pool, exchange))
+
+    class LoopbackEngine(Engine):
+        def connect(self, pool: UpstreamPool, exchange: Any) -> None:
+            harness_of[0].connect(pool, exchange)
+
     harness_of: list[Harness] = []
     counter = [0]
 
@@ -157,7 +161,7 @@ def make(tmp_path, monkeypatch):
         if key:
             doc["key"] = key
         store.publish(parse(doc))
-        engine = Engine(settings, shared, store, asyncio.get_running_loop(), INSTANCE)
+        engine = LoopbackEngine(settings, shared, store, asyncio.get_running_loop(), INSTANCE)
         control = Control(settings, store, None, own_addresses(settings.bind, settings.admin_bind))
         engine.controller = control
         engine.control_paths = frozenset(p.encode() for p in (PUBLIC_PATHS if settings.admin_bind else ADMIN_PATHS))
