@@ -151,6 +151,43 @@ def _scheduling(template: PodTemplate) -> dict[str, Any]:
     return out
 
 
+def _tolerates(toleration: Mapping[str, Any], key: str) -> bool:
+    """Whether a toleration matches the NoExecute taint ``key`` (value-less, as the node
+    lifecycle controller sets it): same key or an empty key with Exists, effect NoExecute or any."""
+    if (toleration.get("effect") or "") not in ("", "NoExecute"):
+        return False
+    operator = toleration.get("operator") or "Equal"
+    if not toleration.get("key"):
+        return operator == "Exists"
+    return toleration["key"] == key and (operator == "Exists" or not toleration.get("value"))
+
+
+def tolerated_seconds(tolerations: Any, key: str) -> tuple[bool, float | None]:
+    """(covered, seconds): whether the user's ``tolerations`` name the NoExecute taint ``key``, and
+    for how long, as the taint-eviction controller reads them: the smallest tolerationSeconds of
+    the matching ones, None (forever) when none of them has one."""
+    matching = [t for t in tolerations if _tolerates(t, key)]
+    limits = [float(t["tolerationSeconds"]) for t in matching if t.get("tolerationSeconds") is not None]
+    return bool(matching), (max(0.0, min(limits)) if limits else None)
+
+
+def node_loss_tolerations(template: PodTemplate) -> list[dict[str, Any]]:
+    """Tolerations of the node-loss taints for ``unreachableNodeSeconds`` (Kubernetes' admission
+    default is 300 s), for each key the user's tolerations do not already cover: theirs win."""
+    return [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": template.unreachable_node_seconds}
+        for key in c.NODE_LOSS_TAINTS
+        if not tolerated_seconds(template.tolerations, key)[0]
+    ]
+
+
+def _with_node_loss_tolerations(pod_spec: dict[str, Any], template: PodTemplate) -> dict[str, Any]:
+    tolerations = list(pod_spec.get("tolerations") or []) + node_loss_tolerations(template)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return pod_spec
+
+
 def _pod_labels(template: PodTemplate, ours: Mapping[str, str]) -> dict[str, str]:
     return {**template.labels, **ours}  # ours last: selectors depend on them
 
@@ -186,6 +223,11 @@ def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
     }
     extra = {"labels": dict(template.labels), "annotations": dict(template.annotations)}
     built_from: list[Any] = [c.BUILDER_VERSION, pod_spec] + ([extra] if template.labels or template.annotations else [])
+    template_hash = digest(built_from)
+    # The node-loss tolerations are added after hashing: an operator upgrade that introduces them,
+    # or a change of unreachableNodeSeconds, does not restart running pods (the operator's own
+    # force-delete follows the current value for every pod, whatever its tolerations say).
+    _with_node_loss_tolerations(pod_spec, template)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -197,7 +239,7 @@ def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
             "annotations": {
                 **template.annotations,
                 c.ANNOTATION_IDENTITY: identity,
-                c.ANNOTATION_TEMPLATE_HASH: digest(built_from),
+                c.ANNOTATION_TEMPLATE_HASH: template_hash,
             },
         },
         "spec": pod_spec,
@@ -353,6 +395,10 @@ def deployment(owner: Owner, spec: Spec) -> K8sObject:
         ],
         **_scheduling(template),
     }
+    # Short node-loss tolerations: a balancer pod on a lost node is evicted after
+    # unreachableNodeSeconds (not Kubernetes' 300 s) and the ReplicaSet starts its replacement; a
+    # Terminating pod does not block that (it has no fixed name), so nothing more is needed.
+    _with_node_loss_tolerations(pod_spec, template)
     obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

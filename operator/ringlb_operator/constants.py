@@ -59,6 +59,7 @@ class Reason:
     UNSCHEDULABLE = "Unschedulable"
     NOT_ACKNOWLEDGING = "BalancerNotAcknowledging"
     API_ERROR = "ApiError"
+    NODE_UNREACHABLE = "NodeUnreachable"  # also the Warning Event of a pod deleted off a lost node
     # Event-only reasons
     CREATED = "Created"
     REPLACED = "Replaced"
@@ -68,6 +69,12 @@ class Reason:
     BALANCER_RESET = "BalancerReset"
     REPAIRED = "Repaired"
 
+
+# The node lifecycle controller's NoExecute taints of a lost node: "unreachable" when the kubelet
+# stopped reporting (Ready Unknown), "not-ready" when it reports Ready False.
+TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+TAINT_NOT_READY = "node.kubernetes.io/not-ready"
+NODE_LOSS_TAINTS = (TAINT_UNREACHABLE, TAINT_NOT_READY)
 
 # Waiting reasons of a container that mean "this will not fix itself soon": surfaced in Degraded.
 STUCK_WAITING_REASONS = (
@@ -95,6 +102,12 @@ ADMIN_PORT_NAME = "admin"
 SECRET_TOKEN_KEY = "token"  # the key in both per-resource Secrets
 MEMBERSHIP_KEY = "membership.json"  # the key of the membership ConfigMap
 SNAPSHOT_DIR = "/etc/ringlb/membership"  # where balancer pods mount that ConfigMap
+# How long a pod may stay bound to a lost node before it is replaced (spec
+# template.unreachableNodeSeconds): its tolerationSeconds for NODE_LOSS_TAINTS, and for replica
+# pods the operator's force-delete. Counted from the node's Ready transition, which itself comes
+# ~50 s (node-monitor-grace-period) after the kubelet's last heartbeat.
+DEFAULT_UNREACHABLE_NODE_SECONDS = 30
+MAX_UNREACHABLE_NODE_SECONDS = 3600
 DEFAULT_DRAIN_SECONDS = 5  # balancer keeps serving this long after SIGTERM (RINGLB_DRAIN_SECONDS)
 BALANCER_GRACEFUL_SECONDS = 20  # then in-flight requests get this long (gunicorn graceful timeout)
 PRESTOP_SECONDS = 2  # preStop sleep: endpoints and kube-proxy drop the pod before SIGTERM

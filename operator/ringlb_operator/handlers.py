@@ -3,8 +3,10 @@
 ``main`` only registers these. Reconciliation follows kopf's ``docs/reconciliation.rst``: child
 pods and every other owned kind are indexed by their owning resource; one daemon per resource
 runs an idempotent pass whenever the resource or one of its children changes (a wake-up event),
-and every ``RESYNC_SECONDS`` regardless. Passes run on the operator's own threads (never kopf's
-shared executor). Peering is mandatory: a new operator pod waits until it is the chosen one.
+and every ``RESYNC_SECONDS`` regardless. Nodes are indexed too (by name): a node that is lost or
+back wakes the daemons of the resources with a pod on it, and a pass reads the nodes of its pods
+from memory (no API call). Passes run on the operator's own threads (never kopf's shared
+executor). Peering is mandatory: a new operator pod waits until it is the chosen one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +27,7 @@ import kopf
 from ringlb_operator import constants as c
 from ringlb_operator import metrics, push
 from ringlb_operator.kube import ClusterKube, Kube, KubeError, ensure_peering, operator_key
-from ringlb_operator.observe import PodView, pod_view
+from ringlb_operator.observe import NodeView, PodView, node_view, pod_view
 from ringlb_operator.reconcile import reconcile_once
 
 Key = tuple[str, str]  # (namespace, resource name)
@@ -50,7 +52,7 @@ def index_id(plural: str) -> str:
     return f"owned_{plural}"
 
 
-WAKEUP_HANDLERS = ("pod_changed", "resource_changed") + tuple(f"{plural}_changed" for _, _, plural, _ in OWNED_KINDS)
+WAKEUP_HANDLERS = ("pod_changed", "resource_changed", "node_changed") + tuple(f"{plural}_changed" for _, _, plural, _ in OWNED_KINDS)
 
 
 class QuietWakeups(logging.Filter):
@@ -88,6 +90,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, kube: Kube | Non
     if settings.peering.priority == 0:
         settings.peering.priority = int(os.environ.get("RINGLB_PRIORITY") or random.randint(1, 32767))
     memo.wakeups = {}
+    memo.node_states = {}
     memo.passes = ThreadPoolExecutor(c.PASS_WORKERS, thread_name_prefix="ringlb-pass")
     memo.kube = kube
     if memo.kube is None:
@@ -135,6 +138,45 @@ def owned_children(key: Key, indexes: Mapping[str, Any]) -> dict[tuple[str, str]
     return out
 
 
+def index_node(body: Mapping[str, Any]) -> dict[str, NodeView]:
+    """Index entry of a node: keyed by its name."""
+    view = node_view(body)
+    return {view.name: view}
+
+
+def nodes_of(pods: Sequence[PodView], nodes: Mapping[str, Any] | None) -> dict[str, NodeView] | None:
+    """The indexed views of the nodes ``pods`` run on (None without a node index)."""
+    if nodes is None:
+        return None
+    found: dict[str, NodeView] = {}
+    for pod in pods:
+        if pod.node and pod.node not in found:
+            view = next(iter(nodes.get(pod.node, ())), None)
+            if view is not None:
+                found[pod.node] = view
+    return found
+
+
+def node_changed(memo: kopf.Memo, body: Mapping[str, Any], event_type: str | None, pods: Mapping[Key, Any]) -> list[Key]:
+    """A node event: when the node turned lost, or back, or its lost-since time moved, wake the
+    daemons of the resources with a pod on it (the others' passes would find nothing to do).
+    Heartbeat-free status updates of healthy nodes wake nobody. Returns the resources woken."""
+    view = node_view(body)
+    states: dict[str, Any] | None = getattr(memo, "node_states", None)
+    if states is None:
+        memo.node_states = states = {}
+    state = (view.down, view.silent, view.since)
+    before = states.pop(view.name, None)
+    if event_type != "DELETED":
+        states[view.name] = state
+    if state == before or (before is None and not view.down):
+        return []
+    woken = [key for key, views in pods.items() if any(getattr(p, "node", "") == view.name for p in views)]
+    for namespace, name in woken:
+        wake(memo, namespace, name)
+    return woken
+
+
 def wake(memo: kopf.Memo, namespace: str | None, name: str | None) -> None:
     """Make the resource's daemon run a pass now (no-op if it has no daemon yet)."""
     event = getattr(memo, "wakeups", {}).get((namespace or "", name or ""))
@@ -179,6 +221,7 @@ async def run(
     pods: Mapping[Key, Any],
     indexes: Mapping[str, Any] | None = None,
     pusher: push.Pusher | None = None,
+    nodes: Mapping[str, Any] | None = None,
 ) -> None:
     """The daemon of one resource: pass, sleep until woken, repeat until stopped."""
     key = (namespace, name)
@@ -194,10 +237,11 @@ async def run(
             resource = copy.deepcopy(dict(body))  # the live body, frozen for this pass
             observed = list(pods.get(key, []))
             owned = owned_children(key, indexes) if indexes is not None else None
+            where = nodes_of(observed, nodes)
             delay = c.RESYNC_SECONDS
             try:
                 outcome = await loop.run_in_executor(
-                    passes, lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key)
+                    passes, lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key, where)
                 )
             except KubeError as exc:
                 metrics.PASS_ERRORS.labels("api").inc()
@@ -223,6 +267,8 @@ async def run(
                 else:
                     backoff = c.PUSH_BACKOFF_MIN
                     delay = outcome.retry_in if outcome.retry_in is not None else c.RESYNC_SECONDS
+                if outcome.due_in is not None:  # a pod on a lost node is due: not later than that
+                    delay = min(delay, outcome.due_in)
             await _sleep(stopped, wakeup, delay)
     finally:
         if memo.wakeups.get(key) is wakeup:

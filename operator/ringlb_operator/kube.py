@@ -1,4 +1,5 @@
-"""Kubernetes I/O in one place: server-side apply, create, delete with a uid precondition, read.
+"""Kubernetes I/O in one place: server-side apply, create, delete with a uid precondition (and
+force-delete), read.
 
 Everything else in the operator handles plain dicts; this module alone knows the client's
 API classes. ``Kube`` is the protocol the reconciler needs, so the unit tests pass a fake.
@@ -42,8 +43,9 @@ class Kube(Protocol):
     def apply(self, obj: K8sObject, force: bool = True, dry_run: bool = False, manager: str = c.MANAGER) -> K8sObject:
         """Server-side apply; raises KubeError 409 on a field conflict when not forced."""
 
-    def delete(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
-        """Delete (only the object with ``uid`` if given); gone (404) or replaced (409) is fine."""
+    def delete(self, kind: str, namespace: str, name: str, uid: str = "", grace_seconds: int | None = None) -> None:
+        """Delete (only the object with ``uid`` if given); gone (404) or replaced (409) is fine.
+        ``grace_seconds=0`` force-deletes: the object goes without its kubelet's confirmation."""
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the resource's status subresource."""
@@ -134,10 +136,12 @@ class ClusterKube:
             **extra,
         )
 
-    def delete(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
-        body = {"preconditions": {"uid": uid}} if uid else None
+    def delete(self, kind: str, namespace: str, name: str, uid: str = "", grace_seconds: int | None = None) -> None:
+        body: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
         try:
-            self._call(self._method("delete", kind), name, namespace, body=body, _content_type="application/json")
+            self._call(self._method("delete", kind), name, namespace, body=body or None, _content_type="application/json")
         except KubeError as exc:
             if exc.status not in (404, 409):  # gone, or a new object of that name: not ours to delete
                 raise

@@ -48,6 +48,18 @@ for _group, _version, _plural, _kind in handlers.OWNED_KINDS:
     kopf.on.event(*_selector, labels=OURS, id=f"{_plural}_changed")(_child_changed)
 
 
+# Nodes (cluster-scoped, read-only): a pass reads the nodes of its pods from this index; a node
+# turning lost or back wakes the resources with a pod on it at once.
+@kopf.index("v1", "nodes")
+def ringlb_nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return handlers.index_node(body)
+
+
+@kopf.on.event("v1", "nodes")
+async def node_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, ringlb_pods: kopf.Index[handlers.Key, Any], **_: Any) -> None:
+    handlers.node_changed(memo, body, type, ringlb_pods)
+
+
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
 async def resource_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     handlers.wake(memo, namespace, name)
@@ -62,9 +74,11 @@ async def reconciler(
     memo: kopf.Memo,
     logger: Any,
     ringlb_pods: kopf.Index[handlers.Key, Any],
+    ringlb_nodes: kopf.Index[str, Any],
     **kwargs: Any,
 ) -> None:
     indexes = {handlers.index_id(plural): kwargs[handlers.index_id(plural)] for _, _, plural, _ in handlers.OWNED_KINDS}
     await handlers.run(
-        stopped=stopped, body=body, namespace=namespace, name=name, memo=memo, logger=logger, pods=ringlb_pods, indexes=indexes
+        stopped=stopped, body=body, namespace=namespace, name=name, memo=memo, logger=logger, pods=ringlb_pods,
+        indexes=indexes, nodes=ringlb_nodes,
     )

@@ -31,6 +31,8 @@ class PodView:
     waiting_message: str = ""
     unschedulable: str = ""  # the scheduler's message when PodScheduled is False/Unschedulable
     restarts: int = 0
+    node: str = ""  # spec.nodeName, "" until scheduled
+    deleting_at: str = ""  # metadata.deletionTimestamp: when its grace period ends, "" if not deleted
 
     @property
     def alive(self) -> bool:
@@ -82,4 +84,67 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         waiting_message=waiting_message,
         unschedulable=unschedulable,
         restarts=restarts,
+        node=(body.get("spec") or {}).get("nodeName") or "",
+        deleting_at=meta.get("deletionTimestamp") or "",
+    )
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the operator needs to know about a node: is it lost, since when, and can its kubelet
+    still confirm a pod's deletion."""
+
+    name: str
+    ready: str = ""  # status of the Ready condition: "True", "False", "Unknown"; "" without one
+    ready_since: str = ""  # that condition's lastTransitionTime
+    taints: tuple[tuple[str, str], ...] = ()  # (key, timeAdded) of the NoExecute node-loss taints
+
+    @property
+    def down(self) -> bool:
+        """Lost: Ready is Unknown or False (or, without a Ready condition, a node-loss taint).
+        Ready True wins over a taint the lifecycle controller has not removed yet."""
+        if self.ready:
+            return self.ready in ("False", "Unknown")
+        return bool(self.taints)
+
+    @property
+    def silent(self) -> bool:
+        """Its kubelet stopped reporting (Ready Unknown, tainted unreachable): nothing on the node
+        will act on, or confirm, a pod's deletion."""
+        return self.down and (self.ready == "Unknown" or any(k == c.TAINT_UNREACHABLE for k, _ in self.taints))
+
+    @property
+    def since(self) -> str:
+        """When it was first seen lost: the earliest of the Ready transition and the taints' times."""
+        if not self.down:
+            return ""
+        times = [t for _, t in self.taints if t]
+        if self.ready in ("False", "Unknown") and self.ready_since:
+            times.append(self.ready_since)
+        return min(times, default="")
+
+    @property
+    def taint_key(self) -> str:
+        """The taint whose toleration decides how long pods may stay."""
+        return c.TAINT_UNREACHABLE if self.silent else c.TAINT_NOT_READY
+
+    @property
+    def state(self) -> str:
+        return "unreachable" if self.silent else "not ready"
+
+
+def node_view(body: Mapping[str, Any]) -> NodeView:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    ready: Mapping[str, Any] = next((cond for cond in status.get("conditions") or [] if cond.get("type") == "Ready"), {})
+    taints = tuple(
+        (t.get("key", ""), t.get("timeAdded") or "")
+        for t in (body.get("spec") or {}).get("taints") or []
+        if t.get("key") in c.NODE_LOSS_TAINTS and t.get("effect") == "NoExecute"
+    )
+    return NodeView(
+        name=meta.get("name", ""),
+        ready=ready.get("status") or "",
+        ready_since=ready.get("lastTransitionTime") or "",
+        taints=taints,
     )

@@ -11,7 +11,7 @@ later passes with backoff and reported in status and Events.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +45,10 @@ class Target:
         return f"http://{format_address(self.ip, c.ADMIN_PORT)}/membership"
 
 
-def targets(balancer_pods: Sequence[PodView]) -> list[Target]:
-    """Every live balancer pod with an IP, Ready or not: a new pod may need the push to get Ready."""
-    return [Target(p.name, p.ip) for p in balancer_pods if p.alive and p.ip]
+def targets(balancer_pods: Sequence[PodView], skip: Collection[str] = ()) -> list[Target]:
+    """Every live balancer pod with an IP, Ready or not (a new pod may need the push to get Ready),
+    but those named in ``skip``: not Ready on a lost node, where a push could only time out."""
+    return [Target(p.name, p.ip) for p in balancer_pods if p.alive and p.ip and p.name not in skip]
 
 
 class Pusher:

@@ -22,12 +22,13 @@ from ringlb_operator import spec as spec_mod
 from ringlb_operator.children import Owner
 from ringlb_operator.desired import Event
 from ringlb_operator.kube import Ensured, Kube, KubeError, ensure, ensure_blind, foreign, owned_by
-from ringlb_operator.observe import PodView
+from ringlb_operator.observe import NodeView, PodView
 
 log = logging.getLogger(__name__)
 
 ChildKey = tuple[str, str]  # (kind, name)
 MAX_FLOOR = 2**62  # far below int64: status.ringRevision always fits
+DUE_MARGIN = 0.25  # seconds past a due time before the next pass (timers may fire a little early)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Outcome:
     floor: int = 0  # lowest ring revision the balancers accept, after a 409; 0 if none
     status: dict[str, Any] = field(default_factory=dict)
     api_errors: int = 0
+    due_in: float | None = None  # seconds until a pod on a lost node is due (even while backing off)
 
 
 def derive_token(key: bytes, owner: Owner, purpose: str) -> str:
@@ -61,13 +63,15 @@ def reconcile_once(
     floor: int = 0,
     owned: Mapping[ChildKey, Mapping[str, Any]] | None = None,
     key: bytes = b"",
+    nodes: Mapping[str, NodeView] | None = None,
 ) -> Outcome:
     """Bring one resource's children to its spec and report what happened in its status.
 
     ``pods`` are the resource's pods from the operator's index (replicas and balancer pods);
     ``owned`` the other children as the watches last saw them (None: read each from the API);
     ``floor`` is the lowest ring revision a balancer will accept (after a 409), else 0;
-    ``key`` the operator's key the tokens derive from.
+    ``key`` the operator's key the tokens derive from; ``nodes`` the nodes of those pods from the
+    operator's node index (None: unknown, so no pod is treated as lost).
     """
     meta = resource.get("metadata") or {}
     owner = Owner(meta["name"], meta["namespace"], meta["uid"])
@@ -127,7 +131,18 @@ def reconcile_once(
             annotations[c.ANNOTATION_TOKEN_HASH] = children.digest([add_token, push_token])
         apply(obj)
 
-    # 2. Replica pods: create the missing, delete the dead (they come back next pass).
+    # 2. Replica pods on lost nodes: once due, deleted (force-deleted when the kubelet is silent),
+    #    so that the plan below recreates their identities at once, on a healthy node.
+    nodes = nodes or {}
+    stranded = desired.stranded_replicas(owner, spec, replica_pods, nodes, now)
+    removed = _clear_stranded(kube, owner, stranded, outcome, api_errors)
+    waits = [left for s in stranded if (left := s.seconds_left(now)) is not None]
+    if waits:
+        outcome.due_in = min(waits) + DUE_MARGIN
+    if removed:
+        replica_pods = [p for p in replica_pods if p.name not in removed]
+
+    # 3. Replica pods: create the missing, delete the dead (they come back next pass).
     plan = desired.plan_pods(owner, spec, replica_pods, desired.previous_members(old_status))
     outcome.events += plan.events
     by_name = {p.name: p for p in pods}
@@ -146,7 +161,7 @@ def reconcile_once(
     for name in plan.delete_now:
         _delete_pod(kube, owner, by_name.get(name), api_errors)
 
-    # 3. The ring: Ready pods minus retiring ones; its revision is saved in status first, then in
+    # 4. The ring: Ready pods minus retiring ones; its revision is saved in status first, then in
     #    the snapshot ConfigMap (what a starting balancer pod loads), then pushed.
     members = desired.members(owner, spec, replica_pods, plan.retire)
     ring = desired.ring(old_status, members, spec, min(floor, MAX_FLOOR))
@@ -156,9 +171,10 @@ def reconcile_once(
     document = ring.document(members, spec)
     published = apply(children.membership_configmap(owner, document))
 
-    # 4. Push to every balancer pod that does not hold it yet.
+    # 5. Push to every balancer pod that does not hold it yet (none on a lost node: it would only
+    #    time out, and Kubernetes evicts it there).
     states: list[desired.PushState] = []
-    pods_to_push = push.targets(balancer_pods)
+    pods_to_push = push.targets(balancer_pods, skip=desired.unserviceable(balancer_pods, nodes))
     if tokens_ok and published and pods_to_push:
         states = pusher.push_all(pods_to_push, document, push_token)
     failed = [s for s in states if not s.acknowledged]
@@ -191,14 +207,14 @@ def reconcile_once(
             Event("Normal", c.Reason.PUSHED, f"revision {ring.revision} with {len(members)} member(s) held by {len(states)} balancer pod(s)")
         )
 
-    # 5. Retire: every serving balancer pod must hold a ring without them first.
+    # 6. Retire: every serving balancer pod must hold a ring without them first.
     acked = {s.pod for s in states if s.acknowledged}
     serving = [p.name for p in balancer_pods if p.alive and p.ready and p.ip]
     if plan.retire and all(name in acked for name in serving):
         for name in plan.retire:
             _delete_pod(kube, owner, by_name.get(name), api_errors)
 
-    # 6. Status, written only when it says something new.
+    # 7. Status, written only when it says something new.
     seen = desired.Observed(
         owner=owner,
         spec=spec,
@@ -211,6 +227,8 @@ def reconcile_once(
         pushes=states,
         conflicts=conflicts,
         api_errors=api_errors,
+        stranded=stranded,
+        nodes=nodes,
     )
     new = desired.status(old_status, seen, now)
     if desired.status_differs(old_status, new):
@@ -219,9 +237,38 @@ def reconcile_once(
         outcome.retry_in = c.PUSH_BACKOFF_MIN
     if plan.retire and outcome.retry_in is None:
         outcome.retry_in = c.PUSH_BACKOFF_MIN  # retiring waits for acknowledgements; look again soon
+    if outcome.due_in is not None and (outcome.retry_in is None or outcome.due_in < outcome.retry_in):
+        outcome.retry_in = outcome.due_in
     outcome.status = new
     outcome.api_errors = len(api_errors)
     return outcome
+
+
+def _clear_stranded(
+    kube: Kube, owner: Owner, stranded: Sequence[desired.Stranded], outcome: Outcome, api_errors: list[str]
+) -> set[str]:
+    """Delete the replica pods on lost nodes that are due (uid precondition: only the pod that was
+    looked at); the names of those now gone, so the same pass recreates them."""
+    gone: set[str] = set()
+    for s in stranded:
+        if s.action not in (desired.DELETE, desired.FORCE):
+            continue
+        force = s.action == desired.FORCE
+        try:
+            kube.delete("Pod", owner.namespace, s.pod, uid=s.uid, grace_seconds=0 if force else None)
+        except KubeError as exc:
+            api_errors.append(f"Pod {s.pod}: {exc}")
+            continue
+        where = f"node {s.node} {s.state} since {s.since}"
+        if force:
+            gone.add(s.pod)
+            message = f"force-deleted pod {s.pod} of {s.identity or s.pod!r}: {where}; recreating it on a healthy node"
+        else:
+            message = f"deleting pod {s.pod} of {s.identity or s.pod!r}: {where}; force-deleted once its grace period is over"
+        outcome.events.append(Event("Warning", c.Reason.NODE_UNREACHABLE, message))
+    if any(s.action == desired.DELETE for s in stranded) and outcome.retry_in is None:
+        outcome.retry_in = c.PUSH_BACKOFF_MIN  # its deletionTimestamp decides when to look again
+    return gone
 
 
 def _delete_pod(kube: Kube, owner: Owner, pod: PodView | None, api_errors: list[str]) -> None:

@@ -41,6 +41,17 @@ def _image(description: str) -> Any:
     return Field("", description=description, json_schema_extra={"minLength": 1})
 
 
+def _unreachable_node_seconds(description: str) -> Any:
+    """The ``unreachableNodeSeconds`` field; the replica and balancer spell it alike but describe it apart."""
+    return Field(
+        c.DEFAULT_UNREACHABLE_NODE_SECONDS,
+        alias="unreachableNodeSeconds",
+        ge=0,
+        le=c.MAX_UNREACHABLE_NODE_SECONDS,
+        description=description,
+    )
+
+
 def _env(description: str) -> Any:
     """The ``env`` field; the replica and balancer spell it alike but describe it apart."""
     return Field((), max_length=64, description=description)
@@ -90,6 +101,12 @@ class PodTemplate(_Model):
         default_factory=dict, description="Extra pod labels (the operator's own labels win on a clash)."
     )
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    unreachable_node_seconds: int = _unreachable_node_seconds(
+        "Seconds a replica pod may stay on a node that is unreachable or NotReady before it is replaced "
+        "on a healthy node: the pods' tolerationSeconds for node.kubernetes.io/unreachable and not-ready "
+        "(unless tolerations names those keys), and the delay after which the operator force-deletes "
+        "such a pod so its identity can be recreated. Counted from the node's Ready transition."
+    )
 
     def env_pairs(self) -> list[dict[str, str]]:
         return [{"name": e.name, "value": e.value} for e in self.env]
@@ -160,6 +177,11 @@ class Balancer(PodTemplate):
     # Redeclared only to describe them for the balancer; type, default and limits are PodTemplate's.
     image: str = _image("Balancer image; default the operator's RINGLB_BALANCER_IMAGE (ringlb/balancer:0.1.0).")
     env: tuple[EnvVar, ...] = _env("Extra balancer settings, e.g. RINGLB_SCALE_TIMEOUT.")
+    unreachable_node_seconds: int = _unreachable_node_seconds(
+        "The balancer pods' tolerationSeconds for node.kubernetes.io/unreachable and not-ready (unless "
+        "tolerations names those keys): after this long on a lost node a pod is evicted and the "
+        "Deployment starts its replacement."
+    )
     replicas: int = Field(c.DEFAULT_BALANCER_REPLICAS, ge=1, le=c.MAX_BALANCER_REPLICAS)
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(c.DEFAULT_SERVICE_TYPE, alias="serviceType")  # type: ignore[assignment]
     port: int = Field(c.PORT, ge=1, le=65535, description=f"Service port (the pods always listen on {c.PORT}).")

@@ -25,6 +25,9 @@ class FakeKube:
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
         self.status_patches: list[dict[str, Any]] = []
         self.fail: dict[tuple[str, str], int] = {}  # (verb, kind) -> HTTP status to raise
+        self.deletes: list[tuple[str, str, str, int | None]] = []  # (kind, name, uid precondition, grace)
+        self.incarnations: dict[tuple[str, str, str], int] = {}
+        self.graceful_at = ""  # set: a graceful pod delete leaves the pod Terminating until then
 
     def _check(self, verb: str, kind: str) -> None:
         if (verb, kind) in self.fail:
@@ -46,7 +49,9 @@ class FakeKube:
             stored["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in stored.pop("stringData").items()}
         if obj["kind"] == "Pod" and "status" not in stored:
             stored["status"] = {}
-        stored["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}")
+        self.incarnations[key] = self.incarnations.get(key, 0) + 1
+        again = f"-{self.incarnations[key]}" if self.incarnations[key] > 1 else ""  # each incarnation its uid
+        stored["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}{again}")
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
@@ -79,12 +84,16 @@ class FakeKube:
             _merge(current["metadata"], {k: v for k, v in meta.items() if k not in ("name", "namespace")})
         return copy.deepcopy(current)
 
-    def delete(self, kind: str, namespace: str, name: str, uid: str = "") -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str = "", grace_seconds: int | None = None) -> None:
         self._check("delete", kind)
+        self.deletes.append((kind, name, uid, grace_seconds))
         current = self.objects.get((kind, namespace, name))
         if current is not None and uid and current["metadata"].get("uid") != uid:
             return  # precondition failed (409): another incarnation, left alone
-        self.writes.append(("delete", kind, name))
+        self.writes.append(("force-delete" if grace_seconds == 0 else "delete", kind, name))
+        if current is not None and kind == "Pod" and grace_seconds != 0 and self.graceful_at:
+            current["metadata"]["deletionTimestamp"] = self.graceful_at  # its kubelet has to confirm
+            return
         self.objects.pop((kind, namespace, name), None)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -125,7 +134,7 @@ def running(pod: K8sObject, ip: str, ready: bool = True, **status: Any) -> K8sOb
     return body
 
 
-def balancer_pod(name: str, ip: str, ready: bool = True) -> PodView:
+def balancer_pod(name: str, ip: str, ready: bool = True, node: str = "w1") -> PodView:
     return pod_view(
         {
             "metadata": {
@@ -134,6 +143,7 @@ def balancer_pod(name: str, ip: str, ready: bool = True) -> PodView:
                 "uid": "uid-" + name,
                 "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER},
             },
+            "spec": {"nodeName": node},
             "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": str(ready)}]},
         }
     )
@@ -154,10 +164,14 @@ def kube() -> FakeKube:
     return FakeKube()
 
 
-def views(kube: FakeKube, ready: bool = True) -> list[PodView]:
-    """Every replica pod in the fake as Running (and Ready), IPs 10.0.0.<n>."""
+def views(kube: FakeKube, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()) -> list[PodView]:
+    """Every replica pod in the fake as Running (and Ready), IPs 10.0.0.<n>; ``nodes`` places pods
+    (pod name → node name, default "w1"); pods on a node in ``lost`` are not Ready (what the node
+    lifecycle controller sets)."""
     out = []
     for n, name in enumerate(kube.pods(), start=1):
-        body = kube.objects[("Pod", OWNER.namespace, name)]
-        out.append(pod_view(running(body, f"10.0.0.{n}", ready)))
+        body = copy.deepcopy(kube.objects[("Pod", OWNER.namespace, name)])
+        node = (nodes or {}).get(name, "w1")
+        body.setdefault("spec", {})["nodeName"] = node
+        out.append(pod_view(running(body, f"10.0.0.{n}", ready and node not in lost)))
     return out

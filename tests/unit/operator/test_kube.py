@@ -46,3 +46,11 @@ def test_delete_carries_the_uid_precondition() -> None:
     [(method, url, _, body)] = requests_made(lambda k: k.delete("Pod", "ns", "p", uid="u1"))
     assert method == "DELETE" and url.endswith("/api/v1/namespaces/ns/pods/p")
     assert body == {"preconditions": {"uid": "u1"}}  # JSON; the API server reads a body without Content-Type as JSON
+
+
+def test_force_delete_is_grace_period_zero_with_the_uid_precondition() -> None:
+    [(method, url, _, body)] = requests_made(lambda k: k.delete("Pod", "ns", "p", uid="u1", grace_seconds=0))
+    assert method == "DELETE" and url.endswith("/api/v1/namespaces/ns/pods/p")
+    assert body == {"preconditions": {"uid": "u1"}, "gracePeriodSeconds": 0}
+    [(_, _, _, plain)] = requests_made(lambda k: k.delete("Pod", "ns", "p"))
+    assert plain is None  # no precondition, the pod's own grace period

@@ -274,6 +274,11 @@ def test_operator_rbac_covers_what_the_code_does_and_no_more() -> None:
     ]:
         for verb in verbs:
             assert allowed(rules, group, resource, verb), (group, resource, verb)
+    # Nodes: read through kopf's index (list, watch) to replace pods on lost nodes; never written.
+    for verb in ("list", "watch"):
+        assert allowed(rules, "", "nodes", verb), verb
+    for verb in ("create", "patch", "update", "delete"):
+        assert not allowed(rules, "", "nodes", verb), verb
     # No Secret is ever read cluster-wide: tokens derive from the operator's key.
     for verb in ("get", "list", "watch"):
         assert not allowed(rules, "", "secrets", verb), verb
