@@ -89,6 +89,16 @@ def labels(owner: str, component: str) -> dict[str, str]:
     }
 
 
+def stamped(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj`` with its own digest in an annotation. ``differs`` sees only the fields ``obj``
+    sets, so a field the operator stopped setting (an annotation dropped from the spec) shows
+    only as a new digest; the apply that follows removes the field, as server-side apply drops
+    what its manager no longer sends."""
+    out = copy.deepcopy(dict(obj))
+    out["metadata"].setdefault("annotations", {})[c.ANNOTATION_APPLIED_HASH] = digest(obj)
+    return out
+
+
 def digest(value: Any) -> str:
     """A short stable hash of a JSON-able value: what a child was built from."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"))

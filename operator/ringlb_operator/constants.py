@@ -24,6 +24,7 @@ LABEL_IDENTITY = f"{GROUP}/identity"  # DNS form of a replica's ring identity (l
 ANNOTATION_IDENTITY = f"{GROUP}/identity"  # the ring identity itself, e.g. "Server 1"
 ANNOTATION_TEMPLATE_HASH = f"{GROUP}/template-hash"  # what a pod was built from
 ANNOTATION_TOKEN_HASH = f"{GROUP}/token-hash"  # balancer pods roll when their tokens change
+ANNOTATION_APPLIED_HASH = f"{GROUP}/applied-hash"  # what the operator last applied to a child
 APP_NAME = "ringlb"
 MANAGER = "ringlb-operator"
 COMPONENT_REPLICA = "replica"

@@ -204,6 +204,9 @@ def ensure(kube: Kube, desired: K8sObject, owner_uid: str, live: K8sObject | Non
     and refuse to touch it unless it is ours. Present and ours but missing some of our fields
     (a hand edit, a scale, an older operator) → server-side apply with force.
     """
+    from ringlb_operator.children import differs, stamped
+
+    desired = stamped(desired)
     kind, meta = desired["kind"], desired["metadata"]
     if live is _UNKNOWN:
         live = kube.get(kind, meta["namespace"], meta["name"])
@@ -215,8 +218,6 @@ def ensure(kube: Kube, desired: K8sObject, owner_uid: str, live: K8sObject | Non
             return Ensured()
     if not owned_by(live, owner_uid):
         return Ensured(conflict=foreign(kind, live))
-    from ringlb_operator.children import differs
-
     if differs(desired, live):
         kube.apply(desired)
         return Ensured(changed=True)

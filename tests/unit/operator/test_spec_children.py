@@ -184,3 +184,21 @@ def test_token_secret_and_selector() -> None:
     assert children.selector_string(children.replica_selector("web")) == (
         "app.kubernetes.io/component=replica,ringlb.io/resource=web"
     )
+
+
+def test_a_field_dropped_from_the_spec_is_applied_away() -> None:
+    """``differs`` sees only what the operator sets; the applied-hash annotation makes a field it
+    stopped setting (a balancer annotation removed from the spec) a difference, and the apply
+    that follows is what removes it."""
+    from ringlb_operator.kube import ensure
+
+    from .conftest import FakeKube
+
+    kube = FakeKube()
+    with_note = spec.parse({"balancer": {"annotations": {"note": "x"}}})
+    ensure(kube, children.deployment(OWNER, with_note), OWNER.uid, live=None)
+    live = kube.get("Deployment", OWNER.namespace, f"{OWNER.name}-balancer")
+    assert ensure(kube, children.deployment(OWNER, with_note), OWNER.uid, live=live).changed is False
+    without = children.deployment(OWNER, spec.parse({}))
+    assert not children.differs(without, live)  # the removal alone is invisible to differs
+    assert ensure(kube, without, OWNER.uid, live=live).changed is True
