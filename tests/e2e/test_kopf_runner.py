@@ -4,17 +4,27 @@ This replaces the unit test that read kopf's private registry: instead of assert
 handlers are registered, the real module (``kopf run -m ringlb_operator.main``, the deployed
 operator's arguments) runs against the real API and must do the work each registration exists
 for. The deployed operator is scaled to 0 meanwhile and restored afterwards, even on failure.
+
+The in-process operator runs on this machine, not in a pod: on kind (and any cluster but
+``make local-up``'s single node) this machine has no route to pod IPs, so its membership pushes
+(``PUT http://<pod IP>:5001/membership``) could never arrive and the resource would never be
+Ready. The test therefore sends each push to the same pod and port through a ``kubectl
+port-forward`` (``_pushes_through_port_forwards``): the request, its token and the answer are
+unchanged, only the route to the pod differs.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+import requests
 
 from .conftest import (
     OPERATOR_NS,
+    PortForward,
     apply,
     kubectl,
     kubectl_json,
@@ -32,6 +42,41 @@ PRIORITY = 100_000
 REACT = 10.0  # a watch event wakes the daemon within the debounce; the resync is 30 s
 
 
+@pytest.fixture
+def _pushes_through_port_forwards(namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The in-process operator's pushes to the balancer pods of ``namespace`` go through one
+    ``kubectl port-forward pod/<name> :5001`` per pod, started on first use."""
+    from ringlb_operator import constants as c
+    from ringlb_operator import push
+
+    forwards: dict[str, PortForward] = {}
+    lock = threading.Lock()
+    original = push.Target.url
+
+    def url(target: push.Target) -> str:
+        with lock:
+            pf = forwards.get(target.pod)
+            if pf is not None and pf.proc.poll() is None:
+                return f"{pf.url}/membership"
+        if kubectl("-n", namespace, "get", "pod", target.pod, "-o", "name", check=False).returncode != 0:
+            return original.fget(target)  # type: ignore[attr-defined]  # not a pod of this test
+        with lock:
+            pf = forwards.get(target.pod)
+            if pf is None or pf.proc.poll() is not None:
+                try:
+                    pf = forwards[target.pod] = PortForward(namespace, target=f"pod/{target.pod}", port=c.ADMIN_PORT)
+                except AssertionError as exc:  # the pod not running yet: unreachable, retried later
+                    raise requests.ConnectionError(f"port-forward to pod/{target.pod}: {exc}") from None
+        return f"{pf.url}/membership"
+
+    monkeypatch.setattr(push.Target, "url", property(url))
+    try:
+        yield
+    finally:
+        for pf in forwards.values():
+            pf.close()
+
+
 def _uid(kind: str, namespace: str, name: str) -> str:
     return kubectl("-n", namespace, "get", kind, name, "-o", "jsonpath={.metadata.uid}", check=False).stdout
 
@@ -46,6 +91,7 @@ def _restored(what: str, done: Callable[[], bool]) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.usefixtures("_pushes_through_port_forwards")
 def test_operator_in_process_with_kopf_runner(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from kopf.testing import KopfRunner
 
