@@ -238,6 +238,17 @@ def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
     # or a change of unreachableNodeSeconds, does not restart running pods (the operator's own
     # force-delete follows the current value for every pod, whatever its tolerations say).
     _with_node_loss_tolerations(pod_spec, template)
+    if not template.affinity:
+        # Spread over nodes, softly (as the balancer pods): a lost node then takes as few
+        # identities as the nodes allow, not all of them. After hashing too, for the same reason.
+        pod_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": replica_selector(owner.name)},
+            }
+        ]
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

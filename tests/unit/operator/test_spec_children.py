@@ -202,3 +202,13 @@ def test_a_field_dropped_from_the_spec_is_applied_away() -> None:
     without = children.deployment(OWNER, spec.parse({}))
     assert not children.differs(without, live)  # the removal alone is invisible to differs
     assert ensure(kube, without, OWNER.uid, live=live).changed is True
+
+
+def test_replica_pods_spread_over_nodes_unless_the_template_has_an_affinity() -> None:
+    plain = children.replica_pod(OWNER, spec.parse({}), "Server 1")["spec"]
+    assert plain["topologySpreadConstraints"] == [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": children.replica_selector(OWNER.name)},
+    }]
+    placed = spec.parse({"template": {"affinity": {"nodeAffinity": {}}}})
+    assert "topologySpreadConstraints" not in children.replica_pod(OWNER, placed, "Server 1")["spec"]
