@@ -188,8 +188,8 @@ class Engine:
         task.add_done_callback(self.tasks.discard)
 
     def connect(self, pool: UpstreamPool, exchange: "Exchange") -> None:
-        """A new connection to ``pool``'s replica for ``exchange``: the one seam where the
-        proxy opens sockets (the engine's unit tests replace it; compiled classes cannot be)."""
+        """A new connection to ``pool``'s replica for ``exchange``: the one place where the
+        proxy opens sockets, so the engine's unit tests override it in a subclass."""
         self.keep(self.loop.create_task(pool.open(exchange)))
 
     def control(self, exchange: "Exchange") -> None:
