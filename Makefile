@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # rebuilt when any balancer module changes (mypyc type-checks what they import, too).
 $(VENV)/.compiled: $(VENV)/.installed setup.py $(wildcard balancer/ringlb_balancer/*.py ring/ringlb_ring/*.py)
 	RINGLB_COMPILE=1 $(PY) setup.py -q build_ext --inplace >$(VENV)/compile.log 2>&1 || { tail -30 $(VENV)/compile.log; exit 1; }
-	touch $@
+	touch balancer/ringlb_balancer/*.so $@  # unchanged C (an edited comment) is not relinked: still current
 
 venv: $(VENV)/.installed $(VENV)/.compiled ## create .venv with everything installed, hot modules compiled
 
