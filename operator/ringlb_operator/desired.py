@@ -50,6 +50,17 @@ def previous_members(status: Mapping[str, Any] | None) -> set[str]:
     return {m.get("name", "") for m in (status or {}).get("members") or []}
 
 
+def unseen_members(status: Mapping[str, Any] | None, pods: Sequence[PodView]) -> set[str]:
+    """Pods the last status listed as members that the pod index does not hold at all.
+
+    The index is a cache filled by a watch, and a watch that has just (re)started (a standby
+    promoted, an operator shutting down) can hold nothing yet: before such an absence takes
+    identities out of the published ring, it is confirmed against the API.
+    """
+    listed = {m.get("pod", "") for m in (status or {}).get("members") or []}
+    return listed - {p.name for p in pods} - {""}
+
+
 def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]) -> PodPlan:
     """One pod per identity, named after it; everything else of ours goes.
 

@@ -50,6 +50,9 @@ class Kube(Protocol):
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the resource's status subresource."""
 
+    def list_pods(self, namespace: str, selector: str) -> list[K8sObject]:
+        """The pods matching a label selector, read from the API (not from a cache)."""
+
 
 # kind -> (API class name, snake-case resource used in the method names)
 _KINDS: dict[str, tuple[str, str]] = {
@@ -145,6 +148,10 @@ class ClusterKube:
         except KubeError as exc:
             if exc.status not in (404, 409):  # gone, or a new object of that name: not ours to delete
                 raise
+
+    def list_pods(self, namespace: str, selector: str) -> list[K8sObject]:
+        reply = self._call(self._method("list", "Pod"), namespace, label_selector=selector)
+        return list((reply or {}).get("items") or [])
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         api = self.client.CustomObjectsApi(self.api_client)

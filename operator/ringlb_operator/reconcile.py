@@ -22,7 +22,7 @@ from ringlb_operator import spec as spec_mod
 from ringlb_operator.children import Owner
 from ringlb_operator.desired import Event
 from ringlb_operator.kube import Ensured, Kube, KubeError, ensure, ensure_blind, foreign, owned_by
-from ringlb_operator.observe import NodeView, PodView
+from ringlb_operator.observe import NodeView, PodView, pod_view
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ def reconcile_once(
 
     replica_pods = [p for p in pods if p.component == c.COMPONENT_REPLICA]
     balancer_pods = [p for p in pods if p.component == c.COMPONENT_BALANCER]
+    if desired.unseen_members(old_status, replica_pods):
+        selector = children.selector_string(children.replica_selector(owner.name))
+        replica_pods = [pod_view(body) for body in kube.list_pods(owner.namespace, selector)]
+        pods = replica_pods + balancer_pods
     conflicts: list[str] = []
     api_errors: list[str] = []
 

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from .conftest import (
+    HELLO,
     OPERATOR_NS,
     PortForward,
     apply,
@@ -73,8 +74,35 @@ def test_kubectl_scale_up_and_down(web: str, forward: PortForward) -> None:
     assert result.failures == [] and set(result.per_server) == {"Server 1", "Server 2"}, result.per_server
 
 
-def test_deleted_pod_comes_back_with_its_identity_under_load(web: str, forward: PortForward) -> None:
+KEYS = [f"stable-key-{i}" for i in range(500)]
+
+
+def key_maps(namespace: str) -> dict[str, dict[str, str]]:
+    """balancer pod -> (key -> the replica that answered it), for KEYS, through each Ready
+    balancer pod on its own (a port-forward to the pod, not the Service, pins it)."""
+    maps: dict[str, dict[str, str]] = {}
+    for pod in (p["metadata"]["name"] for p in balancer_pods(namespace) if pod_ready(p)):
+        pf = PortForward(namespace, target=f"pod/{pod}")
+        try:
+            session = requests.Session()
+            answers = {}
+            for key in KEYS:
+                reply = session.get(pf.url + "/home", headers={"X-Request-ID": key}, timeout=10)
+                match = HELLO.search(reply.json()["message"]) if reply.ok else None
+                assert match, f"{pod}: {key}: {reply.status_code} {reply.text[:200]}"
+                answers[key] = match.group(1)
+            maps[pod] = answers
+        finally:
+            pf.close()
+    return maps
+
+
+def test_deleted_pod_comes_back_with_its_identity_and_keys_under_load(web: str, forward: PortForward) -> None:
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in replica_pods(web)}
+    keys_before = key_maps(web)
+    assert len(keys_before) == 2, list(keys_before)
+    first, second = keys_before.values()
+    assert first == second and set(first.values()) == set(SERVERS)  # every balancer pod, one map
     stop = threading.Event()
     outcome: dict[str, object] = {}
     loader = threading.Thread(target=lambda: outcome.update(result=load(forward.url, 40_000, threads=16, seconds=150, stop=stop)))
@@ -99,6 +127,8 @@ def test_deleted_pod_comes_back_with_its_identity_under_load(web: str, forward: 
     pod = next(p for p in replica_pods(web) if p["metadata"]["name"] == "web-server-2")
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["SERVER_ID"] == "Server 2" and pod["metadata"]["annotations"]["ringlb.io/identity"] == "Server 2"
+    keys_after = key_maps(web)
+    assert keys_after == keys_before  # same pods, same map: the new pod took its identity's keys back
     after = load(forward.url, 1500, seconds=60)
     assert after.per_server["Server 2"] > 0 and after.failures == []
     events = kubectl("-n", web, "get", "events", "--field-selector", "involvedObject.kind=ReplicaSet", "-o", "json").stdout

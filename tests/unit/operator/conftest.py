@@ -27,6 +27,7 @@ class FakeKube:
         self.fail: dict[tuple[str, str], int] = {}  # (verb, kind) -> HTTP status to raise
         self.deletes: list[tuple[str, str, str, int | None]] = []  # (kind, name, uid precondition, grace)
         self.incarnations: dict[tuple[str, str, str], int] = {}
+        self.lists: list[str] = []  # label selectors of list_pods calls
         self.graceful_at = ""  # set: a graceful pod delete leaves the pod Terminating until then
 
     def _check(self, verb: str, kind: str) -> None:
@@ -99,6 +100,20 @@ class FakeKube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._check("patch_status", c.KIND)
         self.status_patches.append(copy.deepcopy(dict(status)))
+
+    def list_pods(self, namespace: str, selector: str) -> list[K8sObject]:
+        """Every matching pod Running and Ready on node "w1", as views() shows them."""
+        self._check("list", "Pod")
+        self.lists.append(selector)
+        wanted = dict(term.split("=", 1) for term in selector.split(","))
+        out = []
+        for n, name in enumerate(self.pods(), start=1):
+            body = copy.deepcopy(self.objects[("Pod", namespace, name)])
+            labels = body["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in wanted.items()):
+                body.setdefault("spec", {})["nodeName"] = "w1"
+                out.append(running(body, f"10.0.0.{n}"))
+        return out
 
     def pods(self) -> list[str]:
         return sorted(name for (kind, _, name) in self.objects if kind == "Pod")

@@ -54,3 +54,10 @@ def test_force_delete_is_grace_period_zero_with_the_uid_precondition() -> None:
     assert body == {"preconditions": {"uid": "u1"}, "gracePeriodSeconds": 0}
     [(_, _, _, plain)] = requests_made(lambda k: k.delete("Pod", "ns", "p"))
     assert plain is None  # no precondition, the pod's own grace period
+
+
+def test_list_pods_reads_the_api_with_the_label_selector() -> None:
+    out: list[Any] = []
+    [(method, url, _, body)] = requests_made(lambda k: out.append(k.list_pods("ns", "a=b,c=d")))
+    assert method == "GET" and url.endswith("/api/v1/namespaces/ns/pods?labelSelector=a%3Db%2Cc%3Dd")
+    assert body is None and out == [[]]  # the reply {} holds no items

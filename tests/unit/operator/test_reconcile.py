@@ -7,9 +7,12 @@ import copy
 import json
 from typing import Any
 
+import pytest
+
 from ringlb_operator import children, desired, spec
 from ringlb_operator import constants as c
 from ringlb_operator.desired import PushState
+from ringlb_operator.kube import KubeError
 from ringlb_operator.observe import PodView, pod_view
 from ringlb_operator.reconcile import derive_token, reconcile_once
 
@@ -136,6 +139,51 @@ def test_deleted_pod_is_recreated_with_same_identity(kube: FakeKube) -> None:
     recreated = kube.objects[("Pod", "ns", "web-server-2")]
     assert recreated["metadata"]["annotations"][c.ANNOTATION_IDENTITY] == "Server 2"
     assert [e.reason for e in out.events if e.reason != c.Reason.PUSHED] == [c.Reason.REPLACED]
+
+
+def test_an_index_that_lost_the_pods_is_confirmed_against_the_api(kube: FakeKube) -> None:
+    """A standby promoted while it shuts down can run a pass before its pod watch listed
+    anything: the ring must not lose its members to an empty cache (a CI run published an empty
+    ring that way, and every balancer pod went unready)."""
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    pusher = FakePusher()
+    st = converge(kube, res, pusher, balancers)
+    document = copy.deepcopy(pusher.documents[-1])
+    patches = len(kube.status_patches)
+    out = reconcile_once(kube, pusher, res, balancers, LATER)  # the index holds no replica pod
+    assert kube.lists == ["app.kubernetes.io/component=replica,ringlb.io/resource=web"]
+    assert out.status["ringRevision"] == st["ringRevision"] and out.status["readyReplicas"] == 3
+    assert len(kube.status_patches) == patches and pusher.documents[-1] == document
+    assert kube.count("create", "Pod") == 3 and not out.events  # nothing recreated, nothing reported
+
+
+def test_a_pod_really_gone_leaves_the_ring_after_one_look(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    pusher = FakePusher()
+    converge(kube, res, pusher, balancers)
+    kube.delete("Pod", "ns", "web-server-3")  # gone from the API, not only from the index
+    out = reconcile_once(kube, pusher, res, views(kube) + balancers, LATER)
+    assert len(kube.lists) == 1
+    assert [m["name"] for m in pusher.documents[-1]["members"]] == ["Server 1", "Server 2"]
+    assert "web-server-3" in kube.pods()  # recreated in the same pass
+    res["status"] = out.status
+    reconcile_once(kube, pusher, res, views(kube) + balancers, LATER)
+    assert len(kube.lists) == 1  # the index holds every listed pod again: no second look
+    assert [m["name"] for m in pusher.documents[-1]["members"]] == ["Server 1", "Server 2", "Server 3"]
+
+
+def test_an_unconfirmed_loss_publishes_nothing(kube: FakeKube) -> None:
+    res = resource()
+    balancers = [balancer_pod("b-1", "10.1.0.1")]
+    pusher = FakePusher()
+    converge(kube, res, pusher, balancers)
+    pushed, patches = len(pusher.documents), len(kube.status_patches)
+    kube.fail[("list", "Pod")] = 503
+    with pytest.raises(KubeError):  # the daemon backs off and tries again
+        reconcile_once(kube, pusher, res, balancers, LATER)
+    assert len(pusher.documents) == pushed and len(kube.status_patches) == patches
 
 
 def test_pod_already_shown_gone_while_terminating_is_still_a_replacement(kube: FakeKube) -> None:
