@@ -41,8 +41,14 @@ test: venv ## unit + integration tests (no cluster), under 5 minutes
 unit: venv ## unit tests only
 	$(PY) -m pytest -q tests/unit
 
+# E2E_MARKS narrows the suite (local-e2e: "not multinode"); E2E_JOBS tests run at once, each in
+# a namespace of its own; the tests marked exclusive (operator scaled or killed, a node drained
+# or stopped) then run one by one. Exit status 5 is pytest's "nothing selected" (a -k in E2E_ARGS).
+E2E_MARKS ?= e2e
+E2E_JOBS ?= 2
 e2e: venv ## end-to-end suite against the current kube-context
-	$(PY) -m pytest -q -p no:randomly tests/e2e $(E2E_ARGS)
+	$(PY) -m pytest -q -p no:randomly -n $(E2E_JOBS) -m '($(E2E_MARKS)) and not exclusive' tests/e2e $(E2E_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -p no:randomly -m '($(E2E_MARKS)) and exclusive' tests/e2e $(E2E_ARGS) || [ $$? -eq 5 ]
 
 bench: venv ## ringlb vs nginx and HAProxy: replica table + CPU overhead table (installs tools if missing)
 	$(PY) scripts/bench.py $(ARGS)
@@ -117,7 +123,7 @@ local-images: ## build the images on a debootstrapped base and load them into lo
 local-e2e: venv ## local-up, images, deploy, e2e (all but the multi-node tests), local-down (down even when e2e fails)
 	scripts/local-cluster.sh up
 	export KUBECONFIG=$$(scripts/local-cluster.sh kubeconfig) PATH=$$(scripts/local-cluster.sh bin-dir):$$PATH; \
-	status=0; { $(MAKE) local-images && $(MAKE) deploy && $(MAKE) e2e E2E_ARGS='-m "not multinode"'; } || status=$$?; \
+	status=0; { $(MAKE) local-images && $(MAKE) deploy && $(MAKE) e2e E2E_MARKS='not multinode'; } || status=$$?; \
 	if [ $$status -ne 0 ]; then scripts/local-cluster.sh diagnose || true; fi; \
 	scripts/local-cluster.sh down; exit $$status
 

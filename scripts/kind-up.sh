@@ -62,7 +62,11 @@ cmd_up() {
   local base="${BASE_IMAGE:-python:3.11-slim}"
   [[ $base == "$LOCAL_BASE" ]] && "$ROOT/scripts/base-image.sh"
   BASE_IMAGE="$base" "$ROOT/scripts/images.sh" "$@"
-  "$KIND" load docker-image --name "$CLUSTER" "$@"
+  # Only where ringlb's pods can run: on a multi-node cluster kind keeps the control plane's
+  # NoSchedule taint (a single-node cluster has no other node, and gets them all).
+  local workers
+  workers="$(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{.items[*].metadata.name}')"
+  "$KIND" load docker-image --name "$CLUSTER" ${workers:+--nodes "${workers// /,}"} "$@"
   make -C "$ROOT" --no-print-directory deploy   # CRDs, RBAC, operator; waits for its rollout
   kubectl get nodes -o wide
   log "up in $((SECONDS - t0))s (context kind-$CLUSTER; PATH=$BIN_DIR:\$PATH for the kubectl used here)"

@@ -118,6 +118,9 @@ OPERATOR_COMPONENT = "operator"
 METRICS_PORT = int(os.environ.get("RINGLB_OPERATOR_METRICS_PORT", "8081"))
 SCRAPE_NAMESPACE_LABEL = f"{GROUP}/scrape"  # namespaces labelled "true" may scrape balancer /metrics
 PEERING_NAME = "ringlb"
+# A killed active operator pod is taken over once its peering record is this old (kopf: 60 s);
+# the active pod refreshes it every 20-25 s.
+PEERING_LIFETIME = 30
 MAX_RESOURCE_NAME = 40  # leaves room for "-balancer" and "-<identity>" within 63 characters
 RESOURCE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # DNS-1035: Services need a leading letter
 

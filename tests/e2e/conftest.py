@@ -122,14 +122,19 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 
 
 def wait_ready(namespace: str, replicas: int, name: str = "web") -> dict[str, Any]:
-    """The resource once Ready with ``replicas`` members at the generation last written."""
+    """The resource once Ready with ``replicas`` members at the generation last written, and
+    every balancer pod Ready and holding the ring (Ready needs only one: a test that goes on
+    through each balancer pod must not start while the second one is still coming up)."""
 
     def check() -> dict[str, Any] | None:
         obj = resource(namespace, name)
         st = obj.get("status", {})
+        balancer = st.get("balancer") or {}
         ok = (
             condition(obj, "Ready").get("status") == "True"
             and st.get("readyReplicas") == replicas
+            and balancer.get("replicas", 0) >= 1
+            and balancer.get("replicas") == balancer.get("readyReplicas") == balancer.get("acknowledged")
             and st.get("observedGeneration") == obj["metadata"]["generation"]
             and len([p for p in replica_pods(namespace, name) if pod_ready(p)]) == replicas
         )

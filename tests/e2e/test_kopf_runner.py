@@ -91,6 +91,7 @@ def _restored(what: str, done: Callable[[], bool]) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.exclusive
 @pytest.mark.usefixtures("_pushes_through_port_forwards")
 def test_operator_in_process_with_kopf_runner(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from kopf.testing import KopfRunner

@@ -111,6 +111,7 @@ def test_balancer_pods_are_spread_over_both_workers(web: str) -> None:
     assert len(set(placed.values())) >= 2, f"balancer pods share one node: {placed}"
 
 
+@pytest.mark.exclusive
 def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, str]) -> None:
     namespace, url = web_nodeport
     # the worker holding the most of this resource's pods
@@ -146,6 +147,7 @@ def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, 
     assert target not in moved.values()
 
 
+@pytest.mark.exclusive
 def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) -> None:
     """A worker container stopped (`docker stop`): what the resource's status says, and how long
     until every identity it held serves again on the other worker."""

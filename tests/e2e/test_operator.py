@@ -52,10 +52,10 @@ def test_sample_becomes_ready_and_spreads_traffic(web: str, forward: PortForward
     assert table[0].split() == ["NAME", "DESIRED", "READY", "STRATEGY", "REVISION", "AGE"]
     assert table[1].split()[:5] == ["web", "3", "3", "maglev", str(st["ringRevision"])]
     assert rep(forward.url) == SERVERS
-    result = load(forward.url, 10_000, threads=32, seconds=180)
-    assert result.failures == [] and result.sent == 10_000, result.failures[:5]
+    result = load(forward.url, 3000, threads=16, seconds=180)
+    assert result.failures == [] and result.sent == 3000, result.failures[:5]
     assert set(result.per_server) == set(SERVERS)
-    assert min(result.per_server.values()) > 10_000 * 0.15, result.per_server  # maglev is even
+    assert min(result.per_server.values()) > 3000 * 0.15, result.per_server  # maglev is even
 
 
 def test_kubectl_scale_up_and_down(web: str, forward: PortForward) -> None:
@@ -105,7 +105,7 @@ def test_deleted_pod_comes_back_with_its_identity_and_keys_under_load(web: str, 
     assert first == second and set(first.values()) == set(SERVERS)  # every balancer pod, one map
     stop = threading.Event()
     outcome: dict[str, object] = {}
-    loader = threading.Thread(target=lambda: outcome.update(result=load(forward.url, 40_000, threads=16, seconds=150, stop=stop)))
+    loader = threading.Thread(target=lambda: outcome.update(result=load(forward.url, 40_000, threads=8, seconds=150, stop=stop)))
     loader.start()
     try:
         time.sleep(3)
@@ -168,6 +168,7 @@ def test_add_and_rm_through_the_balancer(web: str, forward: PortForward) -> None
     wait_for("pod web-s5 gone", lambda: "web-s5" not in identities(web), timeout=120)
 
 
+@pytest.mark.exclusive
 def test_operator_restart_mid_change_converges_without_duplicates(web: str) -> None:
     revision = resource(web)["status"]["ringRevision"]
     kubectl("-n", web, "scale", "lbrs/web", "--replicas=6")
@@ -284,6 +285,7 @@ def test_membership_cannot_be_hijacked_with_the_add_token(web: str, forward: Por
     assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == [5000, 5001]
 
 
+@pytest.mark.exclusive
 def test_a_balancer_pod_replaced_while_the_operator_is_down_is_ready_with_the_ring(web: str) -> None:
     revision = resource(web)["status"]["ringRevision"]
     snapshot = kubectl_json("-n", web, "get", "configmap", "web-membership")
@@ -325,6 +327,7 @@ def _active_operator() -> str | None:
     return max(peers, key=lambda k: peers[k]["priority"]) if len(peers) >= 2 else None
 
 
+@pytest.mark.exclusive
 def test_standby_takes_over_when_the_active_operator_is_killed(web: str) -> None:
     active = wait_for("two operator pods in the peering", _active_operator, timeout=180)
     kubectl("-n", OPERATOR_NS, "delete", "pod", active, "--grace-period=0", "--force", "--wait=false")
@@ -333,7 +336,7 @@ def test_standby_takes_over_when_the_active_operator_is_killed(web: str) -> None
     wait_ready(web, 4)
     took = time.monotonic() - started
     print(f"scale converged {took:.1f}s after the active operator pod was killed")
-    assert took < 60 + 60  # the dead peer's record expires after its 60 s lifetime
+    assert took < 30 + 60  # the dead peer's record expires after its 30 s lifetime (PEERING_LIFETIME)
     wait_for(
         "the operator Deployment whole again",
         lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,

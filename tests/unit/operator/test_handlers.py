@@ -23,6 +23,7 @@ def test_configure_sets_annotations_storage_and_peering(kube: FakeKube, monkeypa
     handlers.configure(settings, memo, kube=kube)
     assert settings.peering.name == "ringlb" and 1 <= settings.peering.priority <= 32767
     assert settings.peering.mandatory  # a new operator pod waits until it is the chosen one
+    assert settings.peering.lifetime == 30  # a killed active pod is taken over after 30 s, not 60
     assert settings.persistence.finalizer == "ringlb.io/daemon"
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
     assert memo.kube is kube and memo.wakeups == {}

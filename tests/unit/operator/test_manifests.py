@@ -361,6 +361,9 @@ def test_dockerfiles(component: str) -> None:
     assert "ARG BASE_IMAGE=python:3.11-slim" in text and "FROM ${BASE_IMAGE}" in text
     assert "python3 -m venv /opt/venv" in text and "/usr/local/bin/pip" not in text
     assert re.search(r"^USER \d+:\d+$", text, re.M)
+    # Dependencies are a cached layer of their own: installed before any source is copied.
+    assert text.index("COPY pyproject.toml constraints.txt ./") < text.index("-r requirements.txt") < text.index("COPY ring ring")
+    assert "--no-deps" in text[text.index("COPY ring ring") :]
     assert "latest" not in text
     if component != "operator":
         assert "gunicorn" in text and "5000" in text
