@@ -34,13 +34,14 @@ tools() {
   else KIND="$("$ROOT/scripts/kind-build.sh")"        # built here from hack/kind (cached)
   fi
   [[ $KIND == "$BIN_DIR/kind" ]] || ln -sf "$KIND" "$BIN_DIR/kind"
-  local kubectl_built
-  kubectl_built="$("$ROOT/scripts/k8s-build.sh" --print-dirs | head -1)/kubectl"
+  local dirs kubectl_built
+  dirs="$("$ROOT/scripts/k8s-build.sh" --print-dirs)"  # not piped into head: SIGPIPE under pipefail
+  kubectl_built="${dirs%%$'\n'*}/kubectl"
   [[ -x $kubectl_built ]] && ln -sf "$kubectl_built" "$BIN_DIR/kubectl"
   export PATH="$BIN_DIR:$PATH"
 }
 
-cluster_exists() { "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; }
+cluster_exists() { "$KIND" get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; }
 
 cmd_up() {
   (($#)) || die "usage: $0 up IMG..."
@@ -82,6 +83,7 @@ cmd_down() {
 
 cmd_diagnose() {
   tools
+  if ! docker info >/dev/null 2>&1 || ! cluster_exists; then log "no cluster $CLUSTER to diagnose"; return 0; fi
   kubectl get nodes -o wide 2>&1 || true
   kubectl get lbrs,pods,deploy,svc,pdb -A -o wide 2>&1 || true
   kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -40 || true
