@@ -177,6 +177,15 @@ def operator_pods() -> list[dict[str, Any]]:
             if not p["metadata"].get("deletionTimestamp")]
 
 
+def active_operator() -> str | None:
+    """The operator pod that works: of the live pods in the peering, the highest priority (None
+    until two are there, so that a test of a hand-over has a standby to hand over to)."""
+    peering = kubectl_json("get", "clusterkopfpeering", "ringlb")
+    live = {p["metadata"]["name"] for p in operator_pods()}
+    peers = {k: v for k, v in (peering.get("status") or {}).items() if k in live}
+    return max(peers, key=lambda k: peers[k]["priority"]) if len(peers) >= 2 else None
+
+
 def scale_operator(replicas: int, timeout: float = 180) -> None:
     kubectl("-n", OPERATOR_NS, "scale", "deployment/ringlb-operator", f"--replicas={replicas}")
     if replicas == 0:

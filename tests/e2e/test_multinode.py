@@ -13,12 +13,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
 
 from .conftest import (
+    OPERATOR_NS,
+    active_operator,
     apply,
     balancer_pods,
     condition,
@@ -35,8 +38,8 @@ from .conftest import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.multinode]
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
-# A stopped node turns NotReady after ~40 s; its pods are evicted after their 300 s
-# not-ready/unreachable tolerations unless the operator acts sooner.
+# A stopped node turns NotReady after ~40 s; ringlb's pods on it are replaced after their 30 s
+# not-ready/unreachable tolerations (unreachableNodeSeconds).
 RECOVERY_TIMEOUT = 420.0
 
 
@@ -192,3 +195,37 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
     print(json.dumps(dict(result.per_server)))
     assert not result.failures, f"requests failed after recovery: {result.failures[:5]}"
     assert len(result.per_server) == 3
+
+
+@pytest.mark.exclusive
+def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web: str) -> None:
+    """The active operator process frozen (SIGSTOP through its node's container runtime): it
+    neither works nor removes its peering record, so the standby takes over only when the record
+    expires (PEERING_LIFETIME, 30 s after its last refresh); a scale made meanwhile converges
+    while the frozen process is still frozen and not yet restarted by its liveness probe."""
+    active = wait_for("two operator pods in the peering", active_operator, timeout=180)
+    pod = kubectl_json("-n", OPERATOR_NS, "get", "pod", active)
+    node, status = pod["spec"]["nodeName"], pod["status"]["containerStatuses"][0]
+    container = status["containerID"].split("://", 1)[1]
+    inspect = subprocess.run(["docker", "exec", node, "crictl", "inspect", container], capture_output=True, text=True, timeout=30, check=True)
+    pid = str(json.loads(inspect.stdout)["info"]["pid"])
+    record = kubectl_json("get", "clusterkopfpeering", "ringlb")["status"][active]
+    subprocess.run(["docker", "exec", node, "kill", "-STOP", pid], check=True, capture_output=True, timeout=30)
+    frozen = time.monotonic()
+    deadline = datetime.fromisoformat(record["lastseen"]) + timedelta(seconds=record["lifetime"])
+    expires_in = (deadline - datetime.now(UTC)).total_seconds()
+    try:
+        kubectl("-n", web, "scale", "lbrs/web", "--replicas=4")
+        wait_ready(web, 4)
+        took = time.monotonic() - frozen
+        restarts = kubectl_json("-n", OPERATOR_NS, "get", "pod", active)["status"]["containerStatuses"][0]["restartCount"]
+    finally:
+        subprocess.run(["docker", "exec", node, "kill", "-CONT", pid], capture_output=True, timeout=30)
+    print(f"{active} frozen on {node}, its peering record due to expire in {expires_in:.0f}s; the scale converged after {took:.1f}s")
+    assert restarts == status["restartCount"], "the frozen operator was restarted first: the standby did not take over"
+    assert took < max(expires_in, 0) + 60, f"took {took:.0f}s; the record expired after {expires_in:.0f}s"
+    wait_for(
+        "the operator Deployment whole again",
+        lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+        timeout=180,
+    )

@@ -320,30 +320,6 @@ def test_a_balancer_pod_replaced_while_the_operator_is_down_is_ready_with_the_ri
     assert resource(web)["status"]["ringRevision"] == revision  # the operator found nothing to change
 
 
-def _active_operator() -> str | None:
-    peering = kubectl_json("get", "clusterkopfpeering", "ringlb")
-    live = {p["metadata"]["name"] for p in operator_pods()}
-    peers = {k: v for k, v in (peering.get("status") or {}).items() if k in live}
-    return max(peers, key=lambda k: peers[k]["priority"]) if len(peers) >= 2 else None
-
-
-@pytest.mark.exclusive
-def test_standby_takes_over_when_the_active_operator_is_killed(web: str) -> None:
-    active = wait_for("two operator pods in the peering", _active_operator, timeout=180)
-    kubectl("-n", OPERATOR_NS, "delete", "pod", active, "--grace-period=0", "--force", "--wait=false")
-    started = time.monotonic()
-    kubectl("-n", web, "scale", "lbrs/web", "--replicas=4")
-    wait_ready(web, 4)
-    took = time.monotonic() - started
-    print(f"scale converged {took:.1f}s after the active operator pod was killed")
-    assert took < 30 + 60  # the dead peer's record expires after its 30 s lifetime (PEERING_LIFETIME)
-    wait_for(
-        "the operator Deployment whole again",
-        lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
-        timeout=180,
-    )
-
-
 def test_status_page_on_the_admin_port(web: str, forward: PortForward) -> None:
     # As docs/operator.md tells a user: port-forward to a balancer pod's admin port, open /status.
     pod = next(p["metadata"]["name"] for p in balancer_pods(web) if pod_ready(p))
