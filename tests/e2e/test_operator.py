@@ -19,7 +19,6 @@ from .conftest import (
     kubectl,
     kubectl_json,
     load,
-    operator_pods,
     pod_ready,
     rep,
     replica_pods,

@@ -155,7 +155,7 @@ def test_killed_replica_costs_no_retriable_get_and_comes_back(local: LocalMode) 
     A GET is retried until its answer begins. One whose answer the replica had begun when it
     died (gunicorn writes the head and the body apart) is cut: no proxy can replay an answer the
     client already holds part of, and requests reports it as ChunkedEncodingError. That needs the
-    kill to land between two writes: rare alone, about once per run on a loaded machine."""
+    kill to land between two writes: rare (seen once, with a cluster starting beside the run)."""
     membership = local.membership()
     victim = membership["members"][1]
     port = int(victim["address"].rsplit(":", 1)[1])
