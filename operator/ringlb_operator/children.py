@@ -79,6 +79,19 @@ def selector_string(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+def spread_over_nodes(selector: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A soft spread by hostname: a constraint the scheduler can always meet, so a cluster with
+    fewer nodes than pods still runs them all."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(selector)},
+        }
+    ]
+
+
 def labels(owner: str, component: str) -> dict[str, str]:
     return {
         c.LABEL_NAME: c.APP_NAME,
@@ -241,14 +254,7 @@ def replica_pod(owner: Owner, spec: Spec, identity: str) -> K8sObject:
     if not template.affinity:
         # Spread over nodes, softly (as the balancer pods): a lost node then takes as few
         # identities as the nodes allow, not all of them. After hashing too, for the same reason.
-        pod_spec["topologySpreadConstraints"] = [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": replica_selector(owner.name)},
-            }
-        ]
+        pod_spec["topologySpreadConstraints"] = spread_over_nodes(replica_selector(owner.name))
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -400,14 +406,7 @@ def deployment(owner: Owner, spec: Spec) -> K8sObject:
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": termination_grace(b.drain_seconds),
         "securityContext": copy.deepcopy(POD_SECURITY),
-        "topologySpreadConstraints": [
-            {
-                "maxSkew": 1,
-                "topologyKey": "kubernetes.io/hostname",
-                "whenUnsatisfiable": "ScheduleAnyway",
-                "labelSelector": {"matchLabels": dict(selector)},
-            }
-        ],
+        "topologySpreadConstraints": spread_over_nodes(selector),
         "containers": [container],
         "volumes": [
             copy.deepcopy(TMP_VOLUME),

@@ -87,7 +87,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, kube: Kube | Non
             settings.peering.name = os.environ.get("RINGLB_PEERING", c.PEERING_NAME)
         settings.peering.mandatory = True
         settings.peering.lifetime = c.PEERING_LIFETIME
-        settings.peering.stealth = True  # keep-alives every ~50 s would flood the log
+        settings.peering.stealth = True  # keep-alives every 20-25 s would flood the log
     if settings.peering.priority == 0:
         settings.peering.priority = int(os.environ.get("RINGLB_PRIORITY") or random.randint(1, 32767))
     memo.wakeups = {}

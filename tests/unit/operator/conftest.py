@@ -102,17 +102,27 @@ class FakeKube:
         self.status_patches.append(copy.deepcopy(dict(status)))
 
     def list_pods(self, namespace: str, selector: str) -> list[K8sObject]:
-        """Every matching pod Running and Ready on node "w1", as views() shows them."""
+        """Every matching pod as views() shows them by default: Running and Ready on "w1"."""
         self._check("list", "Pod")
         self.lists.append(selector)
         wanted = dict(term.split("=", 1) for term in selector.split(","))
+        return [
+            body
+            for body in self.running_pods()
+            if body["metadata"]["namespace"] == namespace
+            and all((body["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
+
+    def running_pods(self, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()) -> list[K8sObject]:
+        """Every pod Running (and Ready), IPs 10.0.0.<n>; ``nodes`` places pods (pod name → node
+        name, default "w1"); pods on a node in ``lost`` are not Ready (what the node lifecycle
+        controller sets)."""
         out = []
-        for n, name in enumerate(self.pods(), start=1):
-            body = copy.deepcopy(self.objects[("Pod", namespace, name)])
-            labels = body["metadata"].get("labels") or {}
-            if all(labels.get(k) == v for k, v in wanted.items()):
-                body.setdefault("spec", {})["nodeName"] = "w1"
-                out.append(running(body, f"10.0.0.{n}"))
+        for n, key in enumerate(sorted(k for k in self.objects if k[0] == "Pod"), start=1):
+            body = copy.deepcopy(self.objects[key])
+            node = (nodes or {}).get(key[2], "w1")
+            body.setdefault("spec", {})["nodeName"] = node
+            out.append(running(body, f"10.0.0.{n}", ready and node not in lost))
         return out
 
     def pods(self) -> list[str]:
@@ -180,13 +190,5 @@ def kube() -> FakeKube:
 
 
 def views(kube: FakeKube, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()) -> list[PodView]:
-    """Every replica pod in the fake as Running (and Ready), IPs 10.0.0.<n>; ``nodes`` places pods
-    (pod name → node name, default "w1"); pods on a node in ``lost`` are not Ready (what the node
-    lifecycle controller sets)."""
-    out = []
-    for n, name in enumerate(kube.pods(), start=1):
-        body = copy.deepcopy(kube.objects[("Pod", OWNER.namespace, name)])
-        node = (nodes or {}).get(name, "w1")
-        body.setdefault("spec", {})["nodeName"] = node
-        out.append(pod_view(running(body, f"10.0.0.{n}", ready and node not in lost)))
-    return out
+    """The pods in the fake as the operator's index would hold them (see FakeKube.running_pods)."""
+    return [pod_view(body) for body in kube.running_pods(ready, nodes, lost)]
