@@ -118,8 +118,15 @@ class Control:
         self.history = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlb-history")
         self.scale_lock = asyncio.Lock()  # scale calls of one worker take turns: fewer conflicts
         self.publish_lock = asyncio.Lock()
-        self.draining = False
         self.status_hooks: dict[str, Callable[[Request], Reply]] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self.store.shared.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.store.shared.draining = value
 
     async def handle(self, exchange: "Exchange") -> None:
         """Answer one control exchange; never raises into the event loop."""

@@ -61,7 +61,6 @@ class Engine:
         self.counters = Counters(shared.dir)
         self.clients: dict[ClientConnection, None] = {}  # insertion order = age, for shedding
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.serving = True
         self.via = f"1.1 ringlb-{instance}".encode()
         self.via_marker = f"ringlb-{instance}".encode()
         self.control_paths: frozenset[bytes] = frozenset()
@@ -75,6 +74,15 @@ class Engine:
         self.health = shared.map
         self.active = self._build(store.current(), None)
         self._adopt_key()
+
+    @property
+    def serving(self) -> bool:
+        """False once any worker of this balancer began draining (``SharedState.draining``)."""
+        return not self.shared.draining
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        self.shared.draining = not value
 
     # -- membership ---------------------------------------------------------------------
     def current(self) -> Active:

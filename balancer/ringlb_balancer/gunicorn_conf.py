@@ -45,6 +45,7 @@ def when_ready(server: Any) -> None:
 
     settings = Settings.from_env()
     store = RoutingStore(SharedState(settings.state_dir), settings.snapshot)
+    store.shared.draining = False  # a state dir reused from a balancer that drained and exited
     if store.follow_snapshot():
         server.log.info("membership snapshot revision %d in force", store.shared.revision)
     _checker = HealthChecker(settings, store)

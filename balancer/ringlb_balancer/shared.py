@@ -23,6 +23,7 @@ from ringlb_ring.naming import MAX_REPLICAS
 MAX_WORKERS = 32
 _REVISION = struct.Struct("<Q")
 _PID = struct.Struct("<i")
+_DRAINING_AT = 8
 _HEALTH_AT = HEALTH_AT = 64
 _PIDS_AT = _HEALTH_AT + MAX_REPLICAS
 _INFLIGHT_AT = _PIDS_AT + 4 * MAX_WORKERS
@@ -78,6 +79,17 @@ class SharedState:
     @revision.setter
     def revision(self, value: int) -> None:
         _REVISION.pack_into(self.map, 0, value)
+
+    @property
+    def draining(self) -> bool:
+        """Set by the first worker that receives SIGTERM, read by all: once any worker's
+        ``/readyz`` says 503, every worker ends each connection after its answer, including a
+        sibling whose own SIGTERM has not been handled yet (a busy or descheduled loop)."""
+        return self.map[_DRAINING_AT] != 0
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.map[_DRAINING_AT] = 1 if value else 0
 
     def ejected(self, index: int) -> bool:
         return self.map[_HEALTH_AT + index] != HEALTHY

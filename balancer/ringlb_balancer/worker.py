@@ -66,11 +66,11 @@ class ProxyWorker(Worker):
         self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
 
     def _drain(self) -> None:
-        # Flipped here, not at the serving loop's next turn: with several workers, one that
-        # flipped late would still answer keep-alive after a sibling's /readyz said 503.
+        # Flipped here, not at the serving loop's next turn, and in the shared map: with several
+        # workers, one whose loop is busy when its own SIGTERM arrives would otherwise still
+        # answer keep-alive after a sibling's /readyz said 503.
         self.draining = True
         self.control.draining = True
-        self.engine.serving = False
 
     def _stop(self) -> None:
         self.alive = False
@@ -115,6 +115,7 @@ class ProxyWorker(Worker):
             self.notify()
             if self.ppid != os.getppid():
                 break
+            self.draining = self.draining or self.control.draining  # a sibling began first
             if self.draining and drain_until is None:
                 # Endpoints still send here for a while: serve, but end each connection after its
                 # answer (``_drain``), so clients reconnect to a pod that stays instead of racing

@@ -13,10 +13,12 @@ import requests
 
 from tests.backends import MainBackend
 from tests.support.balancer import Balancer
+from tests.support.net import wait_until
 
 pytestmark = pytest.mark.integration
 
-DRAIN = 2.0
+DRAIN = 6.0  # long enough that a few requests fit in the window on a loaded machine
+ANSWERS_IN_WINDOW = 3
 
 
 @pytest.fixture
@@ -36,18 +38,13 @@ def test_sigterm_turns_readyz_503_keeps_serving_then_exits(tmp_path: Path, backe
 
         sent = time.monotonic()
         balancer.process.send_signal(signal.SIGTERM)
-        deadline = sent + 1.0
-        while session.get(f"{balancer.admin_url}/readyz", timeout=5).status_code != 503:
-            assert time.monotonic() < deadline, "/readyz still 200 a second after SIGTERM"
-            time.sleep(0.05)
-        # Within the drain window requests are still answered, and each connection ends after
-        # its answer, so a client moves on to a pod that stays.
-        served = 0
-        while time.monotonic() < sent + DRAIN - 0.5:
+        wait_until(lambda: session.get(f"{balancer.admin_url}/readyz", timeout=5).status_code == 503,
+                   30, what="/readyz 503 after SIGTERM")
+        # Within the drain window requests are still answered, by whichever worker takes them,
+        # and each connection ends after its answer, so a client moves on to a pod that stays.
+        for served in range(ANSWERS_IN_WINDOW):
             reply = requests.get(f"{balancer.url}/home", headers={"X-Request-ID": str(served)}, timeout=5)
             assert reply.status_code == 200 and reply.headers.get("Connection") == "close"
-            served += 1
-        assert served > 0
         balancer.process.wait(timeout=DRAIN + 20)
         assert time.monotonic() - sent >= DRAIN - 0.5  # it did not leave before the window
     finally:

@@ -655,6 +655,19 @@ def test_readyz_is_503_while_draining(state_dir):
     run(body())
 
 
+def test_one_worker_draining_makes_every_worker_say_so(state_dir):
+    """Workers share the flag: a sibling whose own SIGTERM is still queued answers 503 too."""
+
+    async def body():
+        first, sibling = make(state_dir), make(state_dir)
+        await push(first, 7, S3)
+        first.draining = True
+        assert sibling.draining
+        assert (await call(sibling, "GET", "/readyz")).status == 503
+
+    run(body())
+
+
 def write_snapshot(path, doc, mtime_ns: int) -> None:
     path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     os.utime(path, ns=(mtime_ns, mtime_ns))

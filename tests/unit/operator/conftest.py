@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -15,6 +17,15 @@ from ringlb_operator.kube import K8sObject, KubeError
 from ringlb_operator.observe import PodView, pod_view
 
 OWNER = Owner("web", "ns", "uid-web")
+DEADLINE = 60.0  # generous: passes run on threads, and CI builds a cluster beside these tests
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``predicate`` holds; fail naming ``what`` after DEADLINE s."""
+    deadline = time.monotonic() + DEADLINE
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} after {DEADLINE:g}s"
+        await asyncio.sleep(0.01)
 
 
 class FakeKube:

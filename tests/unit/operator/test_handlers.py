@@ -13,7 +13,7 @@ from ringlb_operator import handlers
 from ringlb_operator.children import replica_pod
 from ringlb_operator.spec import parse
 
-from .conftest import OWNER, FakeKube, resource, running, views
+from .conftest import DEADLINE, OWNER, FakeKube, resource, running, until, views
 
 
 def test_configure_sets_annotations_storage_and_peering(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,22 +105,17 @@ def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.M
         task = asyncio.create_task(
             handlers.run(stopped=stopped, body=body, namespace="ns", name="web", memo=memo, logger=_Log(), pods=LiveIndex(), pusher=Pusher())  # type: ignore[arg-type]
         )
-        for _ in range(500):  # up to 5 s: passes run on threads, the machine may be busy
-            await asyncio.sleep(0.01)
-            if kube.pods():
-                break
+        # A pass creates the pods one by one on a thread: wait for all three, not for the first.
+        await until(lambda: len(kube.pods()) == 3, "three replica pods")
         assert kube.pods() == ["web-server-1", "web-server-2", "web-server-3"]
         creates = kube.count("create", "Pod")
         body["spec"] = {"replicas": 4}
         handlers.wake(memo, "ns", "web")
-        for _ in range(500):  # up to 5 s: passes run on threads, the machine may be busy
-            await asyncio.sleep(0.01)
-            if len(kube.pods()) == 4:
-                break
+        await until(lambda: len(kube.pods()) == 4, "a fourth replica pod")
         assert len(kube.pods()) == 4 and kube.count("create", "Pod") == creates + 1
         stopped.event.set()
         handlers.wake(memo, "ns", "web")
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, DEADLINE)
         assert ("ns", "web") not in memo.wakeups
 
     asyncio.run(scenario())
@@ -139,10 +134,10 @@ def test_daemon_survives_api_errors(kube: FakeKube, monkeypatch: pytest.MonkeyPa
         task = asyncio.create_task(
             handlers.run(stopped=stopped, body=resource(), namespace="ns", name="web", memo=memo, logger=log, pods={}, pusher=Pusher())  # type: ignore[arg-type]
         )
-        await asyncio.sleep(0.1)
+        await until(lambda: any("retrying" in m for m in log.messages), "a logged retry")
         stopped.event.set()
         handlers.wake(memo, "ns", "web")
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, DEADLINE)
 
     asyncio.run(scenario())
     assert any("retrying" in m for m in log.messages)

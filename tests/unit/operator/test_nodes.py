@@ -17,7 +17,7 @@ from ringlb_operator.desired import DELETE, FORCE, KEEP, WAIT, PushState
 from ringlb_operator.observe import NodeView, PodView, node_view, pod_view
 from ringlb_operator.reconcile import DUE_MARGIN, reconcile_once
 
-from .conftest import OWNER, FakeKube, balancer_pod, resource, running, views
+from .conftest import DEADLINE, OWNER, FakeKube, balancer_pod, resource, running, until, views
 from .test_handlers import Pusher, Stopped, _Log
 from .test_reconcile import FakePusher, conditions
 
@@ -404,13 +404,11 @@ def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(kube: Fake
             handlers.run(stopped=stopped, body=res, namespace="ns", name="web", memo=memo, logger=_Log(),  # type: ignore[arg-type]
                          pods={("ns", "web"): pods}, pusher=Pusher(), nodes={"w2": [UNREACHABLE]})  # type: ignore[arg-type]
         )
-        for _ in range(500):  # the first pass says "due in 1.25 s"; the second force-deletes
-            await asyncio.sleep(0.01)
-            if kube.deletes:
-                break
+        # the first pass says "due in 1.25 s"; the second force-deletes
+        await until(lambda: bool(kube.deletes), "a force-delete")
         stopped.event.set()
         handlers.wake(memo, "ns", "web")
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, DEADLINE)
 
     asyncio.run(scenario())
     assert kube.deletes == [("Pod", "web-server-2", "uid-web-server-2", 0)] and calls[:2] == [at(29), at(31)]
