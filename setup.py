@@ -19,6 +19,9 @@ HOT_MODULES = [
     "balancer/ringlb_balancer/framing.py",
     "balancer/ringlb_balancer/engine.py",
     "balancer/ringlb_balancer/counters.py",
+    "balancer/ringlb_balancer/states.py",
+    "balancer/ringlb_balancer/flow.py",
+    "balancer/ringlb_balancer/tunnel.py",
 ]
 
 ext_modules = []

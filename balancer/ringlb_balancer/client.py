@@ -17,17 +17,15 @@ from typing import TYPE_CHECKING, Final
 
 import httptools
 
-from ringlb_balancer import framing
+from ringlb_balancer import framing, states
 from ringlb_balancer.exchange import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, Exchange
+from ringlb_balancer.flow import FlowControl
+from ringlb_balancer.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from ringlb_balancer.config import Settings
     from ringlb_balancer.engine import Engine
 
-# Connection states, as the housekeeping pass sees them.
-IDLE: Final = 0
-HEAD: Final = 1
-BODY: Final = 2
 MAX_QUEUED: Final = 4  # pipelined requests parsed ahead of the one being answered
 BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
 
@@ -40,22 +38,23 @@ class Reject(Exception):
         self.data = data
 
 
-class ClientConnection:
+class ClientConnection(FlowControl):
     """An asyncio protocol, duck-typed: without the ``asyncio.Protocol`` base, mypyc compiles it
-    as a native class whose fields are C struct members (see ``setup.py``)."""
+    as a native class whose fields are C struct members (see ``setup.py``). Its reading side is
+    the ``states.CLIENT`` machine; its answers are the exchanges in ``queue``, in request order."""
 
     __slots__ = (
-        "admin", "body_bytes", "body_since", "body_wire", "client_ip", "closing", "corked", "early",
-        "engine", "head_wire", "headers", "loop", "parser", "parsing", "queue", "read_paused", "since",
-        "state", "trailer_bytes", "transport", "tunnel", "url", "write_paused",
+        "admin", "body_bytes", "body_since", "body_wire", "client_ip", "corked", "early", "early_size",
+        "engine", "head_wire", "headers", "key_fields", "loop", "parser", "parsing", "queue", "requests",
+        "since", "state", "trailer_bytes", "tunnel", "url",
     )
 
     def __init__(self, engine: "Engine", admin: bool) -> None:
+        super().__init__()
         self.engine = engine
         self.admin = admin  # the admin listener: control endpoints only
         self.loop = engine.loop
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
         self.client_ip = b""
         self.queue: deque[Exchange] = deque()
         self.parsing: Exchange | None = None  # whose body is being received
@@ -63,17 +62,22 @@ class ClientConnection:
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_wire = 0  # bytes received since the current head began
         self.body_wire = 0  # bytes received since the current body began, framing included
-        self.state = IDLE
+        self.state = states.C_IDLE
         self.since = engine.now  # start of the head, or of idleness
         self.body_since = 0.0
         self.body_bytes = 0
         self.trailer_bytes = 0
-        self.closing = False
-        self.read_paused = False
-        self.write_paused = False
+        self.requests = 0  # heads parsed on this connection
         self.corked: list[bytes] | None = None
-        self.tunnel: asyncio.Transport | None = None  # the replica side, once upgraded
+        self.tunnel: Tunnel | None = None  # once the replica said 101
         self.early: list[bytes] = []  # bytes after an Upgrade head, before the replica's 101
+        self.early_size = 0
+
+    def move(self, event: int) -> None:
+        self.state = states.move(states.CLIENT, self.state, event)
+
+    def clock(self) -> float:
+        return self.engine.now
 
     # -- connection ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,45 +87,45 @@ class ClientConnection:
         self.engine.accepted(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closing = True
+        self.closed = True
+        self.state = states.C_CLOSED
         self.engine.clients.pop(self, None)
         if self.tunnel is not None:
-            self.tunnel.close()
+            self.tunnel.end()
         for exchange in self.queue:
             exchange.client_gone()
         self.queue.clear()
 
     def eof_received(self) -> bool:
         # A half-closed client still gets its answers; the connection closes after them.
-        if self.parsing is not None and self.state == BODY:
-            self.close()  # the body can never complete
+        tunnel = self.tunnel
+        if tunnel is not None:
+            return tunnel.eof_from_client()
+        if self.state == states.C_BODY or self.state == states.C_UPGRADE:
+            self.close()  # the body can never complete; the upgrade has no one left to talk to
             return False
-        if self.tunnel is not None:  # pass the half-close on; the replica may still answer
-            if self.tunnel.can_write_eof():
-                self.tunnel.write_eof()
-            else:
-                self.tunnel.close()
-            return True
         if not self.queue:
             return False
         for exchange in self.queue:
             exchange.keep_alive = False
         return True
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.queue:
+    def writes_paused(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_congested(True)
+        elif self.queue:
             self.queue[0].client_congested(True)
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.queue:
+    def writes_resumed(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_congested(False)
+        elif self.queue:
             self.queue[0].client_congested(False)
 
     def write(self, data: bytes) -> None:
         if self.corked is not None:
             self.corked.append(data)
-        elif not self.closing:
+        elif not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def cork(self) -> None:
@@ -132,54 +136,50 @@ class ClientConnection:
 
     def uncork(self) -> None:
         corked, self.corked = self.corked, None
-        if corked and not self.closing:
+        if corked and not self.closed:
             self.transport.write(b"".join(corked) if len(corked) > 1 else corked[0])  # type: ignore[union-attr]
 
     def close(self) -> None:
-        if not self.closing:
+        if not self.closed:
             self.uncork()
-            self.closing = True
+            self.closed = True
+            self.state = states.C_CLOSED
             self.transport.close()  # type: ignore[union-attr]
+            self.engine.clients.pop(self, None)  # the slot is free now, not when the loop says so
 
     def abort(self) -> None:
         """End the connection with a reset: an answer cut short must not look complete."""
         self.corked = None
-        self.closing = True
+        self.closed = True
+        self.state = states.C_CLOSED
         self.transport.abort()  # type: ignore[union-attr]
+        self.engine.clients.pop(self, None)
 
     def maybe_resume(self) -> None:
-        """Read again unless a bound still says no: queued requests, or answers not drained."""
-        if len(self.queue) <= MAX_QUEUED and not self.write_paused and not self.closing:
+        """Read again unless a bound still says no: queued requests, answers not drained, or
+        early bytes of an upgrade past their bound."""
+        if (len(self.queue) <= MAX_QUEUED and not self.write_paused and not self.closed
+                and self.state != states.C_UPGRADE):
             exchange = self.parsing
             if exchange is None or exchange.conn is None or not exchange.conn.write_paused:
                 self.resume()
 
-    def pause(self) -> None:
-        if not self.read_paused and not self.closing:
-            self.read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
-
-    def resume(self) -> None:
-        if self.read_paused and not self.closing:
-            self.read_paused = False
-            self.transport.resume_reading()  # type: ignore[union-attr]
-
     # -- bytes in -----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.write(data)
-            return
-        if self.queue and self.queue[-1].upgrade:
-            self.early.append(data)  # tunnel bytes sent before the replica agreed
-            return
-        if self.closing:
-            return
         state = self.state
-        if state == IDLE:
-            self.state = HEAD
+        if state == states.C_TUNNEL:
+            self.tunnel.from_client(data)  # type: ignore[union-attr]
+            return
+        if state == states.C_UPGRADE:
+            self.hold_early(data)
+            return
+        if state == states.C_CLOSED:
+            return
+        if state == states.C_IDLE:
+            self.move(states.HEAD_BYTES)
             self.since = self.engine.now
             self.head_wire += len(data)
-        elif state == HEAD:
+        elif state == states.C_HEAD:
             self.head_wire += len(data)
         else:
             self.body_wire += len(data)
@@ -188,7 +188,7 @@ class ClientConnection:
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0]:]
             if rest:
-                self.early.append(rest)
+                self.hold_early(rest)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, Reject):
@@ -198,7 +198,7 @@ class ClientConnection:
         except httptools.HttpParserError as exc:
             self.refuse(framing.error(400, f"malformed request: {exc}"))
             return
-        if self.state == BODY:
+        if self.state == states.C_BODY:
             limit = self.engine.settings.max_body
             if limit and self.body_bytes > limit:
                 self.refuse(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
@@ -207,7 +207,7 @@ class ClientConnection:
                 # Chunk sizes and extensions are bytes too: bounded with the body they frame.
                 self.refuse(framing.error(413, f"chunked framing of the request body exceeds {2 * limit} bytes"))
                 return
-        elif self.state == HEAD and self.head_wire > self.engine.settings.max_head:
+        elif self.state == states.C_HEAD and self.head_wire > self.engine.settings.max_head:
             # httptools holds a field until its end: bound the unfinished head by the wire.
             self.refuse(framing.error(431, f"request head exceeds {self.engine.settings.max_head} bytes"))
             return
@@ -219,6 +219,16 @@ class ClientConnection:
                 queue[0].start()
             if len(queue) > MAX_QUEUED:
                 self.pause()
+
+    def hold_early(self, data: bytes) -> None:
+        """Bytes sent after an Upgrade head: held for the tunnel, up to ``early_data``, then the
+        client is not read until the replica has answered."""
+        if self.closed:
+            return
+        self.early.append(data)
+        self.early_size += len(data)
+        if self.early_size >= self.engine.settings.early_data:
+            self.pause()
 
     def refuse(self, answer: bytes) -> None:
         """A request that cannot be parsed: answer after those before it, then close."""
@@ -234,6 +244,7 @@ class ClientConnection:
                 self.queue.remove(refused)
             except ValueError:
                 pass  # already answered (the replica answered before the whole body came)
+        self.state = states.move(states.CLIENT, self.state, states.CLOSE)  # nothing more is read
         self.queue.append(Exchange.canned(self, answer))
         if not self.queue[0].started:
             self.queue[0].start()
@@ -244,7 +255,7 @@ class ClientConnection:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.state == BODY:  # a trailer field: counted, then dropped
+        if self.state == states.C_BODY:  # a trailer field: counted, then dropped
             self.trailer_bytes += len(name) + len(value) + 4
             if self.trailer_bytes > self.engine.settings.max_head:
                 raise Reject(framing.error(431, f"trailer section exceeds {self.engine.settings.max_head} bytes"))
@@ -274,6 +285,7 @@ class ClientConnection:
         key_header = engine.key_header
         hosts = 0
         key = None
+        keys = 0
         cookie = None
         length = -1
         chunked = False
@@ -309,6 +321,7 @@ class ClientConnection:
                 continue
             if lower == key_header:
                 key = value
+                keys += 1
             elif lower == b"cookie":
                 cookie = value if cookie is None else cookie + b"; " + value
             elif lower == b"via" and engine.via_marker in value:
@@ -318,8 +331,14 @@ class ClientConnection:
             raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
         if hosts > 1 or (hosts == 0 and not http10):
             raise Reject(framing.error(400, "a request needs exactly one Host header"))
+        if keys > 1:
+            raise Reject(framing.error(400, f"more than one {key_header.decode('latin-1')} header: send one routing key"))
         if upgrade is not None and (b"upgrade" not in named or not parser.should_upgrade()):
             upgrade = None
+        if upgrade is not None and (chunked or length > 0):
+            # Its body would have to be forwarded before the switch, and a replica that refuses
+            # the upgrade reads it as the next request: no upgrade request carries one here.
+            raise Reject(framing.error(400, "an Upgrade request must not have a body"))
         if named:
             kept = [line for line in kept if line.split(b":", 1)[0].lower() not in named]
         mode = BODY_CHUNKED if chunked else BODY_LENGTH if length > 0 else BODY_NONE
@@ -345,7 +364,10 @@ class ClientConnection:
         exchange = Exchange(
             self, method, target, http10, keep_alive, b"".join(kept), key, mode, expect, upgrade
         )
-        self.state = BODY if mode != BODY_NONE else HEAD
+        self.requests += 1
+        if self.state == states.C_IDLE:  # a pipelined head parsed from the read that ended the last
+            self.move(states.HEAD_BYTES)
+        self.move(states.HEAD_UPGRADE if upgrade is not None else states.HEAD_BODY if mode != BODY_NONE else states.HEAD_DONE)
         self.body_since = engine.now
         self.body_bytes = 0
         self.body_wire = 0
@@ -367,7 +389,8 @@ class ClientConnection:
         # request (httptools calls only the callbacks a protocol defines).
         exchange = self.parsing
         self.parsing = None
-        self.state = IDLE
+        if self.state == states.C_BODY:
+            self.move(states.BODY_DONE)
         self.since = self.engine.now
         self.url = b""
         self.headers = []
@@ -389,30 +412,52 @@ class ClientConnection:
         if self.read_paused:
             self.maybe_resume()
 
-    def upgraded(self, replica: asyncio.Transport) -> None:
+    def upgraded(self, tunnel: Tunnel) -> None:
         """The replica answered 101: from now on this connection is a byte tunnel."""
-        self.tunnel = replica
-        for data in self.early:
-            replica.write(data)
-        self.early = []
+        self.move(states.UPGRADED)
+        self.tunnel = tunnel
+        early, self.early, self.early_size = self.early, [], 0
+        for data in early:
+            tunnel.from_client(data)
         self.resume()
 
+    def upgrade_refused(self) -> None:
+        """The replica answered the Upgrade request otherwise: bytes the client sent for the
+        tunnel are dropped, and the connection ends after that answer (its head said so)."""
+        self.move(states.REFUSED)
+        self.early, self.early_size = [], 0
+
     def housekeeping(self, now: float, settings: "Settings") -> None:
-        """Deadlines that llhttp leaves to the application, checked once a second."""
-        if self.tunnel is not None or self.closing:
+        """Deadlines that llhttp leaves to the application, checked once a second: every state
+        has one, so no connection holds a slot forever."""
+        if self.closed:
             return
-        if self.state == HEAD and now - self.since > settings.head_timeout:
+        if self.write_paused and now - self.write_paused_since > settings.send_timeout:
+            self.abort()  # an answer (or tunnel bytes) the client has not read for send_timeout
+            return
+        state = self.state
+        if state == states.C_TUNNEL:
+            tunnel = self.tunnel
+            if tunnel is not None and now - tunnel.last_io > settings.tunnel_idle_timeout:
+                tunnel.end()
+        elif state == states.C_HEAD and now - self.since > settings.head_timeout:
             self.refuse(framing.error(408, f"request head not received within {settings.head_timeout:g}s"))
-        elif self.state == BODY and not self.read_paused:
+        elif state == states.C_BODY and not self.read_paused:
             elapsed = now - self.body_since
             if elapsed > BODY_RATE_GRACE and self.body_bytes < settings.min_body_rate * elapsed:
                 self.refuse(framing.error(408, f"request body slower than {settings.min_body_rate} bytes/s"))
-        elif self.state == IDLE and not self.queue and now - self.since > settings.keepalive_timeout:
+        elif state == states.C_IDLE and not self.queue and now - self.since > settings.keepalive_timeout:
             self.close()
 
     @property
     def idle(self) -> bool:
-        return self.state == IDLE and not self.queue and self.tunnel is None
+        """Between requests with nothing to answer: closing it loses no request."""
+        return self.state == states.C_IDLE and not self.queue
+
+    @property
+    def unfinished_head(self) -> bool:
+        """No complete request yet: a half-sent head, or nothing since the connection opened."""
+        return self.state == states.C_HEAD or (self.state == states.C_IDLE and self.requests == 0 and not self.queue)
 
 
 def _cookie(header: bytes, name: str) -> bytes | None:

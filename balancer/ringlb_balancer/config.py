@@ -30,6 +30,9 @@ class Settings:
     idle_timeout: float = 30.0  # no byte between two parts of an answer (not a total)
     head_timeout: float = 10.0  # a client's whole request head, from its first byte
     keepalive_timeout: float = 5.0  # an idle client connection between requests
+    send_timeout: float = 30.0  # an answer waiting on a client that does not read, this long: closed
+    tunnel_idle_timeout: float = 300.0  # a WebSocket (upgraded) tunnel with no byte either way
+    early_data: int = 64 * 1024  # bytes a client may send after an Upgrade head, before the 101
     upstream_keepalive: float = 1.0  # reuse a replica connection idle at most this long
     min_body_rate: int = 1024  # bytes/s a request body must keep up, after 5 s
     max_body: int = 1024 * 1024  # request bodies above this get 413; 0 = no limit
@@ -42,6 +45,7 @@ class Settings:
     health_timeout: float = 0.5
     healthy_after: int = 2  # consecutive good heartbeats before an ejected member returns
     failures_to_eject: int = 3  # consecutive 5xx answers before a member is ejected
+    retry_5xx: int = 0  # 1: an idempotent request answered 5xx is sent to the next member
     drain_seconds: float = 5.0  # after SIGTERM: /readyz 503 but still serving, this long
 
     @classmethod
@@ -67,10 +71,13 @@ class Settings:
             problems.append("max_attempts must be at least 1")
         if min(self.max_body, self.upstream_keepalive, self.drain_seconds, self.min_body_rate) < 0:
             problems.append("max_body, upstream_keepalive, drain_seconds, min_body_rate must not be negative")
-        if min(self.max_head, self.max_headers, self.max_connections) < 1:
-            problems.append("max_head, max_headers and max_connections must be positive")
+        if min(self.max_head, self.max_headers, self.max_connections, self.early_data) < 1:
+            problems.append("max_head, max_headers, max_connections and early_data must be positive")
+        if self.retry_5xx not in (0, 1):
+            problems.append("retry_5xx must be 0 or 1")
         if min(self.connect_timeout, self.first_byte_timeout, self.idle_timeout, self.head_timeout,
-               self.keepalive_timeout, self.health_interval, self.health_timeout) <= 0:
+               self.keepalive_timeout, self.send_timeout, self.tunnel_idle_timeout,
+               self.health_interval, self.health_timeout) <= 0:
             problems.append("timeouts and intervals must be positive")
         if self.scaler == "kubernetes" and self.resource.count("/") != 1:
             problems.append("the kubernetes scaler needs RINGLB_RESOURCE=namespace/name")

@@ -136,7 +136,7 @@ class Control:
         except Exception as exc:  # one bad request must not take the worker down
             exchange.engine.log.exception("control endpoint %s failed", request.path)
             reply = failure(f"<Error> balancer error: {exc}", 500)
-        if exchange.client.closing:
+        if exchange.client.closed:
             return
         # stored: ClientConnection.finished closes exactly when the head said so
         exchange.keep_alive = keep_alive = exchange.keep_alive and exchange.engine.serving

@@ -18,7 +18,7 @@ from typing import Any
 # Seconds to the first byte of the replica's answer.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-FAILURE_REASONS = ("empty", "upstream", "timeout", "internal")
+FAILURE_REASONS = ("empty", "upstream", "timeout", "internal", "overload")
 # Per member: answers by status class, then retries sent to it, then ejections by reason.
 EJECTION_REASONS = ("connection", "5xx", "heartbeat")
 _RETRIES = len(CLASSES)

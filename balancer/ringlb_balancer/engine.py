@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mypy_extensions import mypyc_attr
 from ringlb_ring import hashing
 
+from ringlb_balancer import framing
 from ringlb_balancer.config import Settings
 from ringlb_balancer.counters import Counters
 from ringlb_balancer.routing import Routing, RoutingStore
@@ -178,17 +179,30 @@ class Engine:
 
     # -- connections --------------------------------------------------------------------
     def accepted(self, client: "ClientConnection") -> None:
-        """Register a new client; past the cap, the longest-idle client makes room for it."""
+        """Register a new client. Past the cap, room is made by closing the oldest connection
+        that has not sent a whole head (slowloris holds slots that way), else the oldest idle
+        keep-alive one; when every slot holds a real request, the newcomer is told 503."""
         clients = self.clients
         clients[client] = None
-        if len(clients) > self.max_connections:
+        if len(clients) <= self.max_connections:
+            return
+        victim = None
+        for other in clients:
+            if other is not client and other.unfinished_head:
+                victim = other
+                break
+        if victim is None:
             for other in clients:
-                if other.idle and other is not client:
-                    other.close()
-                    clients.pop(other, None)
-                    return
-            clients.pop(client, None)
-            client.transport.close()  # type: ignore[union-attr]
+                if other is not client and other.idle:
+                    victim = other
+                    break
+        if victim is not None:
+            victim.close()
+            return
+        self.counters.failure("overload")
+        client.write(framing.error(503, f"every connection slot of this worker ({self.max_connections}) holds a "
+                                        "request: retry shortly", extra=((b"Retry-After", b"1"),)))
+        client.close()
 
     def keep(self, task: asyncio.Task[Any]) -> None:
         """Hold a task until it ends: the event loop keeps only weak references."""

@@ -17,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from ringlb_balancer import framing
 from ringlb_balancer.shared import HEALTH_AT
+from ringlb_balancer.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from ringlb_balancer.client import ClientConnection
@@ -131,7 +132,7 @@ class Exchange:
     def attach(self, conn: "UpstreamConnection") -> None:
         """A connection to the chosen replica is ready: send the head and what body we have."""
         if self.state == DONE:
-            conn.release()
+            conn.pool.release(conn)  # nothing was sent on it
             return
         self.conn = conn
         conn.exchange = self
@@ -142,6 +143,8 @@ class Exchange:
             if not self.replayable:
                 self.body_log = []
         conn.send(head)
+        if self.client_complete:
+            conn.sent()
         self.written = True
         self.state = SENDING
         self.waiting_since = self.engine.now
@@ -183,6 +186,9 @@ class Exchange:
             return
         if self.mode == BODY_CHUNKED and self.state != DONE:
             self._body_out(framing.CHUNK_END)
+        conn = self.conn
+        if not was_complete and conn is not None and self.state != WAITING and self.state != DONE:
+            conn.sent()  # the body's last byte went out on it
         self.waiting_since = self.engine.now
 
     def client_gone(self) -> None:
@@ -212,21 +218,29 @@ class Exchange:
         self.status = status
         if status == 101:
             if self.upgrade is None:
-                self.failed(conn, "101 without an Upgrade request", broken=True)
+                # This request's answer, not the replica's health: no ejection, no retry.
+                self.conn = None
+                conn.abort()
+                engine.counters.failure("upstream")
+                self.answer(502, f"replica {engine.name_of(self.active, self.index)} switched protocols "  # type: ignore[arg-type]
+                                 "for a request that asked for no upgrade")
                 return
             self.state = ANSWERING
             self.response_started = True
             self.client.write(framing.response_head(101, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False))
             engine.counters.answered(self.active.rows[self.index], status, time.perf_counter() - self.since)  # type: ignore[union-attr]
             self._leave()
-            self.state = DONE  # the exchange ends here; the tunnel lives on in both protocols
+            self.state = DONE  # the exchange ends here; the tunnel owns both transports from now
             self.conn = None
-            conn.tunnel_to(self.client)
-            self.client.upgraded(conn.transport)  # type: ignore[arg-type]
+            tunnel = Tunnel(self.client, conn, engine.now)
+            conn.tunnel_to(tunnel)
+            self.client.upgraded(tunnel)
             return
+        if self.upgrade is not None:
+            self.client.upgrade_refused()
         if status >= 500:
             engine.note_5xx(self.active, self.index)  # type: ignore[arg-type]
-            if self.can_retry():
+            if engine.settings.retry_5xx and self.can_retry():
                 self.discard = True  # drained to keep the connection, or closed on its way
                 conn.exchange = None
                 conn.abort()
@@ -284,11 +298,7 @@ class Exchange:
         self.state = DONE
         self._leave()
         self.conn = None
-        conn.exchange = None
-        if self.client_complete and not conn.closing_after:
-            conn.release()
-        else:
-            conn.abort()  # the replica answered before the whole request was sent
+        conn.answered()  # pooled, or closed if the replica answered before the request was out
         if not self.client_complete:
             self.keep_alive = False  # the rest of the request body is still on the wire
         self.client.finished(self)
@@ -316,7 +326,9 @@ class Exchange:
             engine.counters.failure("upstream")
             self.client.abort()
             return
-        if broken:
+        if broken and (refused or len(self.tried) == 1):
+            # Only the first member a request fails on is ejected by it: when the next one fails
+            # too, the request itself may be what breaks them (heartbeats judge them instead).
             engine.eject(self.active, self.index, "connection")  # type: ignore[arg-type]
         if self.can_retry(refused):
             self.retry(reason)

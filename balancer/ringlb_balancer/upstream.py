@@ -9,67 +9,114 @@ connection the replica is closing is one that cannot always be sent again.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING
 
 import httptools
 
-from ringlb_balancer import framing
+from ringlb_balancer import framing, states
+from ringlb_balancer.flow import FlowControl
+from ringlb_balancer.tunnel import Tunnel
 
 if TYPE_CHECKING:
-    from ringlb_balancer.client import ClientConnection
     from ringlb_balancer.engine import Engine
     from ringlb_balancer.exchange import Exchange
 
 MAX_RESPONSE_HEAD = 64 * 1024
 
 
-class UpstreamConnection:
-    """An asyncio protocol, duck-typed like ``ClientConnection`` so that mypyc compiles it."""
+class BadAnswer(Exception):
+    """An answer the proxy does not relay, or bytes a replica sent outside the answer it owed."""
+
+
+class UpstreamConnection(FlowControl):
+    """An asyncio protocol, duck-typed like ``ClientConnection`` so that mypyc compiles it. Its
+    life is the ``states.UPSTREAM`` machine: it goes back to its pool only from ``U_IDLE``."""
 
     __slots__ = (
-        "awaiting_head", "closed", "closing_after", "exchange", "got_bytes", "head_wire", "headers",
-        "informational", "last_io", "loop", "parser", "pool", "read_paused", "reused", "skip_complete",
-        "transport", "tunnel", "until_close", "write_paused",
+        "awaiting_head", "closing_after", "exchange", "got_bytes", "head_fields", "head_wire", "headers",
+        "informational", "last_io", "loop", "parser", "peek", "pool", "reused", "skip_complete", "state",
+        "tunnel", "until_close",
     )
 
     def __init__(self, pool: "UpstreamPool") -> None:
+        super().__init__()
         self.pool = pool
         self.loop = pool.loop
-        self.transport: asyncio.Transport | None = None
+        self.state = states.U_CONNECTING
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_wire = 0  # bytes received while the answer's head is incomplete
+        self.head_fields = 0
         self.awaiting_head = False
         self.informational = False
         self.skip_complete = False
-        self.closed = False
         self.closing_after = False  # the replica said Connection: close
         self.until_close = False  # the body ends when the replica closes
         self.reused = False
         self.got_bytes = False
-        self.read_paused = False
-        self.write_paused = False
+        self.tunnel: Tunnel | None = None
+        self.peek: socket.socket | None = None  # the connection's socket, to look for stray bytes
         self.last_io = 0.0
-        self.tunnel: ClientConnection | None = None
+
+    def move(self, event: int) -> None:
+        self.state = states.move(states.UPSTREAM, self.state, event)
+
+    def clock(self) -> float:
+        return self.pool.engine.now
 
     # -- transport ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.move(states.CONNECTED)
+        raw = transport.get_extra_info("socket")
+        if raw is not None:
+            # A second socket object on the same descriptor, detached (never closed) when the
+            # connection ends: asyncio's and uvloop's transport sockets do not offer recv.
+            self.peek = socket.socket(fileno=raw.fileno())
 
     def send(self, data: bytes) -> None:
+        """The head of a new request (and what of its body is here): the connection is taken."""
+        self.move(states.ASSIGNED)
         self.headers = []
+        self.head_fields = 0
         self.got_bytes = False
         self.awaiting_head = True
         self.head_wire = 0
         self.last_io = self.pool.engine.now
         self.transport.write(data)  # type: ignore[union-attr]
 
+    def sent(self) -> None:
+        """The request's last byte, as framed, is written."""
+        self.move(states.SENT)
+
+    def stray_pending(self) -> bool:
+        """Whether the replica sent something (or closed) while this connection was idle: then
+        it is out of step, and the next answer read from it would not be the next request's."""
+        peek = self.peek
+        if peek is None:
+            return False
+        try:
+            return len(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) >= 0
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
+    def _forget_socket(self) -> None:
+        peek, self.peek = self.peek, None
+        if peek is not None:
+            peek.detach()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.state = states.U_CLOSED
+        self._forget_socket()
         self.pool.forget(self)
-        if self.tunnel is not None:
-            self.tunnel.close()
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.end()
             return
         exchange = self.exchange
         if exchange is None:
@@ -84,31 +131,24 @@ class UpstreamConnection:
             exchange.failed(self, f"connection lost{': ' + str(exc) if exc else ''}", broken=True)
 
     def eof_received(self) -> bool:
-        if self.tunnel is not None:
-            transport = self.tunnel.transport
-            if transport is not None and transport.can_write_eof():
-                transport.write_eof()
-                return True
+        tunnel = self.tunnel
+        if tunnel is not None:
+            return tunnel.eof_from_replica()
         return False
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.exchange is not None:
-            self.exchange.client.pause()
+    def writes_paused(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.pause()
         elif self.tunnel is not None:
-            self.tunnel.pause()
+            self.tunnel.replica_congested(True)
 
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.exchange is not None:
-            self.exchange.client.maybe_resume()
+    def writes_resumed(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client.maybe_resume()
         elif self.tunnel is not None:
-            self.tunnel.resume()
-
-    def pause(self) -> None:
-        if not self.read_paused and not self.closed:
-            self.read_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.tunnel.replica_congested(False)
 
     def resume(self) -> None:
         if self.read_paused and not self.closed:
@@ -116,22 +156,38 @@ class UpstreamConnection:
             self.last_io = self.pool.engine.now
             self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def release(self) -> None:
-        """Back to the pool after a complete exchange (or closed, if that is not safe)."""
+    def answered(self) -> None:
+        """The answer ended as framed: back to the pool if the machine says the connection is
+        in step (its request was sent whole, nothing else is owed), else closed."""
         self.exchange = None
-        if self.read_paused:
-            self.resume()
-        self.pool.release(self)
+        if self.closed:
+            return  # the close was how the answer ended
+        self.move(states.ANSWERED)
+        if self.state == states.U_IDLE and not self.closing_after:
+            if self.read_paused:
+                self.resume()
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.state = states.U_CLOSED
+            self.exchange = None
+            self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
         self.closed = True
+        self.state = states.U_CLOSED
         self.exchange = None
         if self.transport is not None:
             self.transport.abort()
 
-    def tunnel_to(self, client: "ClientConnection") -> None:
-        """After a relayed 101: bytes flow both ways unparsed until either side closes."""
-        self.tunnel = client
+    def tunnel_to(self, tunnel: Tunnel) -> None:
+        """After a relayed 101: bytes flow both ways unparsed until the tunnel ends."""
+        self.move(states.SWITCHED)
+        self.tunnel = tunnel
         self.exchange = None
         self.resume()
 
@@ -141,7 +197,7 @@ class UpstreamConnection:
         # for the rest of the method, and mypyc checks a narrowed read at run time.
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.write(data)
+            tunnel.from_replica(data)
             return
         exchange = self.exchange
         if exchange is None:
@@ -161,18 +217,28 @@ class UpstreamConnection:
             rest = data[exc.args[0]:]
             tunnel = self.tunnel  # set by the 101 this read carried
             if tunnel is not None and rest:
-                tunnel.write(rest)
+                tunnel.from_replica(rest)
         except httptools.HttpParserError as exc:
             exchange = self.exchange  # the one fed, or None if its answer completed
+            cause = exc.__context__
             self.abort()
             if exchange is not None:
-                exchange.failed(self, f"invalid answer: {exc}", broken=True)
+                exchange.failed(self, f"invalid answer: {cause or exc}", broken=True)
         finally:
             client.uncork()
 
-    # -- llhttp callbacks (httptools calls only those defined: no on_message_begin, on_url or
-    # on_status here; the reason phrase is the standard one, as RFC 9112 §4 lets a proxy do)
+    # -- llhttp callbacks (httptools calls only those defined: no on_url or on_status here; the
+    # reason phrase is the standard one, as RFC 9112 §4 lets a proxy do)
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            # An answer begins after the one owed ended (more bytes than its framing said, a
+            # body after a 204): those bytes must never reach the next request's client.
+            raise BadAnswer("bytes after a complete answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_fields += 1
+        if self.head_fields > self.pool.engine.settings.max_headers:
+            raise BadAnswer(f"more than {self.pool.engine.settings.max_headers} header fields (RINGLB_MAX_HEADERS)")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -191,7 +257,8 @@ class UpstreamConnection:
         self.until_close = length < 0 and not chunked and status not in (101, 204, 304)
         if exchange.head_only and status != 101:
             # llhttp cannot be told that a HEAD answer has no body: the exchange ends here and
-            # the next answer gets a fresh parser. The old one still completes an empty body.
+            # the next answer gets a fresh parser. The old one still completes an empty body;
+            # a body the replica sends anyway is refused by the fresh one (or by the pool).
             self.parser = httptools.HttpResponseParser(self)
             self.skip_complete = length == 0 or status in (204, 304)
             self.until_close = False
@@ -233,14 +300,14 @@ class UpstreamPool:
             since, conn = idle.pop()
             if conn.closed:
                 continue
-            if since < horizon:
+            if since < horizon or conn.stray_pending():
                 conn.abort()
                 continue
             return conn
         return None
 
     def release(self, conn: UpstreamConnection) -> None:
-        if self.closed or conn.closed or conn.closing_after or len(self.idle) >= 64:
+        if self.closed or conn.closed or len(self.idle) >= 64:
             conn.abort()
             return
         conn.reused = True

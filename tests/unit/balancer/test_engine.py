@@ -467,9 +467,26 @@ def test_103_and_200_in_one_read(make):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_get_is_retried_on_5xx_at_the_next_member(make):
+def test_5xx_is_relayed_not_retried_by_default(make):
+    """One request that makes replicas answer 500 must not be sent to every member (and count
+    against each): a retry on 5xx is the user's choice (RINGLB_RETRY_5XX=1)."""
+
     async def body():
         h = make()
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        h.upstream().data_received(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 1\r\n\r\nx")
+        await settle()
+        assert len(h.upstreams) == 1
+        assert out.take() == b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 1\r\n\r\nx"
+
+    run(body)
+
+
+def test_get_is_retried_on_5xx_at_the_next_member_when_configured(make):
+    async def body():
+        h = make(retry_5xx=1)
         client, out = h.client()
         client.data_received(GET)
         await settle()
@@ -490,7 +507,7 @@ def test_get_is_retried_on_5xx_at_the_next_member(make):
 
 def test_5xx_on_every_member_is_relayed_after_max_attempts(make):
     async def body():
-        h = make(max_attempts=2)
+        h = make(max_attempts=2, retry_5xx=1)
         client, out = h.client()
         client.data_received(GET)
         await settle()
