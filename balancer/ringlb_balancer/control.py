@@ -85,6 +85,35 @@ def authorized(request: Request, token: str) -> bool:
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
+def _ip_or_localhost(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def foreign(request: Request, loopback: bool) -> Reply | None:
+    """Refuse what a web page the user visits could send: a cross-origin change (a browser
+    sends ``Origin`` with every such POST/PUT/DELETE; curl sends none) and, on a loopback
+    listener, any Host that is a name other than localhost — a DNS-rebinding page reaches
+    127.0.0.1 under its own name, which then becomes the request's same origin."""
+    host = request.headers.get("host", "")
+    if loopback and not _ip_or_localhost(host):
+        return failure(f"<Error> Host {host!r} is not this balancer's: on a loopback listener the control "
+                       "endpoints answer only requests for localhost or an IP address", 421)
+    origin = request.headers.get("origin")
+    if origin is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
+        if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
+            return failure(f"<Error> cross-origin request refused: a page on {origin} cannot change this "
+                           "balancer (send it without an Origin header, as curl does)", 403)
+    return None
+
+
 def json_body(request: Request) -> object:
     """The body as JSON, or ``None`` when it is absent, not JSON, or nested beyond reason."""
     try:
@@ -114,6 +143,8 @@ class Control:
         self.store = store
         self.scaler = scaler
         self.own_addresses = own_addresses  # (host, port) this balancer listens on
+        public = settings.bind.rsplit(":", 1)[0].strip("[]")
+        self.loopback = public == "localhost" or (_ip_or_localhost(public) and ipaddress.ip_address(public).is_loopback)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ringlb-control")
         self.history = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlb-history")
         self.scale_lock = asyncio.Lock()  # scale calls of one worker take turns: fewer conflicts
@@ -160,6 +191,10 @@ class Control:
         methods = ROUTES.get(request.path) if request.path in paths else None
         if methods is None:
             return failure(f"<Error> '{request.path}' is not an endpoint of this listener", 404)
+        if not admin:
+            refused = foreign(request, self.loopback)
+            if refused is not None:
+                return refused
         handler = methods.get("GET" if request.method == "HEAD" else request.method)
         if handler is None:
             allowed = ", ".join(sorted(set(methods) | ({"HEAD"} if "GET" in methods else set())))

@@ -44,6 +44,14 @@ class Counters:
             row = self.members[name] = [0] * _WIDTH
         return row
 
+    def retain(self, names: list[str]) -> None:
+        """Drop the rows of members that left: series of names that come and go (a rolling
+        update gives every pod a new one) would otherwise grow ``/metrics`` without bound."""
+        members = self.members
+        kept = set(names)
+        for name in [n for n in members if n not in kept]:
+            del members[name]
+
     def answered(self, row: list[int], status: int, seconds: float) -> None:
         row[min(status // 100, 5) - 1] += 1
         self.latency[bisect.bisect_left(BUCKETS, seconds)] += 1
@@ -66,9 +74,11 @@ class Counters:
         os.replace(tmp, self.path)
 
 
-def totals(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def totals(state_dir: str | os.PathLike[str], names: list[str] | None = None) -> dict[str, Any]:
     """Every process's counters summed: ``members`` maps a name to
-    ``{"answers": {class: n}, "retries": n, "ejections": {reason: n}}``."""
+    ``{"answers": {class: n}, "retries": n, "ejections": {reason: n}}``, for the members in
+    ``names`` only when given (the files of exited workers still hold members that left)."""
+    wanted = None if names is None else set(names)
     members: dict[str, list[int]] = {}
     failures = dict.fromkeys(FAILURE_REASONS, 0)
     latency = [0] * (len(BUCKETS) + 1)
@@ -79,6 +89,8 @@ def totals(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
         except (OSError, ValueError):
             continue  # replaced while we read it: the next scrape has it
         for name, row in doc["members"].items():
+            if wanted is not None and name not in wanted:
+                continue
             mine = members.setdefault(name, [0] * _WIDTH)
             for i, value in enumerate(row[:_WIDTH]):
                 mine[i] += value

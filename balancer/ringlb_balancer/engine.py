@@ -105,6 +105,7 @@ class Engine:
             pool.close()
         self.shared.clear_row()
         members = routing.membership.members
+        self.counters.retain([m.name for m in members])
         return Active(
             routing, routing.membership.revision, routing.strategy.owner, routing.membership.hashing.bounded_load,
             pools, [m.address.encode() for m in members],

@@ -57,7 +57,7 @@ class HealthChecker(threading.Thread):
                     log.info("membership snapshot revision %d in force", self.store.shared.revision)
                 self.check_once()
                 self.counters.flush()
-                history.record_sample(self.store.shared.dir)
+                history.record_sample(self.store.shared.dir, self.store.current().membership.names)
             except Exception:  # the checker must outlive any one bad round
                 log.exception("health check round failed")
 

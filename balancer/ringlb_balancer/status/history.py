@@ -60,9 +60,10 @@ def changes(state_dir: Path) -> list[dict[str, Any]]:
     return _read(state_dir / CHANGES)
 
 
-def record_sample(state_dir: Path) -> None:
-    """Append the summed counters (requests and 5xx answers per member) as of now."""
-    totals = counters.totals(state_dir)["members"]
+def record_sample(state_dir: Path, names: list[str]) -> None:
+    """Append the summed counters (requests and 5xx answers) of the members in ``names`` as of
+    now: members that left drop out of the samples as the window moves on."""
+    totals = counters.totals(state_dir, names)["members"]
     sample = (time.time(), {
         name: (sum(row["answers"].values()), row["answers"]["5xx"]) for name, row in totals.items()
     })

@@ -830,3 +830,41 @@ def test_member_at_an_address_no_replica_listens_on_is_400(state_dir, member):
         assert doc_of(await call(c, "GET", "/rep"))["message"]["N"] == 0
 
     run(body())
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests a web page could send: cross-origin changes, DNS rebinding
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_cross_origin_change_is_refused_and_curl_still_works(scaled):
+    control, _ = scaled
+    host = {"host": "127.0.0.1:5000"}
+
+    async def body():
+        page = await call(control, "POST", "/add", {"n": 1}, {**host, "origin": "https://evil.example"})
+        assert page.status == 403 and "cross-origin" in doc_of(page)["message"]
+        same = await call(control, "POST", "/add", {"n": 1}, {**host, "origin": "http://127.0.0.1:5000"})
+        assert same.status == 200
+        curl = await call(control, "DELETE", "/rm", {"n": 1}, host)
+        assert curl.status == 200
+        # reading is not a change: a cross-origin page cannot read the answer anyway (no CORS)
+        assert (await call(control, "GET", "/rep", None, {**host, "origin": "https://evil.example"})).status == 200
+
+    run(body())
+
+
+@pytest.mark.parametrize("bind,host,status", [
+    ("127.0.0.1:5000", "attacker.example:5000", 421),  # a DNS-rebinding page reaches loopback by its own name
+    ("127.0.0.1:5000", "localhost:5000", 200),
+    ("127.0.0.1:5000", "127.0.0.1:5000", 200),
+    ("[::1]:5000", "[::1]:5000", 200),
+    ("0.0.0.0:5000", "lb.example.com", 200),  # a public listener is reached by its names
+])
+def test_a_loopback_listener_answers_only_for_localhost_or_an_address(state_dir, bind, host, status):
+    async def body():
+        control = make(state_dir, bind=bind)
+        await push(control, 1, S3)
+        assert (await call(control, "GET", "/rep", None, {"host": host})).status == status
+
+    run(body())
