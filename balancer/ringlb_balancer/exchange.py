@@ -371,9 +371,15 @@ class Exchange:
             conn.abort()
             self.failed(conn, "ejected while the request waited for an answer", broken=False)
         elif self.state == SENDING and self.client_complete and now - self.waiting_since > settings.first_byte_timeout:
+            # Not sent again: the client has waited the whole deadline once already, and a retry
+            # per member would multiply it (an answer head dripped slowly held a request 90 s).
+            self.conn = None
             conn.abort()
-            self.engine.counters.failure("timeout")
-            self.failed(conn, f"no answer within {settings.first_byte_timeout:g}s", broken=True)
+            engine.counters.failure("timeout")
+            if len(self.tried) == 1:
+                engine.eject(self.active, self.index, "connection")  # type: ignore[arg-type]
+            name = engine.name_of(self.active, self.index)  # type: ignore[arg-type]
+            self.answer(504, f"replica {name} sent no answer within {settings.first_byte_timeout:g}s")
         elif self.state == ANSWERING and not conn.read_paused and now - conn.last_io > settings.idle_timeout:
             conn.abort()
             self.engine.counters.failure("timeout")
