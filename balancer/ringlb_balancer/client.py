@@ -45,7 +45,7 @@ class ClientConnection(FlowControl):
 
     __slots__ = (
         "admin", "body_bytes", "body_since", "body_wire", "client_ip", "corked", "early", "early_size",
-        "engine", "head_wire", "headers", "key_fields", "loop", "parser", "parsing", "queue", "requests",
+        "engine", "head_wire", "headers", "loop", "parser", "parsing", "proto", "queue", "requests",
         "since", "state", "trailer_bytes", "tunnel", "url",
     )
 
@@ -53,6 +53,7 @@ class ClientConnection(FlowControl):
         super().__init__()
         self.engine = engine
         self.admin = admin  # the admin listener: control endpoints only
+        self.proto = b"https" if engine.settings.tls_cert and not admin else b"http"  # TLS: public listener only
         self.loop = engine.loop
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
@@ -351,7 +352,11 @@ class ClientConnection(FlowControl):
             key = self.client_ip
         ip = self.client_ip
         xff = forwarded_for + b", " + ip if forwarded_for is not None else ip
-        kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nVia: %s\r\n" % (xff, engine.via))
+        kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\n" % (xff, self.proto, engine.via))
+        if key is not None:
+            # The key this request was hashed by, whatever its source: a replica keeping per-key
+            # state (a cache) needs the balancer's notion of "the same key", not its own guess.
+            kept.append(b"X-Ringlb-Key: %s\r\n" % key)
         if mode == BODY_CHUNKED:
             kept.append(b"Transfer-Encoding: chunked\r\n")
         elif mode == BODY_LENGTH:

@@ -23,7 +23,7 @@ HOP_BY_HOP = frozenset(
 # them: replicas learn the client's address only from X-Forwarded-For, which the balancer appends.
 REQUEST_DROPPED = HOP_BY_HOP | {
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"forwarded", b"x-real-ip",
+    b"forwarded", b"x-real-ip", b"x-ringlb-key",
 }
 RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 # Connection options that are not field names (RFC 9112 §9.6): nothing to drop for them.

@@ -208,7 +208,7 @@ def test_request_head_is_rebuilt_for_the_replica(make):
             b"X-Secret: s\r\nKeep-Alive: 5\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: h2c\r\n"
             b"Proxy-Authorization: Basic eA==\r\nProxy-Connection: keep-alive\r\n"
             b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nForwarded: for=6.6.6.6\r\n"
-            b"X-Real-IP: 6.6.6.6\r\nX-Request-ID: abc\r\n"
+            b"X-Real-IP: 6.6.6.6\r\nX-Ringlb-Key: forged\r\nX-Request-ID: abc\r\n"
             b"Transfer-Encoding: chunked\r\nX-Keep: yes\r\nAuthorization: Bearer t\r\n\r\n"
             b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: dropped\r\n\r\n"
         )
@@ -218,7 +218,7 @@ def test_request_head_is_rebuilt_for_the_replica(make):
         assert h.sent(up) == (
             b"POST /x?y=1 HTTP/1.1\r\nHost: " + member + b"\r\nX-Request-ID: abc\r\nX-Keep: yes\r\n"
             b"Authorization: Bearer t\r\nX-Forwarded-For: 1.1.1.1, " + CLIENT_IP.encode() + b"\r\n"
-            b"X-Forwarded-Proto: http\r\n" + VIA + b"Transfer-Encoding: chunked\r\n\r\n"
+            b"X-Forwarded-Proto: http\r\n" + VIA + b"X-Ringlb-Key: abc\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"
         )
         assert out.data == b""
@@ -601,7 +601,7 @@ def test_101_switches_to_a_byte_tunnel(make):
         await settle()
         up = h.upstream()
         sent = h.sent(up)
-        assert sent.endswith(VIA + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        assert sent.endswith(VIA + b"X-Ringlb-Key: k\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         assert b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" in sent
         assert b"early" not in sent  # held until the replica agrees
         up.data_received(
