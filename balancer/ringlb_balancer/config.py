@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ringlb_balancer import tls
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -18,6 +20,8 @@ class Settings:
     state_dir: str = ""  # shared by the worker processes; a private temp dir when empty
     bind: str = "0.0.0.0:5000"  # the public listener: proxy and the seed API
     admin_bind: str = ""  # operator-facing endpoints; empty serves them on the public listener
+    tls_cert: str = ""  # PEM certificate chain: the public listener speaks only TLS; followed for renewals
+    tls_key: str = ""  # PEM private key of tls_cert
     token: str = ""  # bearer token for /add and /rm; empty leaves them open, as in the seed
     membership_token: str = ""  # bearer token for PUT /membership; empty refuses every push
     snapshot: str = ""  # a membership document file to start from (and follow)
@@ -83,5 +87,9 @@ class Settings:
             problems.append("the kubernetes scaler needs RINGLB_RESOURCE=namespace/name")
         if self.scaler and not (self.scaler == "kubernetes" or self.scaler.startswith("http://")):
             problems.append("scaler must be empty, 'kubernetes' or an http:// URL")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            problems.append("TLS needs both RINGLB_TLS_CERT and RINGLB_TLS_KEY")
+        elif self.tls_cert and (error := tls.load_error(self.tls_cert, self.tls_key)):
+            problems.append(error)
         if problems:
             raise SystemExit("balancer settings: " + "; ".join(problems))

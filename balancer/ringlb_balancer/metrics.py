@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ringlb_balancer import counters
+from ringlb_balancer import counters, tls
 from ringlb_balancer.routing import RoutingStore
 
 
@@ -61,6 +61,15 @@ class BalancerCollector:
             inflight.add_metric([member.name], loads[index])
         yield up
         yield inflight
+        reloads = tls.totals(shared.dir)
+        if reloads is not None:
+            tls_reloads = CounterMetricFamily(
+                "ringlb_tls_reloads", "Changed certificate files loaded, or kept out because they did not load "
+                "(the previous certificate stays in force), summed over worker processes", labels=["result"],
+            )
+            for result, value in reloads.items():
+                tls_reloads.add_metric([result], value)
+            yield tls_reloads
 
 
 def render(store: RoutingStore) -> tuple[bytes, str]:

@@ -21,6 +21,7 @@ import time
 
 from gunicorn.workers.base import Worker
 
+from ringlb_balancer import tls
 from ringlb_balancer.app import Balancer
 from ringlb_balancer.client import ClientConnection
 from ringlb_balancer.control import ADMIN_PATHS, PUBLIC_PATHS, Control
@@ -102,17 +103,31 @@ class ProxyWorker(Worker):
             self.loop.close()
 
     async def _serve(self, engine: Engine, control: Control) -> None:
-        admin_port = port_of(engine.settings.admin_bind)
+        settings = engine.settings
+        admin_port = port_of(settings.admin_bind)
+        # TLS on the public listener only: probes and pushes keep reaching the admin port as before.
+        rotation = tls.Rotation(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        next_tls_check = time.monotonic() + tls.CHECK_INTERVAL
         servers = []
         for listener in self.sockets:
             admin = listener.sock.getsockname()[1] == admin_port
+            secure: dict[str, object] = {}
+            if rotation is not None and not admin:
+                # The handshake gets the head's deadline: a client that stalls it holds a descriptor.
+                secure = {"ssl": rotation.listener, "ssl_handshake_timeout": settings.head_timeout}
             servers.append(await self.loop.create_server(
                 lambda admin=admin: ClientConnection(engine, admin), sock=listener.sock, backlog=self.cfg.backlog,
+                **secure,  # type: ignore[arg-type]
             ))
+        if rotation is not None:
+            rotation.write(control.store.shared.dir)
         housekeeping = self.loop.create_task(engine.housekeeping())
         drain_until = None
         while self.alive:
             self.notify()
+            if rotation is not None and time.monotonic() >= next_tls_check:
+                next_tls_check = time.monotonic() + tls.CHECK_INTERVAL
+                self._follow_certificate(rotation)
             if self.ppid != os.getppid():
                 break
             self.draining = self.draining or self.control.draining  # a sibling began first
@@ -129,3 +144,14 @@ class ProxyWorker(Worker):
             server.close()
         await engine.drain(self.cfg.graceful_timeout - engine.settings.drain_seconds if self.alive else 1.0)
         housekeeping.cancel()
+
+    def _follow_certificate(self, rotation: tls.Rotation) -> None:
+        outcome = rotation.check()
+        if outcome is None:
+            return
+        loaded, message = outcome
+        (self.log.info if loaded else self.log.error)(message)
+        try:
+            rotation.write(self.control.store.shared.dir)
+        except OSError:
+            self.log.exception("cannot write TLS reload counts")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -12,6 +13,7 @@ from ringlb_ring import naming
 from ringlb_ring.hashing import STRATEGIES, HashingConfig
 from ringlb_ring.membership import KEY_SOURCES, KeyConfig
 
+from ringlb_balancer import tls
 from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
 
 
@@ -36,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--membership-token", default="",
                      help="bearer token for PUT /membership (default: a random one, printed at start)")
     dev.add_argument("--log-dir", default="", help="write each process's log here")
+    dev.add_argument("--tls-cert", default="", metavar="FILE",
+                     help="PEM certificate chain: the balancer's port speaks only TLS (needs --tls-key); "
+                     "rewriting the files rotates the certificate without a restart")
+    dev.add_argument("--tls-key", default="", metavar="FILE", help="PEM private key of --tls-cert")
     return parser.parse_args(argv)
 
 
@@ -44,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not 1 <= args.replicas <= naming.MAX_REPLICAS:
         sys.exit(f"--replicas must be between 1 and {naming.MAX_REPLICAS}")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        sys.exit("ringlb dev: --tls-cert and --tls-key go together")
+    if args.tls_cert and (error := tls.load_error(args.tls_cert, args.tls_key)):
+        sys.exit(f"ringlb dev: {error}")
     hashing = HashingConfig(
         args.strategy, args.table_size, args.vnodes, args.seed_formulas, args.bounded_load
     )
@@ -55,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                 replicas=names, host=args.host, port=args.port, workers=args.workers,
                 hashing=hashing, key=KeyConfig(args.key_source, args.key_name),
                 token=args.token, membership_token=args.membership_token, log_dir=args.log_dir,
+                tls_cert=os.path.abspath(args.tls_cert) if args.tls_cert else "",
+                tls_key=os.path.abspath(args.tls_key) if args.tls_key else "",
             )
         )
     except ValueError as exc:
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"ringlb: balancer on {supervisor.balancer_url} with {names}; Ctrl-C stops everything", flush=True)
-    print(f"ringlb: status page {supervisor.balancer_url}/status; membership token {supervisor.membership_token}",
+    print(f"ringlb: status page {supervisor.admin_url}/status; membership token {supervisor.membership_token}",
           flush=True)
     if not args.token:
         print("ringlb: WARNING: /add and /rm are open to anyone who reaches this port "

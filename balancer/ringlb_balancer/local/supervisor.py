@@ -70,6 +70,8 @@ class LocalConfig:
     token: str = ""
     membership_token: str = ""  # generated when empty
     log_dir: str = ""
+    tls_cert: str = ""  # with tls_key: the public port speaks TLS; pushes go to a loopback admin port
+    tls_key: str = ""
 
 
 class Supervisor:
@@ -85,6 +87,9 @@ class Supervisor:
         self.revision = 0
         self.pushed: list[Member] | None = None
         self.membership_token = config.membership_token or secrets.token_urlsafe(24)
+        # Over TLS the supervisor pushes in plain HTTP to an admin listener of its own on loopback,
+        # as the operator does on Kubernetes, instead of trusting the user's certificate itself.
+        self.admin_port = free_port() if config.tls_cert else None
         self.checked_at = 0.0
         self.scaler_token = secrets.token_urlsafe(24)
         self.stopping = threading.Event()
@@ -95,7 +100,13 @@ class Supervisor:
 
     @property
     def balancer_url(self) -> str:
-        return f"http://{self.config.host}:{self.config.port}"
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{self.config.host}:{self.config.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """Where /membership, /metrics and /status are: the public port unless TLS is on."""
+        return f"http://127.0.0.1:{self.admin_port}" if self.admin_port else self.balancer_url
 
     # -- the scaler API the balancer calls for /add and /rm ---------------------------------
     def _scaler_app(self) -> Flask:
@@ -165,7 +176,10 @@ class Supervisor:
             RINGLB_SCALER=f"http://127.0.0.1:{self.api.server_port}",
             RINGLB_SCALER_TOKEN=self.scaler_token,
             RINGLB_SCALE_TIMEOUT="20",
-            RINGLB_ADMIN_BIND="",  # one port in local mode: /membership, /metrics, /status on it too
+            # One port in local mode, /membership, /metrics and /status on it too, unless TLS is on.
+            RINGLB_ADMIN_BIND=f"127.0.0.1:{self.admin_port}" if self.admin_port else "",
+            RINGLB_TLS_CERT=self.config.tls_cert,
+            RINGLB_TLS_KEY=self.config.tls_key,
             RINGLB_DRAIN_SECONDS="0",  # nothing routes around a local balancer: stop at once
         )
         cmd = [
@@ -227,7 +241,7 @@ class Supervisor:
             return False
         self.checked_at = now
         try:
-            held = self.session.get(f"{self.balancer_url}/membership", timeout=2).json()
+            held = self.session.get(f"{self.admin_url}/membership", timeout=2).json()
         except (requests.RequestException, ValueError):
             return False
         ours = Membership(self.revision, tuple(members), self.config.hashing, self.config.key).to_json()
@@ -241,7 +255,7 @@ class Supervisor:
     def push(self, members: list[Member]) -> None:
         doc = Membership(self.revision + 1, tuple(members), self.config.hashing, self.config.key).to_json()
         try:
-            reply = self.session.put(f"{self.balancer_url}/membership", json=doc, timeout=5)
+            reply = self.session.put(f"{self.admin_url}/membership", json=doc, timeout=5)
         except requests.RequestException:
             return  # balancer not up yet: the next pass pushes again
         if reply.status_code == 200:
@@ -252,7 +266,7 @@ class Supervisor:
             # A newer revision is in force (another pusher): go past it on the next pass.
             try:
                 self.revision = max(self.revision, int(self.session.get(
-                    f"{self.balancer_url}/membership", timeout=2).json()["revision"]))
+                    f"{self.admin_url}/membership", timeout=2).json()["revision"]))
             except (requests.RequestException, ValueError, KeyError, TypeError):
                 pass
             self.pushed = None
