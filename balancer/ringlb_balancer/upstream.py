@@ -175,12 +175,14 @@ class UpstreamConnection(FlowControl):
             self.closed = True
             self.state = states.U_CLOSED
             self.exchange = None
+            self.pool.forget(self)
             self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:
         self.closed = True
         self.state = states.U_CLOSED
         self.exchange = None
+        self.pool.forget(self)
         if self.transport is not None:
             self.transport.abort()
 

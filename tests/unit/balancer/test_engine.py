@@ -1117,3 +1117,242 @@ def test_get_waiting_on_a_member_ejected_by_heartbeats_moves_on_at_once(make):
         assert out.take().endswith(b"hello")
 
     run(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# The findings of the second attack pass, one class each (states.py holds the rules)
+# ---------------------------------------------------------------------------------------------
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: lb\r\nX-Request-ID: k\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+def test_an_upgrade_request_with_a_body_is_refused_and_nothing_reaches_a_replica(make):
+    async def body():
+        h = make()
+        for framing_line, payload in ((b"Content-Length: 5\r\n", b"x" * 5), (b"Transfer-Encoding: chunked\r\n", b"1\r\nx\r\n0\r\n\r\n")):
+            client, out = h.client()
+            client.data_received(UPGRADE + framing_line + b"\r\n" + payload + b"GET /home?SMUGGLED=1 HTTP/1.1\r\nHost: evil\r\n\r\n")
+            await settle()
+            assert status_of(out.take()) == 400 and out.closed
+            assert h.upstreams == []
+
+    run(body)
+
+
+def test_a_refused_upgrade_returns_a_connection_that_owes_nothing_and_drops_the_early_bytes(make):
+    async def body():
+        h = make()
+        client, out = h.client()
+        client.data_received(UPGRADE + b"\r\nGET /home?SMUGGLED=1 HTTP/1.1\r\nHost: evil\r\n\r\n")
+        await settle()
+        up = h.upstream()
+        up.data_received(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno")
+        await settle()
+        assert out.take().endswith(b"no") and out.closed  # the early bytes were for a tunnel
+        assert b"SMUGGLED" not in h.sent(up)
+        assert [c for _, c in up.pool.idle] == [up]  # its request (no body) was sent whole: in step
+
+    run(body)
+
+
+def test_an_answer_before_the_request_body_was_out_never_returns_its_connection_to_the_pool(make):
+    async def body():
+        h = make()
+        client, out = h.client()
+        client.data_received(b"POST /p HTTP/1.1\r\nHost: a\r\nX-Request-ID: k\r\nContent-Length: 10\r\n\r\nabc")
+        await settle()
+        up = h.upstream()
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await settle()
+        assert out.take().endswith(b"ok")
+        assert up.transport.aborted and up.pool.idle == []  # type: ignore[union-attr]
+
+    run(body)
+
+
+def test_every_ending_of_a_tunnel_closes_both_sides_and_frees_the_slot(make):
+    endings = {
+        "client closes": lambda client, up: client.connection_lost(None),
+        "replica closes": lambda client, up: up.connection_lost(None),
+        "both half-close": lambda client, up: (client.eof_received(), up.eof_received()),
+        "replica half-closes, then the client": lambda client, up: (up.eof_received(), client.eof_received()),
+    }
+
+    async def body():
+        h = make()
+        for name, end in endings.items():
+            client, out = h.client()
+            client.data_received(UPGRADE + b"\r\n")
+            await settle()
+            up = h.upstream()
+            up.data_received(SWITCHED)
+            client.data_received(b"ping")
+            assert h.sent(up).endswith(b"ping")
+            end(client, up)
+            await settle()
+            # (a side whose connection_lost ran has a transport asyncio closed already)
+            assert out.closed or name == "client closes", name
+            assert up.transport.closed or name == "replica closes", name  # type: ignore[union-attr]
+            assert client not in h.engine.clients, name
+
+    run(body)
+
+
+def test_an_idle_tunnel_ends_after_its_deadline(make):
+    async def body():
+        h = make(tunnel_idle_timeout=60.0)
+        client, out = h.client()
+        client.data_received(UPGRADE + b"\r\n")
+        await settle()
+        up = h.upstream()
+        up.data_received(SWITCHED)
+        now = h.engine.now
+        client.housekeeping(now + 59, h.engine.settings)
+        assert not out.closed
+        client.housekeeping(now + 61, h.engine.settings)
+        assert out.closed and up.transport.closed  # type: ignore[union-attr]
+        assert client not in h.engine.clients
+
+    run(body)
+
+
+def test_bytes_before_the_101_are_bounded_then_the_client_is_not_read(make):
+    async def body():
+        h = make(early_data=1024)
+        client, out = h.client()
+        client.data_received(UPGRADE + b"\r\n")
+        await settle()
+        for _ in range(3):
+            client.data_received(b"x" * 512)
+        assert not out.reading and client.early_size <= 1024 + 512
+        h.upstream().data_received(SWITCHED)
+        assert out.reading and client.early_size == 0
+        assert h.sent(h.upstream()).endswith(b"x" * 1536)  # held, then sent in order
+
+    run(body)
+
+
+def test_a_client_that_does_not_read_its_answer_is_closed_after_the_send_deadline(make):
+    async def body():
+        h = make(send_timeout=30.0)
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        h.upstream().data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)
+        client.pause_writing()  # the transport's buffer is full: the client is not reading
+        now = h.engine.now
+        client.housekeeping(now + 29, h.engine.settings)
+        assert not out.closed
+        client.housekeeping(now + 31, h.engine.settings)
+        assert out.aborted and client not in h.engine.clients
+
+    run(body)
+
+
+def test_at_the_cap_a_half_sent_head_makes_room_then_an_idle_one_then_a_503(make):
+    async def body():
+        h = make(max_connections=2)
+        slow, slow_out = h.client()
+        slow.data_received(b"GET /home HTTP/1.1\r\nHo")  # slowloris
+        busy, busy_out = h.client()
+        busy.data_received(GET)  # a real request, waiting for its replica
+        newcomer, new_out = h.client()
+        assert slow_out.closed and not busy_out.closed and not new_out.closed
+        newcomer.data_received(GET)
+        await settle()
+        late, late_out = h.client()
+        status, fields, _ = head_and_body(late_out.take())
+        assert status == "HTTP/1.1 503 Service Unavailable" and fields["retry-after"] == "1" and late_out.closed
+        assert not busy_out.closed and not new_out.closed
+
+    run(body)
+
+
+@pytest.mark.parametrize("stray", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!",  # a whole fake answer
+    b"STRAY!",  # garbage
+])
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+])
+def test_bytes_after_a_complete_answer_close_the_connection_and_reach_no_client(make, answer, stray):
+    async def body():
+        h = make()
+        for late in (False, True):  # in the same read as the answer, or in a later one
+            client, out = h.client()
+            client.data_received(GET)
+            await settle()
+            up = h.upstream()
+            if late:
+                up.data_received(answer)
+                up.data_received(stray)
+            else:
+                up.data_received(answer + stray)
+            await settle()
+            assert b"STRAY" not in out.data
+            assert up.transport.aborted and up not in [c for _, c in up.pool.idle]  # type: ignore[union-attr]
+            client.data_received(GET)  # the next request gets a connection of its own
+            await settle()
+            assert h.upstream() is not up
+
+    run(body)
+
+
+def test_a_101_nobody_asked_for_is_a_502_and_ejects_nobody(make):
+    async def body():
+        h = make()
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        up = h.upstream()
+        up.data_received(SWITCHED + b"tunnel bytes")
+        await settle()
+        assert status_of(out.take()) == 502 and up.transport.aborted  # type: ignore[union-attr]
+        assert len(h.upstreams) == 1  # not tried elsewhere
+        assert not any(h.engine.shared.ejected(i) for i in range(3))
+
+    run(body)
+
+
+def test_an_answer_with_too_many_header_fields_is_a_502(make):
+    async def body():
+        h = make(max_headers=100, max_attempts=1)
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        fields = b"".join(b"X-F%d: v\r\n" % i for i in range(101))
+        h.upstream().data_received(b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n")
+        await settle()
+        answer = out.take()
+        assert status_of(answer) == 502 and b"X-F1:" not in answer
+
+    run(body)
+
+
+def test_two_routing_keys_are_refused(make):
+    async def body():
+        h = make()
+        client, out = h.client()
+        client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-ID: 1\r\nX-Request-ID: 2\r\n\r\n")
+        await settle()
+        assert status_of(out.take()) == 400 and h.upstreams == []
+
+    run(body)
+
+
+def test_a_request_that_breaks_every_member_ejects_only_the_first(make):
+    async def body():
+        h = make()
+        client, out = h.client()
+        client.data_received(GET)
+        await settle()
+        for _ in range(3):  # a GET is resent after a reset; each member resets it
+            h.upstream().connection_lost(ConnectionResetError("reset by peer"))
+            await settle()
+        assert status_of(out.take()) == 502
+        assert sum(h.engine.shared.ejected(i) for i in range(3)) == 1
+
+    run(body)
