@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Final
 
 import httptools
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
     from ringlb_balancer.config import Settings
     from ringlb_balancer.engine import Engine
 
+_NONE: Final[dict[bytes, bytes]] = {}
 MAX_QUEUED: Final = 4  # pipelined requests parsed ahead of the one being answered
 BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
 
@@ -283,11 +283,9 @@ class ClientConnection(FlowControl):
         headers = self.headers
         if len(headers) > settings.max_headers:
             raise Reject(framing.error(431, f"more than {settings.max_headers} header fields"))
-        key_header = engine.key_header
+        key_fields = engine.key_fields
+        captured: dict[bytes, bytes] | None = None
         hosts = 0
-        key = None
-        keys = 0
-        cookie = None
         length = -1
         chunked = False
         expect = False
@@ -299,6 +297,16 @@ class ClientConnection(FlowControl):
         for name, value in headers:
             size += len(name) + len(value)
             lower = name.lower()
+            if lower in key_fields:
+                if captured is None:
+                    captured = {}
+                seen = captured.get(lower)
+                if seen is None:
+                    captured[lower] = value
+                elif lower == b"cookie":
+                    captured[lower] = seen + b"; " + value  # RFC 9110 §5.3 would join with ", "; cookies use "; "
+                else:
+                    raise Reject(framing.error(400, f"more than one {name.decode('latin-1')} header: send one routing key"))
             if lower in framing.REQUEST_DROPPED:
                 if lower == b"host":
                     hosts += 1
@@ -320,20 +328,13 @@ class ClientConnection(FlowControl):
                 elif lower == b"x-forwarded-for":
                     forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                 continue
-            if lower == key_header:
-                key = value
-                keys += 1
-            elif lower == b"cookie":
-                cookie = value if cookie is None else cookie + b"; " + value
-            elif lower == b"via" and engine.via_marker in value:
+            if lower == b"via" and engine.via_marker in value:
                 raise Reject(framing.error(508, "forwarding loop: this request already passed this balancer"))
             kept.append(b"%s: %s\r\n" % (name, value))
         if size + 4 * len(headers) > settings.max_head:
             raise Reject(framing.error(431, f"request head exceeds {settings.max_head} bytes"))
         if hosts > 1 or (hosts == 0 and not http10):
             raise Reject(framing.error(400, "a request needs exactly one Host header"))
-        if keys > 1:
-            raise Reject(framing.error(400, f"more than one {key_header.decode('latin-1')} header: send one routing key"))
         if upgrade is not None and (b"upgrade" not in named or not parser.should_upgrade()):
             upgrade = None
         if upgrade is not None and (chunked or length > 0):
@@ -346,10 +347,10 @@ class ClientConnection(FlowControl):
         limit = engine.settings.max_body
         if limit and length > limit:
             raise Reject(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
-        if engine.key_source == b"cookie" and cookie is not None:
-            key = _cookie(cookie, engine.key_name)
-        elif engine.key_source == b"client-ip":
-            key = self.client_ip
+        if engine.key_header:
+            key = captured.get(engine.key_header) if captured is not None else None
+        else:
+            key = engine.key_plan.extract(target, captured or _NONE, self.client_ip)
         ip = self.client_ip
         xff = forwarded_for + b", " + ip if forwarded_for is not None else ip
         kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\n" % (xff, self.proto, engine.via))
@@ -463,11 +464,3 @@ class ClientConnection(FlowControl):
     def unfinished_head(self) -> bool:
         """No complete request yet: a half-sent head, or nothing since the connection opened."""
         return self.state == states.C_HEAD or (self.state == states.C_IDLE and self.requests == 0 and not self.queue)
-
-
-def _cookie(header: bytes, name: str) -> bytes | None:
-    try:
-        morsel = SimpleCookie(header.decode("latin-1")).get(name)
-    except CookieError:
-        return None
-    return morsel.value.encode("latin-1") if morsel else None

@@ -115,8 +115,8 @@ class Engine:
     def _adopt_key(self) -> None:
         """Copied off the routing in force: the client protocol reads them for every request."""
         routing = self.active.routing
-        self.key_source = routing.key_source
-        self.key_name = routing.membership.key.name
+        self.key_plan = routing.key_plan
+        self.key_fields = routing.key_plan.headers  # the fields the plan reads, lower-cased
         self.key_header = routing.key_header
 
     def name_of(self, active: Active, index: int) -> str:

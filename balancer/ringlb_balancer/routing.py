@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ringlb_ring import hashing
+from ringlb_ring.keys import KeyPlan
 from ringlb_ring.membership import EMPTY, Membership, MembershipError, parse
 
 from ringlb_balancer import status
@@ -32,12 +33,16 @@ class Routing:
 
     membership: Membership
     strategy: hashing.Strategy
-    key_source: bytes = field(init=False)  # "header", "cookie" or "client-ip"
-    key_header: bytes = field(init=False)  # the key's header name lower-cased, as llhttp gives bytes
+    key_plan: KeyPlan = field(init=False)
+    # The common case, one header: the client protocol reads it as it scans the head, without a
+    # call into the plan (b"" when the key has another source or a fallback).
+    key_header: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key_source = self.membership.key.source.encode()
-        self.key_header = self.membership.key.name.lower().encode()
+        key = self.membership.key
+        self.key_plan = KeyPlan(key)
+        single = key.source == "header" and not key.fallback
+        self.key_header = key.name.lower().encode() if single else b""
 
     @classmethod
     def build(cls, membership: Membership) -> "Routing":

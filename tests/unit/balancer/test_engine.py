@@ -1356,3 +1356,26 @@ def test_a_request_that_breaks_every_member_ejects_only_the_first(make):
         assert sum(h.engine.shared.ejected(i) for i in range(3)) == 1
 
     run(body)
+
+
+def test_the_key_comes_from_the_first_source_in_the_fallback_list_that_gives_one(make):
+    key = {"source": "header", "name": "X-Session",
+           "fallback": [{"source": "cookie", "name": "sid"}, {"source": "query", "name": "user"},
+                        {"source": "path-segment", "index": 1}, {"source": "client-ip"}]}
+
+    async def body():
+        h = make(key=key)
+        cases = [
+            (b"GET /u/7?user=q HTTP/1.1\r\nHost: a\r\nX-Session: s1\r\nCookie: sid=c1\r\n\r\n", b"s1"),
+            (b"GET /u/7?user=q HTTP/1.1\r\nHost: a\r\nCookie: a=b\r\nCookie: sid=c1\r\n\r\n", b"c1"),
+            (b"GET /u/7?user=q HTTP/1.1\r\nHost: a\r\n\r\n", b"q"),
+            (b"GET /u/7 HTTP/1.1\r\nHost: a\r\n\r\n", b"7"),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", CLIENT_IP.encode()),
+        ]
+        for request, expected in cases:
+            client, _ = h.client()
+            client.data_received(request)
+            await settle()
+            assert b"\r\nX-Ringlb-Key: " + expected + b"\r\n" in h.sent(h.upstream()), request
+
+    run(body)
