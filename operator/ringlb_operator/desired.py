@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ringlb_ring import membership
-from ringlb_ring.membership import KeyConfig, format_address
+from ringlb_ring.membership import format_address
 
 from ringlb_operator import children
 from ringlb_operator import constants as c
@@ -265,7 +265,7 @@ class Ring:
 
 def ring_content(members: list[dict[str, str]], spec: Spec) -> dict[str, Any]:
     """The membership document minus its revision (what the revision versions)."""
-    return membership.content(members, spec.hashing.config(), KeyConfig(**spec.hashing.key()))
+    return membership.content(members, spec.hashing.config(), spec.hashing.key())
 
 
 def ring(status: Mapping[str, Any] | None, members: list[dict[str, str]], spec: Spec, floor: int = 0) -> Ring:

@@ -15,7 +15,9 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ringlb_ring import keys
 from ringlb_ring.hashing import HashingConfig
+from ringlb_ring.keys import KeyConfig
 from ringlb_ring.naming import MAX_REPLICAS, NAME_PATTERN, PlanError, check_unique, desired_identities
 
 from ringlb_operator import constants as c
@@ -112,12 +114,33 @@ class PodTemplate(_Model):
         return [{"name": e.name, "value": e.value} for e in self.env]
 
 
+KeySourceName = Literal["header", "cookie", "query", "path-segment", "client-ip"]
+KEY_NAME_PATTERN = r"^[A-Za-z0-9_.~-]{1,64}$"
+
+
+class KeySource(_Model):
+    """A key source: its name (header, cookie, query) or index (path-segment)."""
+
+    # A named source without its name is reported by ``problems`` (the schema cannot tie them).
+
+    source: KeySourceName
+    name: str = Field("", pattern=KEY_NAME_PATTERN, description="Header, cookie or query parameter name.")
+    index: int = Field(0, ge=0, le=keys.MAX_SEGMENT, description="Path segment (source path-segment), 0 for the first.")
+
+    def config(self) -> KeyConfig:
+        named = self.source in keys.NAMED_SOURCES
+        return KeyConfig(self.source, self.name if named else "", self.index if self.source == "path-segment" else 0)
+
+
 class Hashing(_Model):
     """The ``hashing`` object; defaults are ``HashingConfig``'s (the balancer's and ``ringlb dev``'s)."""
 
-    strategy: Literal["maglev", "ring", "seed"] = Field(
+    strategy: Literal["maglev", "ring", "seed", "round-robin", "random"] = Field(
         _HASHING.strategy,  # type: ignore[arg-type]
-        description="maglev (even, O(1)), ring (virtual nodes) or seed (the assignment's formulas).",
+        description=(
+            "maglev (even, O(1)), ring (virtual nodes), seed (the assignment's formulas), or the non-affine "
+            "baselines round-robin and random (the key chooses nothing; for comparison)."
+        ),
     )
     vnodes: int = Field(_HASHING.vnodes, ge=1, le=1000, description="Virtual nodes per replica (strategy ring).")
     table_size: int = Field(
@@ -137,9 +160,7 @@ class Hashing(_Model):
         description="Bounded-load factor c (1.0 to 10.0); 0 turns it off.",
         json_schema_extra={"anyOf": [{"maximum": 0}, {"minimum": 1}]},
     )
-    key_source: Literal["header", "cookie", "client-ip"] = Field(
-        "header", alias="keySource", description="Where the request key comes from."
-    )
+    key_source: KeySourceName = Field("header", alias="keySource", description="Where the request key comes from.")
     key_header: str = Field(
         c.DEFAULT_KEY_HEADER,
         alias="keyHeader",
@@ -152,6 +173,28 @@ class Hashing(_Model):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="Cookie carrying the key (keySource cookie).",
     )
+    key_query: str = Field(
+        "",
+        alias="keyQuery",
+        pattern=KEY_NAME_PATTERN,
+        description="Query parameter carrying the key (keySource query, which requires it), e.g. user in /cart?user=42.",
+    )
+    key_path_segment: int = Field(
+        0,
+        alias="keyPathSegment",
+        ge=0,
+        le=keys.MAX_SEGMENT,
+        description="Path segment carrying the key (keySource path-segment): 0 is users in /users/42/cart, 1 is 42.",
+    )
+    key_fallback: tuple[KeySource, ...] = Field(
+        (),
+        alias="keyFallback",
+        max_length=keys.MAX_FALLBACK,
+        description=(
+            "Sources tried in order when keySource gives no key (absent or empty), e.g. "
+            "[{source: cookie, name: sid}, {source: client-ip}]; a random key when none gives one."
+        ),
+    )
 
     def config(self) -> HashingConfig:
         return HashingConfig(
@@ -162,13 +205,13 @@ class Hashing(_Model):
             bounded_load=float(self.bounded_load),
         )
 
-    def key(self) -> dict[str, str]:
-        """The membership document's ``key`` object."""
-        if self.key_source == "cookie":
-            return {"source": "cookie", "name": self.key_cookie}
-        if self.key_source == "client-ip":
-            return {"source": "client-ip", "name": ""}
-        return {"source": "header", "name": self.key_header}
+    def key(self) -> KeyConfig:
+        """The membership document's ``key``."""
+        name = {"header": self.key_header, "cookie": self.key_cookie, "query": self.key_query}.get(self.key_source, "")
+        return KeyConfig(
+            self.key_source, name, self.key_path_segment if self.key_source == "path-segment" else 0,
+            tuple(source.config() for source in self.key_fallback),
+        )
 
 
 class Balancer(PodTemplate):
@@ -288,6 +331,11 @@ def problems(name: str, spec: Spec) -> list[str]:
         spec.hashing.config().validate()
     except ValueError as exc:
         found.append(f"spec.hashing: {exc}")
+    if spec.hashing.key_source == "query" and not spec.hashing.key_query:
+        found.append("spec.hashing.keyQuery: required with keySource query")
+    for i, source in enumerate(spec.hashing.key_fallback):
+        if source.source in keys.NAMED_SOURCES and not source.name:
+            found.append(f"spec.hashing.keyFallback[{i}].name: required with source {source.source}")
     return found
 
 

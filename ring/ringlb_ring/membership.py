@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ringlb_ring.hashing import HashingConfig
+from ringlb_ring import keys
+from ringlb_ring.hashing import HashingConfig, Transition
+from ringlb_ring.keys import KEY_SOURCES, KeyConfig
 from ringlb_ring.naming import MAX_REPLICAS, PlanError, check_name, check_unique
 
-KEY_SOURCES = ("header", "cookie", "client-ip")
+__all__ = [
+    "EMPTY", "KEY_SOURCES", "KeyConfig", "Member", "Membership", "MembershipError", "content",
+    "format_address", "parse", "parse_address",
+]
+
 MAX_REVISION = 2**63 - 1
 
 
@@ -88,14 +94,6 @@ class Member:
 
 
 @dataclass(frozen=True)
-class KeyConfig:
-    """Where the hashing key of a request comes from."""
-
-    source: str = "header"
-    name: str = "X-Request-ID"
-
-
-@dataclass(frozen=True)
 class Membership:
     revision: int
     members: tuple[Member, ...] = ()
@@ -113,18 +111,20 @@ class Membership:
 
 def content(members: Sequence[Mapping[str, str]], hashing: HashingConfig, key: KeyConfig) -> dict[str, Any]:
     """The document of ``PUT /membership`` minus its revision: the one serializer that the
-    supervisor and the operator use too, so what they push is what ``parse`` reads."""
-    return {
-        "members": [dict(m) for m in members],
-        "hashing": {
-            "strategy": hashing.strategy,
-            "tableSize": hashing.table_size,
-            "vnodes": hashing.vnodes,
-            "seedFormulas": hashing.seed_formulas,
-            "boundedLoad": float(hashing.bounded_load),
-        },
-        "key": asdict(key),
+    supervisor and the operator use too, so what they push is what ``parse`` reads. A field
+    added later (``transition``, a key's ``index`` or ``fallback``) is written only when set, so
+    the document of an unchanged spec stays byte for byte what it was."""
+    doc: dict[str, Any] = {
+        "strategy": hashing.strategy,
+        "tableSize": hashing.table_size,
+        "vnodes": hashing.vnodes,
+        "seedFormulas": hashing.seed_formulas,
+        "boundedLoad": float(hashing.bounded_load),
     }
+    if hashing.transition is not None:
+        t = hashing.transition
+        doc["transition"] = {"from": list(t.source), "to": list(t.target), "fraction": t.fraction}
+    return {"members": [dict(m) for m in members], "hashing": doc, "key": key.to_json()}
 
 
 EMPTY = Membership(revision=0)
@@ -172,7 +172,17 @@ def parse(doc: object) -> Membership:
         raise MembershipError(f"members: {exc}") from None
     if len({m.address for m in members}) != len(members):
         raise MembershipError("members: two members share an address")
-    return Membership(revision, tuple(members), _hashing(doc.get("hashing", {})), _key(doc.get("key", {})))
+    config = _hashing(doc.get("hashing", {}))
+    if config.transition is not None:
+        try:
+            config.transition.check_members([m.name for m in members])
+        except ValueError as exc:
+            raise MembershipError(f"hashing.{exc}") from None
+    try:
+        key = keys.parse(doc.get("key", {}))
+    except keys.KeyConfigError as exc:
+        raise MembershipError(str(exc)) from None
+    return Membership(revision, tuple(members), config, key)
 
 
 def _hashing(raw: object) -> HashingConfig:
@@ -180,6 +190,9 @@ def _hashing(raw: object) -> HashingConfig:
         raise MembershipError("hashing: must be an object")
     kwargs: dict[str, Any] = {}
     for json_name, value in raw.items():
+        if json_name == "transition":
+            kwargs["transition"] = _transition(value)
+            continue
         if json_name not in _HASHING_FIELDS:
             raise MembershipError(f"hashing.{json_name}: unknown field")
         attr, kind = _HASHING_FIELDS[json_name]
@@ -194,12 +207,20 @@ def _hashing(raw: object) -> HashingConfig:
     return config
 
 
-def _key(raw: object) -> KeyConfig:
-    if not isinstance(raw, dict) or set(raw) - {"source", "name"}:
-        raise MembershipError("key: must be an object with source and name")
-    key = KeyConfig(**raw)
-    if not isinstance(key.source, str) or key.source not in KEY_SOURCES:
-        raise MembershipError(f"key.source: one of {', '.join(KEY_SOURCES)}")
-    if not isinstance(key.name, str) or (key.source != "client-ip" and not key.name.strip()):
-        raise MembershipError("key.name: the header or cookie name is required")
-    return key
+def _transition(raw: object) -> Transition:
+    """``{"from": [names], "to": [names], "fraction": f}``: a warm-up step (hashing.warmup)."""
+    if not isinstance(raw, dict) or set(raw) != {"from", "to", "fraction"}:
+        raise MembershipError("hashing.transition: must be an object with exactly from, to and fraction")
+    lists = []
+    for field_name in ("from", "to"):
+        names = raw[field_name]
+        if not isinstance(names, list) or len(names) > MAX_REPLICAS:
+            raise MembershipError(f"hashing.transition.{field_name}: a list of at most {MAX_REPLICAS} member names")
+        try:
+            lists.append(tuple(check_name(n) for n in names))
+        except PlanError as exc:
+            raise MembershipError(f"hashing.transition.{field_name}: {exc}") from None
+    fraction = raw["fraction"]
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+        raise MembershipError("hashing.transition.fraction: a number strictly between 0 and 1")
+    return Transition(lists[0], lists[1], float(fraction))

@@ -9,9 +9,10 @@ import signal
 import sys
 from typing import Any
 
-from ringlb_ring import naming
+from ringlb_replica.cache import MAX_MISS_COST_MS, MAX_SIZE
+from ringlb_ring import keys, naming
 from ringlb_ring.hashing import STRATEGIES, HashingConfig
-from ringlb_ring.membership import KEY_SOURCES, KeyConfig
+from ringlb_ring.membership import KEY_SOURCES
 
 from ringlb_balancer import tls
 from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
@@ -32,7 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--seed-formulas", choices=("original", "reissue"), default="original")
     dev.add_argument("--bounded-load", type=float, default=0.0, help="c, e.g. 1.25; 0 disables")
     dev.add_argument("--key-source", choices=KEY_SOURCES, default="header")
-    dev.add_argument("--key-name", default="X-Request-ID", help="header or cookie name")
+    dev.add_argument("--key-name", default="X-Request-ID", help="header, cookie or query parameter name")
+    dev.add_argument("--key-index", type=int, default=0, help="path-segment: which one, 0 for the first")
+    dev.add_argument("--key-fallback", action="append", default=[], metavar="SOURCE[:NAME]",
+                     help="a source tried when the ones before give no key, in order; repeatable: "
+                     "header:X-Session, cookie:sid, query:user, path-segment:1, client-ip")
+    dev.add_argument("--cache-size", type=int, default=0,
+                     help="each replica caches this many request keys (LRU; 0: no cache model)")
+    dev.add_argument("--miss-cost-ms", type=float, default=0.0,
+                     help="what a replica's cache miss costs, in milliseconds (a sleep)")
     dev.add_argument("--token", default="", help="require this bearer token on /add and /rm "
                      "(default: open, as the seed's were)")
     dev.add_argument("--membership-token", default="",
@@ -54,16 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("ringlb dev: --tls-cert and --tls-key go together")
     if args.tls_cert and (error := tls.load_error(args.tls_cert, args.tls_key)):
         sys.exit(f"ringlb dev: {error}")
+    if not 0 <= args.cache_size <= MAX_SIZE:
+        sys.exit(f"ringlb dev: --cache-size must be 0 (off) to {MAX_SIZE}")
+    if not 0 <= args.miss_cost_ms <= MAX_MISS_COST_MS:
+        sys.exit(f"ringlb dev: --miss-cost-ms must be 0 to {MAX_MISS_COST_MS:g}")
     hashing = HashingConfig(
         args.strategy, args.table_size, args.vnodes, args.seed_formulas, args.bounded_load
     )
     try:
         hashing.validate()
+        key = keys.parse(keys.KeyConfig(  # through the checks a pushed document gets
+            args.key_source, args.key_name if args.key_source in keys.NAMED_SOURCES else "", args.key_index,
+            tuple(keys.from_text(text) for text in args.key_fallback),
+        ).to_json())
         names = naming.desired_identities(args.replicas, args.hostnames)
         supervisor = Supervisor(
             LocalConfig(
                 replicas=names, host=args.host, port=args.port, workers=args.workers,
-                hashing=hashing, key=KeyConfig(args.key_source, args.key_name),
+                hashing=hashing, key=key, cache_size=args.cache_size, miss_cost_ms=args.miss_cost_ms,
                 token=args.token, membership_token=args.membership_token, log_dir=args.log_dir,
                 tls_cert=os.path.abspath(args.tls_cert) if args.tls_cert else "",
                 tls_key=os.path.abspath(args.tls_key) if args.tls_key else "",

@@ -65,6 +65,8 @@ class LocalConfig:
     port: int = 5000
     workers: int = 2
     replica_workers: int = 1
+    cache_size: int = 0  # the replicas' per-key cache model (RINGLB_REPLICA_CACHE_SIZE); 0: off
+    miss_cost_ms: float = 0.0  # what a cache miss costs them (RINGLB_REPLICA_MISS_COST_MS)
     hashing: HashingConfig = field(default_factory=HashingConfig)
     key: KeyConfig = field(default_factory=KeyConfig)
     token: str = ""
@@ -157,7 +159,10 @@ class Supervisor:
             return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
     def _spawn_replica(self, replica: Replica) -> None:
-        env = dict(os.environ, SERVER_ID=replica.name)
+        env = dict(
+            os.environ, SERVER_ID=replica.name, RINGLB_REPLICA_CACHE_SIZE=str(self.config.cache_size),
+            RINGLB_REPLICA_MISS_COST_MS=str(self.config.miss_cost_ms),
+        )
         cmd = [
             sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{replica.port}",
             "--workers", str(self.config.replica_workers), "--worker-class", "gthread",

@@ -18,12 +18,11 @@ from ringlb_balancer.status.model import (
     moved_fraction,
     moved_is_exact,
     series,
-    shares,
 )
 
 __all__ = [
     "change", "data", "keep_samples", "lookup", "moved_fraction", "moved_is_exact", "page",
-    "series", "shares",
+    "series",
 ]
 
 _CSS_LINK = '<link rel="stylesheet" href="status.css">'

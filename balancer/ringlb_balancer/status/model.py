@@ -5,22 +5,13 @@ objects the balancer routes with, the health flags, in-flight counts and counter
 read from the shared state, and serialize what comes back. Nothing here reads a clock, a file or
 a socket, so everything is unit-tested with hand-built inputs.
 
-Shares and moved fractions are *computed from the tables*, not estimated from sample keys:
-
-- maglev: a key goes to ``table[hash64(key) % table_size]``; a member's share is its number of
-  entries over the table size (exact up to the 2^64 mod table_size bias, below 1e-14).
-- ring: a key goes to the first point clockwise of ``hash64(key)`` on the 2^64 circle; a member's
-  share is the total length of the arcs that end at its points, over 2^64 (exact integers).
-- seed: a key becomes a request id in 100000..999999 (the seed's random 6-digit ids; other keys
-  are hashed into that range), then the request slot ``H(id) % 512``, then the first occupied
-  slot clockwise. H is an integer polynomial, so ``H(id) % 512`` depends only on ``id % 512``:
-  weighting each of the 512 residues by how many ids fall on it gives the exact share of the
-  id space. (Counting occupied slots instead would be wrong: H is quadratic and never lands on
-  most slots, so slot counts say little about where requests go.)
-
-Between two strategies of the same kind and size the moved fraction is exact the same way;
-between different kinds (a strategy switch) or sizes it is measured on a fixed sample of
-``SAMPLE_KEYS`` keys, and the change record says so (``"exact": false``).
+Shares are each strategy's own report (``Strategy.shares``: exact, from its table). Moved
+fractions are *computed from the tables*, not estimated from sample keys: between two
+strategies of the same kind and size exactly (maglev: entries; ring: arcs of the 2^64 circle;
+seed: the 512 residues of the request-id space, weighted by their ids); between different kinds
+(a strategy switch) or sizes on a fixed sample of ``SAMPLE_KEYS`` keys, and the change record
+says so (``"exact": false``). A non-affine strategy (round-robin, random) has no owner per key,
+so a change to or from one has no moved fraction (``None``).
 """
 
 from __future__ import annotations
@@ -31,9 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ringlb_ring import hashing
+from ringlb_ring.hashing.ketama import CIRCLE
+from ringlb_ring.hashing.seed import REQUEST_IDS, id_weights
 
-CIRCLE = 2**64
-SEED_IDS = (100_000, 1_000_000)  # request ids the seed strategy sees: [low, high)
 SAMPLE_KEYS = 20_000
 WINDOW = 60.0  # seconds of history the page charts
 MAX_CHANGES = 20  # change-log entries the page shows
@@ -41,68 +32,20 @@ MAX_CHANGES = 20  # change-log entries the page shows
 HEALTHY = "healthy"
 EJECTED = "ejected"
 
-Strategy = Any  # hashing.Strategy: Maglev, Ring or Seed (their attributes are read directly)
-
-
-# -- key-space shares ------------------------------------------------------------------------
-def shares(strategy: Strategy) -> list[float]:
-    """Each member's share of the key space, index-aligned with ``strategy.members``; sums to 1
-    (to float rounding) when there is at least one member, ``[]`` when there is none."""
-    n = len(strategy.members)
-    if n == 0:
-        return []
-    counts = [0] * n
-    if strategy.name == "maglev":
-        for index in strategy.table:
-            counts[index] += 1
-        total = strategy.table_size
-    elif strategy.name == "ring":
-        for index, length in _arcs(strategy.points, strategy.owners):
-            counts[index] += length
-        total = CIRCLE
-    elif strategy.name == "seed":
-        for residue, weight in _seed_weights(strategy.slots):
-            index = _seed_owner(strategy, residue)
-            if index >= 0:
-                counts[index] += weight
-        total = SEED_IDS[1] - SEED_IDS[0]
-    else:
-        raise ValueError(f"unknown strategy {strategy.name!r}")
-    return [c / total for c in counts]
-
-
-def _arcs(points: Sequence[int], owners: Sequence[int]) -> Iterable[tuple[int, int]]:
-    """(owner index, arc length) for each ring point: a hash h goes to the point at
-    ``bisect_right(points, h)`` (wrapping), so point k owns [points[k-1], points[k]) and
-    point 0 owns [points[-1], 2^64) plus [0, points[0])."""
-    if not points:
-        return
-    yield owners[0], CIRCLE - points[-1] + points[0]
-    for k in range(1, len(points)):
-        yield owners[k], points[k] - points[k - 1]
-
-
-def _seed_weights(slots: int) -> Iterable[tuple[int, int]]:
-    """(residue r, how many request ids in SEED_IDS are congruent to r mod ``slots``)."""
-    low, high = SEED_IDS
-    for r in range(slots):
-        first = low + (r - low) % slots  # the smallest id >= low with id % slots == r
-        yield r, 0 if first >= high else (high - 1 - first) // slots + 1
-
-
-def _seed_owner(strategy: Strategy, residue: int) -> int:
-    slot = strategy.next_slot[strategy.request_slot(residue) % strategy.slots]
-    return strategy.occupied[slot] if slot >= 0 else -1
+Strategy = Any  # hashing.Strategy; the exact moved fractions read Maglev, Ring and Seed tables
 
 
 # -- what a membership change moved ----------------------------------------------------------
-def moved_fraction(before: Strategy, after: Strategy) -> float:
+def moved_fraction(before: Strategy, after: Strategy) -> float | None:
     """Fraction of the key space whose owner (by member name) differs between two strategies.
 
     Exact when both are the same kind with the same table (maglev: same table size; seed: same
     slot count); otherwise measured on ``SAMPLE_KEYS`` fixed keys (see ``moved_is_exact``).
     A key without an owner (empty membership) counts as moved when the other side has one.
+    None when either strategy is not affine: no key has an owner to move.
     """
+    if not (before.affine and after.affine):
+        return None
     names_b = _names(before)
     names_a = _names(after)
     if before.name == after.name == "maglev" and before.table_size == after.table_size:
@@ -113,10 +56,10 @@ def moved_fraction(before: Strategy, after: Strategy) -> float:
     if before.name == after.name == "seed" and before.slots == after.slots:
         moved = sum(
             weight
-            for residue, weight in _seed_weights(before.slots)
-            if names_b[_seed_owner(before, residue)] != names_a[_seed_owner(after, residue)]
+            for residue, weight in id_weights(before.slots)
+            if names_b[before.residue_owner(residue)] != names_a[after.residue_owner(residue)]
         )
-        return moved / (SEED_IDS[1] - SEED_IDS[0])
+        return moved / (REQUEST_IDS[1] - REQUEST_IDS[0])
     keys = sample_keys()
     moved = sum(1 for key in keys if _owner_name(before, key) != _owner_name(after, key))
     return moved / len(keys)
@@ -124,7 +67,7 @@ def moved_fraction(before: Strategy, after: Strategy) -> float:
 
 def moved_is_exact(before: Strategy, after: Strategy) -> bool:
     """Whether ``moved_fraction(before, after)`` is computed from the tables (not sampled)."""
-    if before.name != after.name:
+    if before.name != after.name or not before.affine:
         return False
     if before.name == "maglev":
         return before.table_size == after.table_size
@@ -270,7 +213,7 @@ def data(
     newest first); ``now``: Unix time of the answer.
     """
     ejected = ejected or {}
-    share = shares(strategy)
+    share = strategy.shares()
     rates = series(samples, now, window, [m.name for m in membership.members])
     if now is None:
         now = samples[-1][0] if samples else 0.0
@@ -335,7 +278,7 @@ def lookup(
         raise ValueError("key: required, non-empty (a request without a key goes to a random owner)")
     members = strategy.members
     out: dict[str, Any] = {"key": key, "strategy": strategy.name, "owner": None, "route": None,
-                           "preference": [], "ejected": [], "position": _position(strategy, key)}
+                           "preference": [], "ejected": [], "position": strategy.position(key)}
     if not members:
         return out
     down = set(ejected)
@@ -346,26 +289,16 @@ def lookup(
         counts += [0] * (len(members) - len(counts))
         route = hashing.bounded_choice(iter(healthy), counts[: len(members)], bounded_load)
     else:
-        route = strategy.owner(key)
+        route = order[0]  # the owner; one draw for a non-affine strategy, whose owner is per call
         if members[route] in down:
             route = healthy[0]
     out.update(
-        owner=members[strategy.owner(key)],
+        owner=members[order[0]],
         route=members[route],
         preference=[members[i] for i in order],
         ejected=[members[i] for i in order if members[i] in down],
     )
     return out
-
-
-def _position(strategy: Strategy, key: str) -> dict[str, Any]:
-    """Where the key lands in the strategy's table, for the page to show."""
-    if strategy.name == "seed":
-        return {"slot": strategy.slot_of(key)}
-    h = hashing.hash64(key)
-    if strategy.name == "maglev":
-        return {"hash": f"{h:016x}", "entry": h % strategy.table_size}
-    return {"hash": f"{h:016x}", "angle": round(360 * h / CIRCLE, 3)}
 
 
 def percent(fraction: float) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 def hash64(data: str) -> int:
@@ -22,16 +22,28 @@ def hash64(data: str) -> int:
 
 
 class Strategy(Protocol):
-    """What the balancer needs from a hashing strategy."""
+    """What the balancer and the status page need from a hashing strategy.
+
+    Each strategy reports its own shares and key positions (as Envoy's MaglevTable reports its
+    per-host share), so callers never read a table's internals or branch on a strategy's name.
+    """
 
     name: str
     members: tuple[str, ...]
+    affine: bool  # False: the key does not choose the member (round-robin, random baselines)
 
     def owner(self, key: str) -> int:
         """Index into ``members`` of the member that owns ``key``."""
 
     def preference(self, key: str) -> Iterator[int]:
         """Every member index exactly once, owner first, in this strategy's fallback order."""
+
+    def shares(self) -> list[float]:
+        """Each member's share of the key space, index-aligned with ``members``; sums to 1 (to
+        float rounding) with at least one member, ``[]`` with none."""
+
+    def position(self, key: str) -> dict[str, Any]:
+        """Where ``key`` lands in this strategy's table, for the status page to show."""
 
 
 def is_prime(n: int) -> bool:

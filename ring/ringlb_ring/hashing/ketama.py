@@ -6,11 +6,24 @@ One module per algorithm so each can be read alone; registered as "ring" in ``ri
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from ringlb_ring.hashing.base import distinct, hash64
 
 DEFAULT_VNODES = 160
+CIRCLE = 2**64
+
+
+def arcs(points: Sequence[int], owners: Sequence[int]) -> Iterable[tuple[int, int]]:
+    """(owner index, arc length) for each ring point: a hash h goes to the point at
+    ``bisect_right(points, h)`` (wrapping), so point k owns [points[k-1], points[k]) and
+    point 0 owns [points[-1], 2^64) plus [0, points[0])."""
+    if not points:
+        return
+    yield owners[0], CIRCLE - points[-1] + points[0]
+    for k in range(1, len(points)):
+        yield owners[k], points[k] - points[k - 1]
 
 
 class Ring:
@@ -21,6 +34,7 @@ class Ring:
     """
 
     name = "ring"
+    affine = True
 
     def __init__(self, members: Sequence[str], vnodes: int = DEFAULT_VNODES) -> None:
         if vnodes < 1:
@@ -41,3 +55,17 @@ class Ring:
             return iter(())
         start = bisect.bisect(self.points, hash64(key)) % len(self.points)
         return distinct(self.owners, start, len(self.members))
+
+    def shares(self) -> list[float]:
+        """The total length of the arcs ending at a member's points, over 2^64 (exact integers
+        until the final division)."""
+        if not self.members:
+            return []
+        counts = [0] * len(self.members)
+        for index, length in arcs(self.points, self.owners):
+            counts[index] += length
+        return [c / CIRCLE for c in counts]
+
+    def position(self, key: str) -> dict[str, Any]:
+        h = hash64(key)
+        return {"hash": f"{h:016x}", "angle": round(360 * h / CIRCLE, 3)}

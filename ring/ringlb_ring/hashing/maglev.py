@@ -6,6 +6,7 @@ Maglev hashing, Eisenbud et al., NSDI 2016; one module per algorithm so each can
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ringlb_ring.hashing.base import distinct, hash64, is_prime
 
@@ -21,6 +22,7 @@ class Maglev:
     """
 
     name = "maglev"
+    affine = True
 
     def __init__(self, members: Sequence[str], table_size: int = DEFAULT_MAGLEV_TABLE_SIZE) -> None:
         if not is_prime(table_size):
@@ -64,3 +66,17 @@ class Maglev:
         # Walking the table from the key's entry visits members in a key-dependent order, so the
         # load of an ejected member spreads over all the others instead of one neighbour.
         return distinct(self.table, hash64(key) % self.table_size, len(self.members))
+
+    def shares(self) -> list[float]:
+        """A member's number of table entries over the table size: exact up to the
+        2^64 mod table_size bias of ``hash64 % table_size``, below 1e-14."""
+        if not self.members:
+            return []
+        counts = [0] * len(self.members)
+        for index in self.table:
+            counts[index] += 1
+        return [c / self.table_size for c in counts]
+
+    def position(self, key: str) -> dict[str, Any]:
+        h = hash64(key)
+        return {"hash": f"{h:016x}", "entry": h % self.table_size}

@@ -7,12 +7,14 @@ one module per algorithm so each can be read alone.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from ringlb_ring.hashing.base import distinct, hash64
 
 SEED_SLOTS = 512
 SEED_VIRTUAL_SERVERS = 9  # K = log2(512)
+REQUEST_IDS = (100_000, 1_000_000)  # the request ids keys become: [low, high), the seed's 6-digit ids
 
 SlotFunction = Callable[[int], int]
 VirtualSlotFunction = Callable[[int, int], int]
@@ -72,7 +74,19 @@ def seed_request_id(key: str) -> int:
     seed sent random 6-digit ids), otherwise a 6-digit number derived from a stable hash."""
     if key.isascii() and key.isdigit() and len(key) <= 18:
         return int(key)
-    return 100_000 + hash64(key) % 900_000
+    return REQUEST_IDS[0] + hash64(key) % (REQUEST_IDS[1] - REQUEST_IDS[0])
+
+
+def id_weights(slots: int) -> Iterable[tuple[int, int]]:
+    """(residue r, how many request ids in REQUEST_IDS are congruent to r mod ``slots``).
+
+    H is an integer polynomial, so ``H(id) % slots`` depends only on ``id % slots``: weighting
+    each residue by its ids gives exact shares of the id space without visiting 900,000 ids.
+    """
+    low, high = REQUEST_IDS
+    for r in range(slots):
+        first = low + (r - low) % slots  # the smallest id >= low with id % slots == r
+        yield r, 0 if first >= high else (high - 1 - first) // slots + 1
 
 
 class Seed:
@@ -81,6 +95,7 @@ class Seed:
     to the nearest occupied slot. H and Φ are parameters because analysis A-4 swaps them."""
 
     name = "seed"
+    affine = True
 
     def __init__(
         self,
@@ -136,3 +151,24 @@ class Seed:
         if slot < 0:
             return iter(())
         return distinct(self.ring_order, self._position[slot], len(self.members))
+
+    def residue_owner(self, residue: int) -> int:
+        """The owner of every request id congruent to ``residue`` mod ``slots`` (-1: none)."""
+        slot = self.next_slot[self.request_slot(residue) % self.slots]
+        return self.occupied[slot] if slot >= 0 else -1
+
+    def shares(self) -> list[float]:
+        """Shares of the request-id space (a key becomes an id, then a slot). Counting occupied
+        slots instead would be wrong: H is quadratic and never lands on most slots, so slot
+        counts say little about where requests go."""
+        if not self.members:
+            return []
+        counts = [0] * len(self.members)
+        for residue, weight in id_weights(self.slots):
+            index = self.residue_owner(residue)
+            if index >= 0:
+                counts[index] += weight
+        return [c / (REQUEST_IDS[1] - REQUEST_IDS[0]) for c in counts]
+
+    def position(self, key: str) -> dict[str, Any]:
+        return {"slot": self.slot_of(key)}

@@ -32,69 +32,11 @@ def names(n: int, prefix: str = "Server ") -> list[str]:
 
 
 def fake_maglev(members: list[str], table: list[int]) -> SimpleNamespace:
-    return SimpleNamespace(name="maglev", members=tuple(members), table=table, table_size=len(table))
+    return SimpleNamespace(name="maglev", affine=True, members=tuple(members), table=table, table_size=len(table))
 
 
 def fake_ring(members: list[str], points: list[int], owners: list[int]) -> SimpleNamespace:
-    return SimpleNamespace(name="ring", members=tuple(members), points=points, owners=owners)
-
-
-# -- shares ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 20])
-def test_shares_sum_to_one(config: h.HashingConfig, n: int) -> None:
-    strategy = h.build(names(n), config)
-    share = model.shares(strategy)
-    assert len(share) == n
-    assert all(s >= 0 for s in share)
-    assert math.isclose(sum(share), 1.0, abs_tol=1e-12)
-
-
-@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
-def test_no_members_no_shares(config: h.HashingConfig) -> None:
-    assert model.shares(h.build([], config)) == []
-
-
-def test_maglev_share_is_table_entries_over_size() -> None:
-    strategy = fake_maglev(["a", "b", "c"], [0, 0, 1, 2, 1])
-    assert model.shares(strategy) == [2 / 5, 2 / 5, 1 / 5]
-
-
-def test_ring_share_is_arc_length_ending_at_each_point() -> None:
-    # b's point at 2^63 owns [2^62, 2^63): a quarter; a's point at 2^62 owns the rest (wrapping).
-    strategy = fake_ring(["a", "b"], [2**62, 2**63], [0, 1])
-    assert model.shares(strategy) == [0.75, 0.25]
-
-
-def test_ring_shares_agree_with_routing_real_keys() -> None:
-    strategy = h.build(names(4), h.HashingConfig("ring", vnodes=5))
-    keys = [f"k{i}" for i in range(40_000)]
-    counts = [0] * 4
-    for key in keys:
-        counts[strategy.owner(key)] += 1
-    for share, count in zip(model.shares(strategy), counts):
-        assert abs(share - count / len(keys)) < 0.01  # ~4 sigma at 40k keys
-
-
-@pytest.mark.parametrize("formulas", ["original", "reissue"])
-def test_seed_shares_count_every_request_id_exactly(formulas: str) -> None:
-    """Brute force over every id the seed strategy sees: the residue shortcut is exact."""
-    strategy = h.build(names(5), h.HashingConfig("seed", seed_formulas=formulas))
-    counts = [0] * 5
-    slot_owner = [strategy.occupied[strategy.next_slot[s]] for s in range(strategy.slots)]
-    for rid in range(*model.SEED_IDS):
-        counts[slot_owner[strategy.request_slot(rid) % strategy.slots]] += 1
-    total = model.SEED_IDS[1] - model.SEED_IDS[0]
-    assert model.shares(strategy) == [c / total for c in counts]
-
-
-def test_seed_shares_follow_the_keys_not_the_slot_count() -> None:
-    """The seed's quadratic H reaches few slots, so a member owning a third of the slots need
-    not own a third of the keys: the page shows where keys go."""
-    strategy = h.build(names(3), h.HashingConfig("seed"))
-    slot_share = [strategy.occupied.count(i) / 27 for i in range(3)]  # 9 virtual servers each
-    assert slot_share == [1 / 3] * 3
-    assert max(model.shares(strategy)) > 0.5
+    return SimpleNamespace(name="ring", affine=True, members=tuple(members), points=points, owners=owners)
 
 
 # -- moved fraction --------------------------------------------------------------------------
@@ -128,7 +70,7 @@ def test_ring_removal_moves_exactly_the_removed_share() -> None:
     config = h.HashingConfig("ring")
     before = h.build(names(5), config)
     after = h.build(names(5)[:2] + names(5)[3:], config)
-    assert math.isclose(model.moved_fraction(before, after), model.shares(before)[2], rel_tol=1e-12)
+    assert math.isclose(model.moved_fraction(before, after), before.shares()[2], rel_tol=1e-12)
 
 
 def test_from_or_to_an_empty_ring_everything_moves() -> None:

@@ -89,7 +89,7 @@ BAD = [
     ({"hashing": {"vnodes": 1001}}, "spec/hashing/vnodes"),
     ({"hashing": {"boundedLoad": 0.5}}, "spec/hashing/boundedLoad"),
     ({"hashing": {"boundedLoad": 11}}, "spec/hashing/boundedLoad"),
-    ({"hashing": {"keySource": "query"}}, "spec/hashing/keySource"),
+    ({"hashing": {"keySource": "body"}}, "spec/hashing/keySource"),
     ({"balancer": {"replicas": 0}}, "spec/balancer/replicas"),
     ({"balancer": {"serviceType": "ExternalName"}}, "spec/balancer/serviceType"),
     ({"template": {"env": [{"name": "1 bad"}]}}, "spec/template/env/0/name"),

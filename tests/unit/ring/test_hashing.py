@@ -474,7 +474,7 @@ def test_bounded_choice_falls_back_to_first_in_order():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "rendezvous"}, "unknown strategy 'rendezvous'; use one of maglev, ring, seed"),
+        ({"strategy": "rendezvous"}, "unknown strategy 'rendezvous'; use one of maglev, ring, seed, round-robin, random"),
         ({"seed_formulas": "other"}, "seed_formulas must be 'original' or 'reissue'"),
         ({"bounded_load": 0.5}, "bounded_load must be 0 (off) or between 1.0 and 10.0"),
         ({"bounded_load": 10.5}, "bounded_load must be 0 (off) or between 1.0 and 10.0"),
@@ -531,7 +531,7 @@ def test_keys_moved_compares_owner_names_not_indexes():
 
 
 def test_registry_builds_each_strategy_under_its_name():
-    assert list(h.STRATEGIES) == ["maglev", "ring", "seed"]
+    assert list(h.STRATEGIES) == ["maglev", "ring", "seed", "round-robin", "random"]
     for name in h.STRATEGIES:
         built = h.build(["Server 1", "Server 2"], HashingConfig(strategy=name, table_size=257))
         assert built.name == name and built.members == ("Server 1", "Server 2")

@@ -244,7 +244,7 @@ def test_duplicate_addresses():
         ({"seedFormulas": 1}, "hashing.seedFormulas: wrong type"),
         ({"boundedLoad": "1.25"}, "hashing.boundedLoad: wrong type"),
         ({"boundedLoad": True}, "hashing.boundedLoad: wrong type"),
-        ({"strategy": "consistent"}, "hashing: unknown strategy 'consistent'; use one of maglev, ring, seed"),
+        ({"strategy": "consistent"}, "hashing: unknown strategy 'consistent'; use one of maglev, ring, seed, round-robin, random"),
         ({"tableSize": 256}, "hashing: table_size must be a prime between 257 and 1000003"),
         ({"vnodes": 0}, "hashing: vnodes must be between 1 and 1000"),
         ({"seedFormulas": "new"}, "hashing: seed_formulas must be 'original' or 'reissue'"),
@@ -262,19 +262,42 @@ def test_bounded_load_accepts_int_and_zero():
     assert parse(doc(hashing={"boundedLoad": 0})).hashing.bounded_load == 0
 
 
+OBJECT = "key: must be an object with source and name or index (and optionally fallback)"
+SOURCES = "key.source: one of header, cookie, query, path-segment, client-ip"
+NAME_CHARS = "key.name: at most 128 letters, digits and !#$%&'*+.^_`|~-"
+SEGMENT = "key.index: an integer from 0 (the first segment) to 63"
+
+
 @pytest.mark.parametrize(
     ("key", "message"),
     [
-        ([], "key: must be an object with source and name"),
-        (None, "key: must be an object with source and name"),
-        ({"source": "header", "name": "X", "extra": 1}, "key: must be an object with source and name"),
-        ({"source": "query"}, "key.source: one of header, cookie, client-ip"),
-        ({"source": None}, "key.source: one of header, cookie, client-ip"),
-        ({"source": ["header"]}, "key.source: one of header, cookie, client-ip"),
-        ({"source": "header", "name": ""}, "key.name: the header or cookie name is required"),
-        ({"source": "header", "name": "   "}, "key.name: the header or cookie name is required"),
-        ({"source": "cookie", "name": 5}, "key.name: the header or cookie name is required"),
-        ({"source": "header", "name": None}, "key.name: the header or cookie name is required"),
+        ([], OBJECT),
+        (None, OBJECT),
+        ({"source": "header", "name": "X", "extra": 1}, OBJECT),
+        ({"source": "query2"}, SOURCES),
+        ({"source": None}, SOURCES),
+        ({"source": ["header"]}, SOURCES),
+        ({"source": "header", "name": ""}, "key.name: the header name is required"),
+        ({"source": "header", "name": "   "}, "key.name: the header name is required"),
+        ({"source": "cookie", "name": 5}, "key.name: a string"),
+        ({"source": "header", "name": None}, "key.name: a string"),
+        ({"source": "query"}, "key.name: the query name is required"),
+        ({"source": "header", "name": "X Id"}, NAME_CHARS),
+        ({"source": "cookie", "name": "a;b"}, NAME_CHARS),
+        ({"source": "query", "name": "x" * 129}, NAME_CHARS),
+        ({"source": "path-segment", "name": "x", "index": 1}, "key.name: a path segment has no name; use index"),
+        ({"source": "header", "name": "X", "index": 1}, "key.index: only for source path-segment"),
+        ({"source": "path-segment", "index": -1}, SEGMENT),
+        ({"source": "path-segment", "index": 64}, SEGMENT),
+        ({"source": "path-segment", "index": True}, SEGMENT),
+        ({"source": "path-segment", "index": "1"}, SEGMENT),
+        ({"source": "header", "name": "X", "fallback": {}}, "key.fallback: a list of at most 4 sources"),
+        ({"source": "header", "name": "X", "fallback": [{"source": "client-ip"}] * 5},
+         "key.fallback: a list of at most 4 sources"),
+        ({"source": "header", "name": "X", "fallback": [{"source": "cookie"}]},
+         "key.fallback[0].name: the cookie name is required"),
+        ({"source": "header", "name": "X", "fallback": [{"source": "client-ip", "fallback": []}]},
+         "key.fallback[0]: must be an object with source and name or index"),
     ],
 )
 def test_bad_key(key, message):
