@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from importlib import resources
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ import pytest
 from ringlb_balancer import status
 from ringlb_balancer.status import model
 from ringlb_ring import hashing as h
+from ringlb_ring.hashing import warmup
 from ringlb_ring.membership import KeyConfig, Member, Membership
 
 SMALL_TABLE = 4099  # prime: cheap Maglev builds
@@ -278,3 +280,25 @@ def test_openapi_documents_the_status_endpoints() -> None:
     assert "text/html" in paths["/status"]["get"]["responses"]["200"]["content"]
     assert paths["/status/data"]["get"]["responses"]["200"]["content"]["application/json"]
     assert paths["/status/lookup"]["get"]["parameters"][0]["name"] == "key"
+
+
+# -- non-affine baselines and warm-up tables ---------------------------------------------------
+@pytest.mark.parametrize("strategy", ["round-robin", "random"])
+def test_non_affine_strategies_move_no_keys_and_share_evenly(strategy: str) -> None:
+    baseline = h.build(names(4), h.HashingConfig(strategy))
+    affine = h.build(names(4), CONFIGS["ring"])
+    assert model.moved_fraction(affine, baseline) is None and model.moved_fraction(baseline, affine) is None
+    assert model.change(affine, baseline, 2, 1.0)["moved"] is None
+    doc = model.data(membership(4, h.HashingConfig(strategy)), baseline)
+    assert [m["share"] for m in doc["members"]] == [0.25] * 4
+    lookup = model.lookup(baseline, "k")
+    assert lookup["owner"] == lookup["route"] == lookup["preference"][0] and lookup["position"] == {}
+
+
+def test_a_warm_up_step_is_compared_exactly_like_any_table() -> None:
+    config = CONFIGS["maglev"]
+    old, new = names(3), names(4)
+    half = h.build(new, replace(config, transition=warmup.Transition(tuple(old), tuple(new), 0.5)))
+    before, after = h.build(old, config), h.build(new, config)
+    assert model.moved_is_exact(before, half)
+    assert math.isclose(model.moved_fraction(before, half), model.moved_fraction(before, after) / 2, abs_tol=1 / SMALL_TABLE)
