@@ -153,26 +153,32 @@ class KeyPlan:
 
 
 def _step_name(source: KeyConfig) -> bytes:
+    """What the request path searches for: a header's name lower-cased (as compared), a query
+    parameter's as ``name=``."""
     name = source.name.encode("latin-1")
-    return name.lower() if source.source == "header" else name
+    if source.source == "header":
+        return name.lower()
+    return name + b"=" if source.source == "query" else name
 
 
-def _query(target: bytes, name: bytes) -> bytes | None:
-    """The first ``name=value`` of the query (``&``-separated; a ``#…`` tail ignored)."""
+def _query(target: bytes, needle: bytes) -> bytes | None:
+    """The value of the first ``name=value`` of the query (``needle`` is ``name=``; pairs are
+    ``&``-separated; a ``#…`` tail, which clients do not send, is not part of it)."""
     start = target.find(b"?")
     if start < 0:
         return None
-    query = target[start:].split(b"#", 1)[0]  # "?a=1&b=2": a leading separator before every pair
-    needle = name + b"="
-    at = 0
-    while True:
-        at = query.find(needle, at)
-        if at < 0:
-            return None
-        if query[at - 1] in b"?&":
-            end = query.find(b"&", at)
-            return query[at + len(needle): end if end >= 0 else len(query)]
-        at += 1
+    at = target.find(needle, start)
+    while at >= 0 and target[at - 1] not in b"?&":
+        at = target.find(needle, at + 1)
+    if at < 0:
+        return None
+    at += len(needle)
+    end = len(target)
+    for stop in (b"&", b"#"):
+        found = target.find(stop, at, end)
+        if found >= 0:
+            end = found
+    return target[at:end]
 
 
 def _cookie(header: bytes, name: bytes) -> bytes | None:
