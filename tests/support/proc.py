@@ -1,7 +1,8 @@
 """/proc readers for tests and scripts: no extra tool, Linux only.
 
 ``cpu_seconds(root)`` is what the overhead bench divides by requests; ``rss_bytes`` is what the
-streaming tests bound; ``pids_listening`` and ``descendants`` find a balancer's processes.
+streaming tests bound; ``pids_listening`` and ``descendants`` find a balancer's processes,
+``tagged`` a whole ``ringlb dev`` stack.
 """
 
 from __future__ import annotations
@@ -65,6 +66,23 @@ def descendants(pid: int) -> set[int]:
     for child in children(pid):
         if child not in found:
             found |= {child} | descendants(child)
+    return found
+
+
+def tagged(name: str, value: str) -> set[int]:
+    """Every live process whose environment has ``name=value``: a stack started with a tag of
+    its own is found whole, orphans reparented away from its tree included."""
+    wanted = f"{name}={value}".encode()
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if wanted in fh.read().split(b"\0") and alive(int(entry)):
+                    found.add(int(entry))
+        except OSError:
+            continue
     return found
 
 

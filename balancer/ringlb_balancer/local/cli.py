@@ -92,15 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     def stop(*_: Any) -> None:
         supervisor.stopping.set()
 
+    def serving() -> None:
+        print(f"ringlb: balancer on {supervisor.balancer_url} with {names}; Ctrl-C stops everything", flush=True)
+
+    # Before the first child starts: a Ctrl-C at any moment from here on is a clean stop.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"ringlb: balancer on {supervisor.balancer_url} with {names}; Ctrl-C stops everything", flush=True)
     print(f"ringlb: status page {supervisor.admin_url}/status; membership token {supervisor.membership_token}",
           flush=True)
     if not args.token:
         print("ringlb: WARNING: /add and /rm are open to anyone who reaches this port "
               "(seed compatibility); pass --token to require a bearer token", flush=True)
-    supervisor.run()
+    supervisor.run(on_serving=serving)
     return 0
 
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +37,37 @@ from ringlb_balancer.health import heartbeat
 log = logging.getLogger("ringlb.supervisor")
 
 _PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here, not between fork and exec
 
 
 def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor dies, even by SIGKILL: no orphans."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """Children get SIGTERM if the supervisor dies, even by SIGKILL: no orphans. Runs between
+    fork and exec of a threaded process, so it only calls a function resolved beforehand."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _exited(process: subprocess.Popen[bytes]) -> bool:
+    """Whether ``process`` has exited, leaving it unreaped: while it is a zombie its PID, and so
+    its process group's ID, cannot be reused, and ``_end`` can still signal the group safely."""
+    if process.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        process.poll()
+        return True
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of an exited child's process group, then reap the child. A gunicorn
+    master that died or was killed first leaves its workers behind, and a worker stuck on a lock
+    (forked while one was held) ignores SIGTERM: the group is how every one of them is found."""
+    if process.returncode is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -150,13 +177,16 @@ class Supervisor:
 
     # -- processes -------------------------------------------------------------------------
     def _popen(self, cmd: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
-        """Start a child that dies with the supervisor, its output in ``log_dir`` if set."""
+        """Start a child that dies with the supervisor, its output in ``log_dir`` if set. Each
+        child leads a session of its own: Ctrl-C in a terminal reaches the supervisor alone (not
+        gunicorn masters and workers half started), which then stops every child's whole group."""
         if not self.config.log_dir:
             return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         os.makedirs(self.config.log_dir, exist_ok=True)
         with open(os.path.join(self.config.log_dir, naming.dns_name(log_name) + ".log"), "ab") as log:
-            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
 
     def _spawn_replica(self, replica: Replica) -> None:
         env = dict(
@@ -195,17 +225,20 @@ class Supervisor:
 
     @staticmethod
     def _stop_all(processes: list[subprocess.Popen[bytes] | None], grace: float = 5.0) -> None:
-        """SIGTERM every process, then SIGKILL those still running after ``grace`` seconds."""
-        running = [p for p in processes if p is not None and p.poll() is None]
-        for process in running:
-            process.terminate()
+        """SIGTERM every child's process group, wait up to ``grace`` seconds for the children to
+        exit, then SIGKILL whatever is left of each group (``_end``)."""
+        started = [p for p in processes if p is not None]
+        for process in started:
+            if not _exited(process):
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + grace
-        for process in running:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        while not all(map(_exited, started)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for process in started:
+            _end(process)
 
     # -- reconciliation --------------------------------------------------------------------
     def reconcile(self) -> None:
@@ -221,8 +254,9 @@ class Supervisor:
                     port = free_port()
                 replica = self.replicas[name] = Replica(name, port)
                 used_ports.add(port)
-            if replica.process is None or replica.process.poll() is not None:
+            if replica.process is None or _exited(replica.process):
                 if replica.process is not None:
+                    _end(replica.process)
                     replica.restarts += 1
                     log.warning("replica %s exited (%s); respawning", name, replica.process.returncode)
                 self._spawn_replica(replica)
@@ -278,17 +312,30 @@ class Supervisor:
         else:
             log.error("balancer refused membership: %s %s", reply.status_code, reply.text)
 
-    def run(self, interval: float = 0.2) -> None:
+    def serving(self) -> bool:
+        """Whether the balancer holds every desired replica, as last pushed and accepted."""
+        with self.lock:
+            desired = list(self.desired)
+        return self.pushed is not None and [m.name for m in self.pushed] == desired
+
+    def run(self, interval: float = 0.2, on_serving: Callable[[], None] | None = None) -> None:
+        """Reconcile until ``stopping`` is set, then stop every child. ``on_serving`` is called
+        once, the first time ``serving()`` holds: ``ringlb dev`` says where the balancer is only
+        when ``/rep`` already answers with the replicas."""
         threading.Thread(target=self.api.serve_forever, daemon=True, name="scaler-api").start()
-        self.start_balancer()
         try:
+            self.start_balancer()
             while not self.stopping.wait(interval):
-                if self.balancer is not None and self.balancer.poll() is not None:
+                if self.balancer is not None and _exited(self.balancer):
+                    _end(self.balancer)
                     log.error("balancer exited with %s; restarting it", self.balancer.returncode)
                     self.pushed = None
                     self.revision = 0
                     self.start_balancer()
                 self.reconcile()
+                if on_serving is not None and self.serving():
+                    on_serving()
+                    on_serving = None
         finally:
             self.shutdown()
 
