@@ -49,7 +49,7 @@ def test_initial_routing_is_empty(tmp_path):
     assert routing.membership == EMPTY
     assert routing.membership.names == []
     assert store.revision == 0 and store.shared.revision == 0
-    assert routing.key_header == b"x-request-id" and routing.key_source == b"header"
+    assert routing.key_header == b"x-request-id" and routing.key_plan.headers == {b"x-request-id"}
 
 
 def test_publish_is_seen_by_another_process(two_processes):
@@ -256,3 +256,11 @@ def test_state_file_has_fixed_size(tmp_path):
     assert (tmp_path / "shared.bin").stat().st_size == shared_mod._SIZE
     SharedState(tmp_path)  # reopening does not grow or truncate it
     assert (tmp_path / "shared.bin").stat().st_size == shared_mod._SIZE
+
+
+def test_a_key_with_another_source_or_a_fallback_has_no_direct_header():
+    cookie = parse({"revision": 1, "members": [], "key": {"source": "cookie", "name": "sid"}})
+    fallback = parse({"revision": 1, "members": [],
+                      "key": {"source": "header", "name": "X-S", "fallback": [{"source": "client-ip"}]}})
+    assert Routing.build(cookie).key_header == b"" and Routing.build(cookie).key_plan.headers == {b"cookie"}
+    assert Routing.build(fallback).key_header == b""
