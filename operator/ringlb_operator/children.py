@@ -396,10 +396,21 @@ def deployment(owner: Owner, spec: Spec) -> K8sObject:
         # Endpoints and kube-proxy drop a terminating pod asynchronously: keep serving a moment
         # before SIGTERM; the balancer then drains (RINGLB_DRAIN_SECONDS) and finishes requests.
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(c.PRESTOP_SECONDS)]}}},
+        # A balancer that refuses its settings (a TLS Secret that does not load...) exits with one
+        # line saying why: kept in the pod's status, the operator's Degraded condition quotes it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": _resources(template, DEFAULT_BALANCER_RESOURCES),
         "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "volumeMounts": [dict(TMP_MOUNT), {"name": "membership", "mountPath": c.SNAPSHOT_DIR, "readOnly": True}],
     }
+    if b.tls is not None:
+        # The directory, not subPath files: the kubelet swaps a Secret volume's ..data link on an
+        # update, which subPath mounts never see; the balancer polls and reloads (no restart).
+        container["env"] += [
+            {"name": "RINGLB_TLS_CERT", "value": f"{c.TLS_DIR}/{c.TLS_CERT_KEY}"},
+            {"name": "RINGLB_TLS_KEY", "value": f"{c.TLS_DIR}/{c.TLS_KEY_KEY}"},
+        ]
+        container["volumeMounts"].append({"name": "tls", "mountPath": c.TLS_DIR, "readOnly": True})
     pod_spec: dict[str, Any] = {
         "serviceAccountName": balancer_name(owner.name),
         "automountServiceAccountToken": True,  # the kubernetes scaler patches the resource
@@ -415,6 +426,8 @@ def deployment(owner: Owner, spec: Spec) -> K8sObject:
         ],
         **_scheduling(template),
     }
+    if b.tls is not None:
+        pod_spec["volumes"].append({"name": "tls", "secret": {"secretName": b.tls.secret_name}})
     # Short node-loss tolerations: a balancer pod on a lost node is evicted after
     # unreachableNodeSeconds (not Kubernetes' 300 s) and the ReplicaSet starts its replacement; a
     # Terminating pod does not block that (it has no fixed name), so nothing more is needed.

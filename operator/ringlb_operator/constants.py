@@ -103,6 +103,8 @@ ADMIN_PORT_NAME = "admin"
 SECRET_TOKEN_KEY = "token"  # the key in both per-resource Secrets
 MEMBERSHIP_KEY = "membership.json"  # the key of the membership ConfigMap
 SNAPSHOT_DIR = "/etc/ringlb/membership"  # where balancer pods mount that ConfigMap
+TLS_DIR = "/etc/ringlb/tls"  # where balancer pods mount spec.balancer.tls.secretName (tls.crt, tls.key)
+TLS_CERT_KEY, TLS_KEY_KEY = "tls.crt", "tls.key"
 # How long a pod may stay bound to a lost node before it is replaced (spec
 # template.unreachableNodeSeconds): its tolerationSeconds for NODE_LOSS_TAINTS, and for replica
 # pods the operator's force-delete. Counted from the node's Ready transition, which itself comes

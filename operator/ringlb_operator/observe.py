@@ -66,7 +66,9 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") and not waiting_reason:
             waiting_reason = waiting["reason"]
-            waiting_message = waiting.get("message") or ""
+            # A crash loop's own back-off text says nothing; the last exit's words say why.
+            last_words = ((cs.get("lastState") or {}).get("terminated") or {}).get("message") or ""
+            waiting_message = (waiting_reason == c.Reason.CRASH_LOOP and last_words.strip()) or waiting.get("message") or ""
     return PodView(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", ""),

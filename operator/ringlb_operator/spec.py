@@ -214,6 +214,22 @@ class Hashing(_Model):
         )
 
 
+class Tls(_Model):
+    """TLS on the balancer's public port."""
+
+    secret_name: str = Field(
+        alias="secretName",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description=(
+            "A kubernetes.io/tls Secret in the resource's namespace (tls.crt: the chain, tls.key: its key), "
+            "as cert-manager writes them. Mounted read-only; an update reaches new connections within "
+            "seconds, without restarting the pods."
+        ),
+    )
+
+
 class Balancer(PodTemplate):
     """The balancer Deployment and Service (its pod template fields sit beside these)."""
 
@@ -239,6 +255,10 @@ class Balancer(PodTemplate):
         ge=0,
         le=300,
         description="After SIGTERM a balancer pod is unready but keeps serving this long (RINGLB_DRAIN_SECONDS).",
+    )
+    tls: Tls | None = Field(
+        None,
+        description="Serve the public port over TLS only (1.2 and 1.3, ALPN http/1.1); the admin port stays plain HTTP.",
     )
 
     @property
