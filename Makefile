@@ -105,7 +105,7 @@ kind-e2e: venv ## CI: kind-up (local node image), e2e, kind-down (down even when
 
 NS ?= default
 NAME ?= web
-port-forward: ## balancer of ReplicaSet $(NAME) in $(NS) -> localhost:5000
+port-forward: ## balancer of ReplicaSet $(NAME) in $(NS) -> localhost:5000 (with TLS: curl --cacert, README "TLS")
 	kubectl -n $(NS) port-forward service/$(NAME)-balancer 5000:5000
 
 LOCAL_BASE_IMAGE := ringlb/python-base:3.11-bookworm
