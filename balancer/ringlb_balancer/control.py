@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote
 from ringlb_ring import membership as membership_doc
 from ringlb_ring.naming import PlanError
 
-from ringlb_balancer import framing, metrics, planning, status
+from ringlb_balancer import counters, framing, metrics, planning, status
 from ringlb_balancer.config import Settings
 from ringlb_balancer.routing import RoutingStore, StaleRevision
 from ringlb_balancer.scaling import Conflict, Scaler, ScalerError
@@ -368,7 +368,8 @@ class Control:
         state_dir = self.store.shared.dir
         return as_json(status.data(
             routing.membership, routing.strategy, ejected=ejected, inflight=inflight,
-            samples=history.samples(state_dir), changes=history.changes(state_dir), now=time.time(),
+            samples=history.samples(state_dir), changes=history.changes(state_dir),
+            hot=counters.totals(state_dir, routing.membership.names)["hot"], now=time.time(),
         ))
 
     @route("/status/lookup", "GET")

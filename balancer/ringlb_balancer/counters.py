@@ -24,6 +24,7 @@ EJECTION_REASONS = ("connection", "5xx", "heartbeat")
 _RETRIES = len(CLASSES)
 _EJECTIONS = _RETRIES + 1
 _WIDTH = _EJECTIONS + len(EJECTION_REASONS)
+HOT_KEYS = 20  # the hot keys a process reports, and the status page shows
 
 
 class Counters:
@@ -35,6 +36,7 @@ class Counters:
         self.failures = dict.fromkeys(FAILURE_REASONS, 0)
         self.latency = [0] * (len(BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.hot: list[tuple[str, float, float]] = []  # (key, requests/s, error/s) of the last window
 
     def row(self, name: str) -> list[int]:
         """The live list for ``name``: the engine keeps it per member index, so counting an
@@ -68,7 +70,7 @@ class Counters:
 
     def flush(self) -> None:
         doc = {"members": self.members, "failures": self.failures, "latency": self.latency,
-               "latency_sum": self.latency_sum}
+               "latency_sum": self.latency_sum, "hot": self.hot}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.path)
@@ -83,6 +85,7 @@ def totals(state_dir: str | os.PathLike[str], names: list[str] | None = None) ->
     failures = dict.fromkeys(FAILURE_REASONS, 0)
     latency = [0] * (len(BUCKETS) + 1)
     latency_sum = 0.0
+    hot: dict[str, list[float]] = {}
     for path in Path(state_dir).glob("counters-*.json"):
         try:
             doc = json.loads(path.read_text())
@@ -99,6 +102,10 @@ def totals(state_dir: str | os.PathLike[str], names: list[str] | None = None) ->
         for i, value in enumerate(doc["latency"]):
             latency[i] += value
         latency_sum += doc["latency_sum"]
+        for key, rate, error in doc.get("hot", ()):
+            mine_hot = hot.setdefault(key, [0.0, 0.0])
+            mine_hot[0] += rate
+            mine_hot[1] += error
     return {
         "members": {
             name: {
@@ -111,4 +118,6 @@ def totals(state_dir: str | os.PathLike[str], names: list[str] | None = None) ->
         "failures": failures,
         "latency": latency,
         "latency_sum": latency_sum,
+        # Each process's top keys summed: a key hot in one worker only is still listed.
+        "hot": sorted(((k, r, e) for k, (r, e) in hot.items()), key=lambda h: -h[1])[:HOT_KEYS],
     }

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from mypy_extensions import mypyc_attr
 from ringlb_ring import hashing
+from ringlb_ring.sketch import SpaceSaving
 
 from ringlb_balancer import framing
 from ringlb_balancer.config import Settings
-from ringlb_balancer.counters import Counters
+from ringlb_balancer.counters import HOT_KEYS, Counters
 from ringlb_balancer.routing import Routing, RoutingStore
 from ringlb_balancer.shared import HEALTH_AT, SharedState
 from ringlb_balancer.upstream import UpstreamPool
@@ -33,6 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringlb.engine")
 
 HOUSEKEEPING_INTERVAL = 0.5
+# Hot keys: one keyed request in HOT_SAMPLE, drawn at random (a fixed stride would alias with
+# a client's own pattern), is counted: a sketch update costs about a microsecond, every request
+# would be a few percent of the per-request CPU. The sketch of HOT_CAPACITY counters is renewed
+# every HOT_WINDOW seconds, so the rates are recent ones.
+HOT_SAMPLE_BITS = 3
+HOT_SAMPLE = 1 << HOT_SAMPLE_BITS
+HOT_CAPACITY = 200
+HOT_WINDOW = 10.0
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Engine:
         self.inflight_view = shared.inflight
         self.revision_view = shared.revision_view
         self.health = shared.map
+        self.hot = SpaceSaving(HOT_CAPACITY)
+        self.hot_since = self.now
         self.active = self._build(store.current(), None)
         self._adopt_key()
 
@@ -130,6 +141,8 @@ class Engine:
             active = self.current()
         if not active.pools:
             return active, -1
+        if key is not None and not random.getrandbits(HOT_SAMPLE_BITS):
+            self.hot.observe(key.decode("latin-1"))
         text = key.decode("latin-1") if key else str(random.randint(100_000, 999_999))
         if active.bounded:
             strategy = active.routing.strategy
@@ -228,10 +241,19 @@ class Engine:
                 client.housekeeping(now, settings)
                 if client.queue:
                     client.queue[0].timed_out(now)
+            if now - self.hot_since >= HOT_WINDOW:
+                self.publish_hot_keys(now)
             try:
                 self.counters.flush()
             except OSError:
                 log.exception("cannot write counters")
+
+    def publish_hot_keys(self, now: float) -> None:
+        """The window's top keys as rates, for the next counters flush; a new window begins."""
+        scale = HOT_SAMPLE / max(now - self.hot_since, 1e-3)
+        self.counters.hot = [(key, count * scale, error * scale) for key, count, error in self.hot.top(HOT_KEYS)]
+        self.hot = SpaceSaving(HOT_CAPACITY)
+        self.hot_since = now
 
     async def drain(self, grace: float) -> None:
         """Stop taking new requests on kept-alive connections, then wait for in-flight ones."""

@@ -200,6 +200,7 @@ def data(
     inflight: Sequence[int] = (),
     samples: Sequence[Sample] = (),
     changes: Sequence[Mapping[str, Any]] = (),
+    hot: Sequence[Sequence[Any]] = (),
     now: float | None = None,
     window: float = WINDOW,
 ) -> dict[str, Any]:
@@ -210,7 +211,8 @@ def data(
     reason ("heartbeat", "connection", "5xx", or "" when unknown) of each ejected member;
     ``inflight``: in-flight requests per member index; ``samples``: see ``series``; ``changes``:
     change-log entries from ``change`` (any order; the newest ``MAX_CHANGES`` are returned,
-    newest first); ``now``: Unix time of the answer.
+    newest first); ``hot``: (key, requests/s, error/s) of the hottest keys, hottest first (the
+    true rate is between ``rps - error`` and ``rps``); ``now``: Unix time of the answer.
     """
     ejected = ejected or {}
     share = strategy.shares()
@@ -247,6 +249,9 @@ def data(
         "window": window,
         "members": members,
         "changes": [dict(c) for c in log],
+        "hotKeys": [{"key": key, "rps": rate, "error": error,
+                     "owner": _owner_name(strategy, key) if strategy.affine else None}
+                    for key, rate, error in hot],
     }
 
 

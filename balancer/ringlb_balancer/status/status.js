@@ -119,6 +119,16 @@
     $("inflight-total").textContent = inflight;
     $("rps-total").textContent = num(rps, 1) + " req/s";
 
+    const hot = $("hot").tBodies[0];
+    if (doc.hotKeys && doc.hotKeys.length) {
+      hot.replaceChildren(...doc.hotKeys.map((h) => el("tr", { "data-key": h.key },
+        el("td", { class: "key" }, h.key),
+        el("td", { class: "num", title: `between ${num(h.rps - h.error, 1)} and ${num(h.rps, 1)} req/s` }, num(h.rps, 1)),
+        el("td", {}, h.owner === null ? "–" : el("span", { class: "dot", style: `background:${color(h.owner)}` }), h.owner ?? ""))));
+    } else {
+      hot.replaceChildren(el("tr", {}, el("td", { colspan: "3", class: "empty" }, "none yet (counted over 10 s windows)")));
+    }
+
     const log = $("changes");
     if (doc.changes.length) {
       log.replaceChildren(...doc.changes.map((c) => {

@@ -28,3 +28,12 @@ def test_many_short_lived_names_keep_rows_bounded(tmp_path):
             mine.answered(mine.row(name), 200, 0.001)
         mine.retain(names)
     assert len(mine.members) == 3
+
+
+def test_hot_keys_of_every_process_are_summed_hottest_first(tmp_path):
+    one, two = Counters(tmp_path, pid=1), Counters(tmp_path, pid=2)
+    one.hot = [("a", 10.0, 1.0), ("b", 5.0, 0.0)]
+    two.hot = [("b", 8.0, 2.0), ("c", 1.0, 0.0)]
+    one.flush()
+    two.flush()
+    assert counters.totals(tmp_path)["hot"] == [("b", 13.0, 2.0), ("a", 10.0, 1.0), ("c", 1.0, 0.0)]
