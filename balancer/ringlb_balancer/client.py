@@ -64,7 +64,7 @@ class ClientConnection(FlowControl):
         self.head_wire = 0  # bytes received since the current head began
         self.body_wire = 0  # bytes received since the current body began, framing included
         self.state = states.C_IDLE
-        self.since = engine.now  # start of the head, or of idleness
+        self.since = engine.now  # start of the head (the accept, for the first), or of idleness
         self.body_since = 0.0
         self.body_bytes = 0
         self.trailer_bytes = 0
@@ -178,7 +178,10 @@ class ClientConnection(FlowControl):
             return
         if state == states.C_IDLE:
             self.move(states.HEAD_BYTES)
-            self.since = self.engine.now
+            if self.requests:
+                # The first head's deadline runs from the accept (this object's creation): a TLS
+                # handshake, which comes before connection_made, counts against it.
+                self.since = self.engine.now
             self.head_wire += len(data)
         elif state == states.C_HEAD:
             self.head_wire += len(data)

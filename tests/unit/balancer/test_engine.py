@@ -1401,3 +1401,18 @@ def test_hot_keys_are_sampled_and_published_as_rates_with_their_owner(make):
         assert doc["hotKeys"][0]["owner"] == NAMES[h.engine.active.owner("hot")]
 
     run(body)
+
+
+def test_the_first_head_deadline_runs_from_the_accept_so_a_slow_handshake_counts(make):
+    async def body():
+        h = make(head_timeout=10.0)
+        accepted = h.engine.now
+        conn = ClientConnection(h.engine, False)  # created at the accept; TLS then handshakes
+        h.engine.now = accepted + 8  # the handshake took 8 s
+        out = FakeTransport((CLIENT_IP, 40000))
+        conn.connection_made(out)  # type: ignore[arg-type]
+        conn.data_received(b"GET / HTTP/1.1\r\nHo")
+        conn.housekeeping(accepted + 11, h.engine.settings)
+        assert status_of(out.take()) == 408
+
+    run(body)
