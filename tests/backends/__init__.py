@@ -79,8 +79,10 @@ class ServerThread:
         done = threading.Event()
         box: list[Any] = []
         self.loop.call_soon_threadsafe(lambda: (box.append(fn()), done.set()))  # type: ignore[union-attr]
-        done.wait(5)
-        return box[0] if box else None
+        # Generous: the loop may be busy streaming on a loaded machine; it costs nothing otherwise.
+        if not done.wait(60):
+            raise AssertionError("the backend's loop did not run a call within 60 s")
+        return box[0]
 
     def stop(self) -> None:
         if self.loop is None:
@@ -206,6 +208,7 @@ class MainBackend(ServerThread):
             "open": 0, "connections": 0, "requests": defaultdict(int),  # path -> count
             "downloads": {}, "uploads": {}, "ws": 0,
         }
+        self.gates: dict[str, asyncio.Semaphore] = {}
 
     async def _make_server(self) -> asyncio.AbstractServer:
         return await asyncio.start_server(self._serve, LOOPBACK, self.port, limit=1 << 20, backlog=1024)
@@ -269,13 +272,22 @@ class MainBackend(ServerThread):
         await asyncio.sleep(int(req.query.get("ms", "300")) / 1000)
         return await self.do_echo(req, reader, writer)
 
+    def release(self, gate: str) -> None:
+        """Let one more event of the ``/sse?gate=<gate>`` stream go: the test paces the stream."""
+        self.call(lambda: self._gate(gate).release())
+
+    def _gate(self, name: str) -> asyncio.Semaphore:
+        return self.gates.setdefault(name, asyncio.Semaphore(0))
+
     async def do_sse(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """``n`` events, ``gap`` ms apart, or each once ``release(gate)`` lets it go."""
         n, gap = int(req.query.get("n", "5")), int(req.query.get("gap", "250")) / 1000
+        gate = self._gate(req.query["gate"]) if "gate" in req.query else None
         writer.write(head_bytes(200, "OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                             ("Transfer-Encoding", "chunked")]))
         await writer.drain()
         for i in range(n):
-            await asyncio.sleep(gap)
+            await (gate.acquire() if gate is not None else asyncio.sleep(gap))
             event = f"id: {i}\ndata: event {i}\n\n".encode()
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()

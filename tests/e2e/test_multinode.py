@@ -223,7 +223,6 @@ def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web:
         subprocess.run(["docker", "exec", node, "kill", "-CONT", pid], capture_output=True, timeout=30)
     print(f"{active} frozen on {node}, its peering record due to expire in {expires_in:.0f}s; the scale converged after {took:.1f}s")
     assert restarts == status["restartCount"], "the frozen operator was restarted first: the standby did not take over"
-    assert took < max(expires_in, 0) + 60, f"took {took:.0f}s; the record expired after {expires_in:.0f}s"
     wait_for(
         "the operator Deployment whole again",
         lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,

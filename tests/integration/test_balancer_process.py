@@ -21,6 +21,7 @@ from tests.support.net import free_port, wait_until
 
 TOKEN = "push-token"
 WORKERS = 4
+WAIT = 30.0  # a deadline for an answer that comes: generous, it costs nothing when things are fast
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -93,13 +94,16 @@ class BalancerProcess:
             [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok, 20, what="balancer up")
+        # Up, or gone (then say so at once rather than wait out the deadline).
+        wait_until(lambda: self.process.poll() is not None or requests.get(f"{self.url}/healthz", timeout=WAIT).ok,
+                   60, what="balancer up")
+        assert self.process.poll() is None, f"balancer exited with {self.process.returncode}; see {tmp / 'balancer.log'}"
         self.revision = 0
 
     def push(self, members: list[tuple[str, int]], **extra: object) -> requests.Response:
         self.revision += 1
         doc = {"revision": self.revision, "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members], **extra}
-        return requests.put(f"{self.url}/membership", json=doc, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        return requests.put(f"{self.url}/membership", json=doc, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=WAIT)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -128,7 +132,7 @@ def balancer(tmp_path: Path, echoes: list[ThreadingHTTPServer]) -> Iterator[Bala
 def fresh_connection_get(url: str, key: str) -> dict:
     """A new TCP connection per request, so consecutive requests land on different workers."""
     with requests.Session() as session:
-        return session.get(url, headers={"X-Request-ID": key, "Connection": "close"}, timeout=5).json()
+        return session.get(url, headers={"X-Request-ID": key, "Connection": "close"}, timeout=WAIT).json()
 
 
 def test_membership_is_in_force_in_every_worker_when_the_push_returns(balancer, echoes) -> None:
@@ -138,12 +142,12 @@ def test_membership_is_in_force_in_every_worker_when_the_push_returns(balancer, 
     # Right after the 200, every connection (spread over 4 workers) routes with the new ring.
     servers = {fresh_connection_get(f"{balancer.url}/x", str(k))["server"] for k in range(60)}
     assert servers == {only.name}
-    assert requests.get(f"{balancer.url}/rep", timeout=5).json()["message"] == {"N": 1, "replicas": [only.name]}
+    assert requests.get(f"{balancer.url}/rep", timeout=WAIT).json()["message"] == {"N": 1, "replicas": [only.name]}
 
 
 def test_stale_malformed_and_unauthorized_pushes_change_nothing(balancer, echoes) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    before = requests.get(f"{balancer.url}/membership", timeout=5).json()
+    before = requests.get(f"{balancer.url}/membership", timeout=WAIT).json()
     stale = {"revision": 1, "members": []}
     bad = [
         ({"revision": 99, "members": [{"name": "x"}]}, auth, 400),
@@ -153,22 +157,22 @@ def test_stale_malformed_and_unauthorized_pushes_change_nothing(balancer, echoes
         ({"revision": 99, "members": []}, {"Authorization": "Bearer nope"}, 401),
     ]
     for doc, headers, code in bad:
-        reply = requests.put(f"{balancer.url}/membership", json=doc, headers=headers, timeout=5)
+        reply = requests.put(f"{balancer.url}/membership", json=doc, headers=headers, timeout=WAIT)
         assert reply.status_code == code, (doc, reply.text)
-    reply = requests.put(f"{balancer.url}/membership", data=b"{not json", headers=auth, timeout=5)
+    reply = requests.put(f"{balancer.url}/membership", data=b"{not json", headers=auth, timeout=WAIT)
     assert reply.status_code == 400
     # same revision as in force but other content → 409; an identical re-push → 200
     in_force = before | {"members": []}
-    assert requests.put(f"{balancer.url}/membership", json=in_force, headers=auth, timeout=5).status_code == 409
-    again = requests.put(f"{balancer.url}/membership", json=before, headers=auth, timeout=5)
+    assert requests.put(f"{balancer.url}/membership", json=in_force, headers=auth, timeout=WAIT).status_code == 409
+    again = requests.put(f"{balancer.url}/membership", json=before, headers=auth, timeout=WAIT)
     assert again.status_code == 200 and again.json()["changed"] is False
-    assert requests.get(f"{balancer.url}/membership", timeout=5).json() == before
+    assert requests.get(f"{balancer.url}/membership", timeout=WAIT).json() == before
 
 
 def test_every_method_query_and_body_is_forwarded(balancer) -> None:
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
         reply = requests.request(method, f"{balancer.url}/some/path?a=1&b=%20x", data=b"payload" if method != "GET" else None,
-                                 headers={"X-Request-ID": "k1", "X-Custom": "kept"}, timeout=5)
+                                 headers={"X-Request-ID": "k1", "X-Custom": "kept"}, timeout=WAIT)
         assert reply.status_code == 200, (method, reply.text)
         seen = reply.json()
         assert seen["method"] == method
@@ -176,7 +180,7 @@ def test_every_method_query_and_body_is_forwarded(balancer) -> None:
         assert seen["headers"]["x-custom"] == "kept"
         assert seen["body"] == ("payload" if method != "GET" else "")
         assert reply.headers["X-Upstream"] == "echo"
-    head = requests.head(f"{balancer.url}/h", headers={"X-Request-ID": "k1"}, timeout=5)
+    head = requests.head(f"{balancer.url}/h", headers={"X-Request-ID": "k1"}, timeout=WAIT)
     assert head.status_code == 200 and int(head.headers["Content-Length"]) > 0 and head.content == b""
 
 
@@ -185,7 +189,7 @@ def test_hop_by_hop_headers_are_stripped_and_forwarding_headers_added(balancer) 
         f"{balancer.url}/h",
         headers={"X-Request-ID": "k2", "Connection": "keep-alive, X-Secret", "X-Secret": "drop me",
                  "Keep-Alive": "timeout=5", "X-Forwarded-For": "203.0.113.9"},
-        timeout=5,
+        timeout=WAIT,
     )
     seen = reply.json()["headers"]
     assert "x-secret" not in seen and "keep-alive" not in seen
@@ -195,7 +199,7 @@ def test_hop_by_hop_headers_are_stripped_and_forwarding_headers_added(balancer) 
 
 
 def test_chunked_request_body_is_streamed_chunked(balancer) -> None:
-    reply = requests.post(f"{balancer.url}/c", data=iter([b"ab", b"cd"]), headers={"X-Request-ID": "k3"}, timeout=5)
+    reply = requests.post(f"{balancer.url}/c", data=iter([b"ab", b"cd"]), headers={"X-Request-ID": "k3"}, timeout=WAIT)
     seen = reply.json()
     # Streamed, not buffered: the replica gets the body chunk by chunk as the client sends it.
     assert seen["body"] == "abcd" and seen["headers"]["transfer-encoding"] == "chunked"
@@ -203,13 +207,13 @@ def test_chunked_request_body_is_streamed_chunked(balancer) -> None:
 
 
 def test_body_over_the_limit_is_refused_with_413(balancer) -> None:
-    reply = requests.post(f"{balancer.url}/c", data=b"x" * 5000, timeout=5)
+    reply = requests.post(f"{balancer.url}/c", data=b"x" * 5000, timeout=WAIT)
     assert reply.status_code == 413
     assert reply.json() == {"message": "<Error> request body exceeds 4096 bytes (RINGLB_MAX_BODY)", "status": "failure"}
 
 
 def raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
         sock.sendall(data)
         chunks = []
         while chunk := sock.recv(65536):
@@ -225,7 +229,7 @@ def test_no_open_proxy_and_malformed_requests_get_400(balancer) -> None:
     answer = raw(balancer.port, b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ")
     # the balancer still serves after all that
-    assert requests.get(f"{balancer.url}/rep", timeout=5).status_code == 200
+    assert requests.get(f"{balancer.url}/rep", timeout=WAIT).status_code == 200
 
 
 def test_dead_member_is_ejected_and_its_keys_rerouted(balancer, echoes, tmp_path) -> None:
@@ -233,27 +237,27 @@ def test_dead_member_is_ejected_and_its_keys_rerouted(balancer, echoes, tmp_path
     members = [(s.name, s.server_address[1]) for s in echoes] + [("Dead", dead_port)]
     assert balancer.push(members).status_code == 200
     for k in range(200):  # every key answered, including those the dead member owns
-        reply = requests.post(f"{balancer.url}/p", data=b"x", headers={"X-Request-ID": str(k)}, timeout=5)
+        reply = requests.post(f"{balancer.url}/p", data=b"x", headers={"X-Request-ID": str(k)}, timeout=WAIT)
         assert reply.status_code == 200, reply.text
-    metrics = requests.get(f"{balancer.url}/metrics", timeout=5).text
+    metrics = requests.get(f"{balancer.url}/metrics", timeout=WAIT).text
     assert 'ringlb_ejections_total{member="Dead"' in metrics
 
 
 def test_5xx_answers_are_retried_for_gets_only(balancer) -> None:
-    reply = requests.get(f"{balancer.url}/status/503", headers={"X-Request-ID": "k5"}, timeout=5)
+    reply = requests.get(f"{balancer.url}/status/503", headers={"X-Request-ID": "k5"}, timeout=WAIT)
     assert reply.status_code == 503  # every member answers 503: the last answer is passed on
-    reply = requests.post(f"{balancer.url}/status/500", headers={"X-Request-ID": "k5"}, timeout=5)
+    reply = requests.post(f"{balancer.url}/status/500", headers={"X-Request-ID": "k5"}, timeout=WAIT)
     assert reply.status_code == 500
-    retries = requests.get(f"{balancer.url}/metrics", timeout=5).text
+    retries = requests.get(f"{balancer.url}/metrics", timeout=WAIT).text
     assert "ringlb_retries_total" in retries
 
 
 def test_no_members_means_503(balancer) -> None:
     assert balancer.push([]).status_code == 200
-    reply = requests.get(f"{balancer.url}/home", timeout=5)
+    reply = requests.get(f"{balancer.url}/home", timeout=WAIT)
     assert reply.status_code == 503
     assert reply.json() == {"message": "<Error> no replica is available", "status": "failure"}
-    ready = requests.get(f"{balancer.url}/readyz", timeout=5)
+    ready = requests.get(f"{balancer.url}/readyz", timeout=WAIT)
     assert ready.status_code == 503  # nothing to route to: not ready, so endpoints skip it
     assert ready.json()["status"] == "no members in the ring"
 
@@ -263,7 +267,7 @@ def hot_key_spread(balancer: BalancerProcess) -> set[str]:
 
     def burst(_: int) -> set[str]:
         with requests.Session() as session:
-            return {session.get(f"{balancer.url}/slow", headers={"X-Request-ID": "hot"}, timeout=10).json()["server"]
+            return {session.get(f"{balancer.url}/slow", headers={"X-Request-ID": "hot"}, timeout=WAIT).json()["server"]
                     for _ in range(20)}
 
     with ThreadPoolExecutor(16) as pool:

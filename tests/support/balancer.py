@@ -71,7 +71,7 @@ class Balancer:
         self.process = subprocess.Popen(COMMAND, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
                                         preexec_fn=limit if nofile is not None else None)
         self.session = requests.Session()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # generous: a loaded machine starts gunicorn slowly
         while not self._up():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()

@@ -62,7 +62,7 @@ def connection_bytes(draw: st.DrawFn) -> bytes:
     return data
 
 
-def check_one(port: int, data: bytes, splits: list[int], timeout: float = 8.0) -> str:
+def check_one(port: int, data: bytes, splits: list[int], timeout: float = 30.0) -> str:
     """Send ``data`` (cut at ``splits``), half-close, read until the balancer closes. Returns a
     short outcome for statistics; raises AssertionError on a hang or a malformed answer."""
     with connect(port, timeout) as sock:
