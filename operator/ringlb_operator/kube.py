@@ -53,11 +53,16 @@ class Kube(Protocol):
     def list_pods(self, namespace: str, selector: str) -> list[K8sObject]:
         """The pods matching a label selector, read from the API (not from a cache)."""
 
+    def list_events(self, namespace: str, field_selector: str) -> list[K8sObject]:
+        """The Events matching a field selector (``involvedObject.name=...,reason=...``): what
+        the kubelet says about a pod it cannot start, and nowhere else."""
+
 
 # kind -> (API class name, snake-case resource used in the method names)
 _KINDS: dict[str, tuple[str, str]] = {
     "Pod": ("CoreV1Api", "pod"),
     "Secret": ("CoreV1Api", "secret"),
+    "Event": ("CoreV1Api", "event"),
     "ConfigMap": ("CoreV1Api", "config_map"),
     "Service": ("CoreV1Api", "service"),
     "ServiceAccount": ("CoreV1Api", "service_account"),
@@ -151,6 +156,10 @@ class ClusterKube:
 
     def list_pods(self, namespace: str, selector: str) -> list[K8sObject]:
         reply = self._call(self._method("list", "Pod"), namespace, label_selector=selector)
+        return list((reply or {}).get("items") or [])
+
+    def list_events(self, namespace: str, field_selector: str) -> list[K8sObject]:
+        reply = self._call(self._method("list", "Event"), namespace, field_selector=field_selector)
         return list((reply or {}).get("items") or [])
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:

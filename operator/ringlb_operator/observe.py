@@ -6,7 +6,7 @@ desired-state logic gets plain values it can be unit-tested with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,36 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         node=(body.get("spec") or {}).get("nodeName") or "",
         deleting_at=meta.get("deletionTimestamp") or "",
     )
+
+
+# The kubelet's words for a pod whose volumes it cannot mount: the container waits in
+# ContainerCreating with no message, and the reason is only in the pod's FailedMount Events.
+CONTAINER_CREATING = "ContainerCreating"
+FAILED_MOUNT = "FailedMount"  # the kubelet's Event reason; also Degraded's reason and our Event's
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    series = event.get("series") or {}
+    meta = event.get("metadata") or {}
+    return str(event.get("lastTimestamp") or series.get("lastObservedTime") or event.get("eventTime") or meta.get("creationTimestamp") or "")
+
+
+def tls_mount_problem(pod: str, events: Sequence[Mapping[str, Any]], namespace: str, secret: str) -> str:
+    """What Degraded says when balancer pod ``pod`` cannot mount the TLS Secret, from its
+    FailedMount Events (the newest that names the Secret); "" when none does. The kubelet
+    reads the Secret, so the operator never has to: it only quotes what the kubelet found."""
+    naming = [e for e in events if e.get("reason") == FAILED_MOUNT and f'secret "{secret}"' in str(e.get("message") or "")]
+    if not naming:
+        return ""
+    said = str(max(naming, key=_event_time).get("message") or "").strip()
+    where = f"Secret {namespace}/{secret} (spec.balancer.tls.secretName)"
+    if f'secret "{secret}" not found' in said:
+        return (
+            f"balancer pod {pod} cannot start: {where} not found; create it (kubectl -n {namespace} create secret tls "
+            f"{secret} --cert=chain.pem --key=key.pem, or a cert-manager Certificate with secretName {secret}) or name "
+            "an existing one; the pods start once it exists"
+        )
+    return f"balancer pod {pod} cannot start: {where} cannot be mounted: {said}"
 
 
 @dataclass(frozen=True)
