@@ -12,9 +12,11 @@ from typing import Any
 from ringlb_replica.cache import MAX_MISS_COST_MS, MAX_SIZE
 from ringlb_ring import keys, naming
 from ringlb_ring.hashing import STRATEGIES, HashingConfig
+from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES
 from ringlb_ring.membership import KEY_SOURCES
 
 from ringlb_balancer import tls
+from ringlb_balancer.local import warmup
 from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
 
 
@@ -32,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("--table-size", type=int, default=65537, help="maglev: prime table size")
     dev.add_argument("--seed-formulas", choices=("original", "reissue"), default="original")
     dev.add_argument("--bounded-load", type=float, default=0.0, help="c, e.g. 1.25; 0 disables")
+    dev.add_argument("--warmup", type=float, default=0.0, metavar="S",
+                     help="a change of the ring moves its keys in steps over S seconds (maglev, ring): a new "
+                     "replica's share grows, a removed one hands its keys over before it stops; 0: at once")
     dev.add_argument("--key-source", choices=KEY_SOURCES, default="header")
     dev.add_argument("--key-name", default="X-Request-ID", help="header, cookie or query parameter name")
     dev.add_argument("--key-index", type=int, default=0, help="path-segment: which one, 0 for the first")
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"ringlb dev: --cache-size must be 0 (off) to {MAX_SIZE}")
     if not 0 <= args.miss_cost_ms <= MAX_MISS_COST_MS:
         sys.exit(f"ringlb dev: --miss-cost-ms must be 0 to {MAX_MISS_COST_MS:g}")
+    if not 0 <= args.warmup <= warmup.MAX_SECONDS:
+        sys.exit(f"ringlb dev: --warmup must be 0 (off) to {warmup.MAX_SECONDS:g} seconds")
+    if args.warmup and args.strategy not in WARMUP_STRATEGIES:
+        sys.exit(f"ringlb dev: --warmup needs --strategy {' or '.join(WARMUP_STRATEGIES)}, not {args.strategy}")
     hashing = HashingConfig(
         args.strategy, args.table_size, args.vnodes, args.seed_formulas, args.bounded_load
     )
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             LocalConfig(
                 replicas=names, host=args.host, port=args.port, workers=args.workers,
                 hashing=hashing, key=key, cache_size=args.cache_size, miss_cost_ms=args.miss_cost_ms,
+                warmup_seconds=args.warmup,
                 token=args.token, membership_token=args.membership_token, log_dir=args.log_dir,
                 tls_cert=os.path.abspath(args.tls_cert) if args.tls_cert else "",
                 tls_key=os.path.abspath(args.tls_key) if args.tls_key else "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hmac
 import logging
+import math
 import os
 import secrets
 import signal
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
@@ -33,6 +34,7 @@ from ringlb_ring.hashing import HashingConfig
 from ringlb_ring.membership import KeyConfig, Member, Membership
 
 from ringlb_balancer.health import heartbeat
+from ringlb_balancer.local import warmup
 
 log = logging.getLogger("ringlb.supervisor")
 
@@ -95,6 +97,7 @@ class LocalConfig:
     cache_size: int = 0  # the replicas' per-key cache model (RINGLB_REPLICA_CACHE_SIZE); 0: off
     miss_cost_ms: float = 0.0  # what a cache miss costs them (RINGLB_REPLICA_MISS_COST_MS)
     hashing: HashingConfig = field(default_factory=HashingConfig)
+    warmup_seconds: float = 0.0  # a change's keys move in steps over this long (local.warmup); 0: at once
     key: KeyConfig = field(default_factory=KeyConfig)
     token: str = ""
     membership_token: str = ""  # generated when empty
@@ -115,6 +118,10 @@ class Supervisor:
         self.lock = threading.Lock()
         self.revision = 0
         self.pushed: list[Member] | None = None
+        self.pushed_hashing = config.hashing  # with the transition of the warm-up step pushed, if any
+        self.published: tuple[str, ...] = ()  # members of the last direct table in force
+        self.ramp: warmup.Ramp | None = None  # the warm-up in force
+        self.served = False  # the desired list was in force once: start-up itself is not warmed up
         self.membership_token = config.membership_token or secrets.token_urlsafe(24)
         # Over TLS the supervisor pushes in plain HTTP to an admin listener of its own on loopback,
         # as the operator does on Kubernetes, instead of trusting the user's certificate itself.
@@ -210,7 +217,7 @@ class Supervisor:
             RINGLB_MEMBERSHIP_TOKEN=self.membership_token,
             RINGLB_SCALER=f"http://127.0.0.1:{self.api.server_port}",
             RINGLB_SCALER_TOKEN=self.scaler_token,
-            RINGLB_SCALE_TIMEOUT="20",
+            RINGLB_SCALE_TIMEOUT=str(20 + math.ceil(self.config.warmup_seconds)),  # /rm awaits its hand-over
             # One port in local mode, /membership, /metrics and /status on it too, unless TLS is on.
             RINGLB_ADMIN_BIND=f"127.0.0.1:{self.admin_port}" if self.admin_port else "",
             RINGLB_TLS_CERT=self.config.tls_cert,
@@ -262,17 +269,31 @@ class Supervisor:
                 self._spawn_replica(replica)
             elif not replica.ready:
                 replica.ready = heartbeat(Member(name, "127.0.0.1", replica.port), 0.5)
-        members = [
-            Member(n, "127.0.0.1", self.replicas[n].port) for n in desired if self.replicas[n].ready
+        target = [n for n in desired if self.replicas[n].ready]
+        leaving = [
+            n for n, r in self.replicas.items()
+            if n not in desired and r.ready and r.process is not None and not _exited(r.process)
         ]
-        if members != self.pushed or self._hijacked(members):
-            self.push(members)
-        # Removed replicas leave the ring first, then stop (all at once: each takes a while
-        # to shut down gracefully).
-        removed = [self.replicas.pop(n) for n in list(self.replicas) if n not in desired]
+        step = warmup.due(
+            self.ramp, self.published, target, {*target, *leaving},
+            self.config.warmup_seconds if self.served else 0.0, self.config.hashing.strategy, time.monotonic(),
+        )
+        members = [Member(n, "127.0.0.1", self.replicas[n].port) for n in step.names]
+        hashing = replace(self.config.hashing, transition=step.transition)
+        if (members, hashing) != (self.pushed, self.pushed_hashing) or self._hijacked():
+            self.push(members, hashing)
+        if (members, hashing) == (self.pushed, self.pushed_hashing):  # in force: the ramp moves on
+            self.ramp = step.ramp
+            if step.ramp is None:
+                self.published = step.names
+                self.served = self.served or list(step.names) == desired
+        # Removed replicas leave the ring first (after their hand-over, with a warm-up), then
+        # stop (all at once: each takes a while to shut down gracefully).
+        routed = {m.name for m in self.pushed or ()}
+        removed = [self.replicas.pop(n) for n in list(self.replicas) if n not in desired and n not in routed]
         self._stop_all([r.process for r in removed])
 
-    def _hijacked(self, members: list[Member], every: float = 1.0) -> bool:
+    def _hijacked(self, every: float = 1.0) -> bool:
         """Whether the balancer holds a ring other than ours (someone else pushed), checked once
         a second: like the operator, the supervisor compares and repairs, level-based."""
         now = time.monotonic()
@@ -283,7 +304,7 @@ class Supervisor:
             held = self.session.get(f"{self.admin_url}/membership", timeout=2).json()
         except (requests.RequestException, ValueError):
             return False
-        ours = Membership(self.revision, tuple(members), self.config.hashing, self.config.key).to_json()
+        ours = Membership(self.revision, tuple(self.pushed), self.pushed_hashing, self.config.key).to_json()
         if held == ours:
             return False
         log.warning("balancer holds revision %s, not ours (%d): pushing ours again", held.get("revision"), self.revision)
@@ -291,8 +312,8 @@ class Supervisor:
             self.revision = max(self.revision, held["revision"])
         return True
 
-    def push(self, members: list[Member]) -> None:
-        doc = Membership(self.revision + 1, tuple(members), self.config.hashing, self.config.key).to_json()
+    def push(self, members: list[Member], hashing: HashingConfig) -> None:
+        doc = Membership(self.revision + 1, tuple(members), hashing, self.config.key).to_json()
         try:
             reply = self.session.put(f"{self.admin_url}/membership", json=doc, timeout=5)
         except requests.RequestException:
@@ -300,7 +321,9 @@ class Supervisor:
         if reply.status_code == 200:
             self.revision += 1
             self.pushed = members
-            log.info("membership revision %d: %s", self.revision, [m.name for m in members])
+            self.pushed_hashing = hashing
+            step = f" (warm-up, {hashing.transition.fraction:.0%} of the keys moved)" if hashing.transition else ""
+            log.info("membership revision %d: %s%s", self.revision, [m.name for m in members], step)
         elif reply.status_code == 409:
             # A newer revision is in force (another pusher): go past it on the next pass.
             try:
