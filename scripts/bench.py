@@ -10,10 +10,16 @@ Table 2, the overhead bench: three backends that answer from memory (ONE nginx p
 `hash-type consistent`, 1 thread) and the balancer (1 gunicorn worker). Besides req/s and
 latency, the CPU seconds of each balancer's process tree (utime + stime of every process in it,
 from /proc, read before and after each round) divided by the requests served: CPU µs/request.
+The same table has nginx and the balancer terminating TLS with one certificate (trustme, made
+here): `-tls` rows over keep-alive connections, `-tls-new` rows with a new connection per
+request (`Connection: close`: wrk reconnects, and resumes the TLS session when the server
+offers it; the table says whether each did).
 
 Both tables: wrk with a random X-Request-ID per request, alternating rounds so every target sees
 the same machine state, medians. The last line is
-`ratio_vs_nginx=R p99_ratio=P cpu_ratio=C` (R and P from table 1, C from table 2).
+`ratio_vs_nginx=R p99_ratio=P cpu_ratio=C tls_cpu_ratio=T tls_new_cpu_ratio=H` (R and P from
+table 1, C, T and H from table 2: ringlb's CPU per request over nginx's, plain, TLS keep-alive,
+TLS new connection per request).
 All traffic stays on 127.0.0.1; every process is started here and stopped by its PID.
 """
 
@@ -25,12 +31,16 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -46,9 +56,10 @@ local tid = 0
 setup = function(thread) tid = tid + 1; thread:set("tid", tid) end
 init = function(args) math.randomseed(os.time() * 1000 + (tid or 0)) end
 request = function()
-  return wrk.format("GET", "/home", {["X-Request-ID"] = tostring(math.random(100000, 999999))})
+  return wrk.format("GET", "/home", {{["X-Request-ID"] = tostring(math.random(100000, 999999)){close}}})
 end
 """
+CLOSE_HEADER = ', ["Connection"] = "close"'  # one connection per request: wrk reconnects
 NGINX_COMMON = """
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}-error.log warn;
@@ -71,7 +82,8 @@ http {{""" + NGINX_TEMP + """
     keepalive_requests 1000000;
   }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{ssl};
+{tls}
     location / {{
       proxy_pass http://replicas;
       proxy_http_version 1.1;
@@ -114,7 +126,13 @@ backend replicas
   hash-type consistent
 {servers}
 """
+# nginx's TLS as an operator would write it; sessions (tickets) left at the default, as in the
+# balancer (the standard library's server defaults).
+NGINX_TLS = """    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;"""
 TOOLS = (("nginx-light", "nginx"), ("wrk", "wrk"), ("haproxy", "haproxy"), ("linux-perf", "perf"))
+BALANCERS = ("nginx", "haproxy", "ringlb", "nginx-tls", "ringlb-tls", "nginx-tls-new", "ringlb-tls-new")
 
 
 def ensure_tools(binaries: set[str]) -> None:
@@ -127,11 +145,11 @@ def ensure_tools(binaries: set[str]) -> None:
             subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
+def wait_http(url: str, timeout: float = 20.0, verify: str | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=1).status_code < 500:
+            if requests.get(url, timeout=1, verify=verify).status_code < 500:
                 return
         except requests.RequestException:
             pass
@@ -212,33 +230,42 @@ class Processes:
 
 
 def start_ringlb(procs: Processes, workers: int, members: list[tuple[str, int]],
-                 strategy: str) -> tuple[subprocess.Popen[bytes], int]:
-    """The balancer exactly as the image runs it, its membership pushed as the operator does."""
+                 strategy: str, tls: Certificate | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """The balancer exactly as the image runs it, its membership pushed as the operator does
+    (with ``tls``, to a plain admin port, as in the pods)."""
     port, token = free_port(), "bench"
+    env = {"RINGLB_BIND": f"127.0.0.1:{port}", "RINGLB_WORKERS": str(workers),
+           "RINGLB_MEMBERSHIP_TOKEN": token, "RINGLB_DRAIN_SECONDS": "0"}
+    admin = f"http://127.0.0.1:{port}"
+    if tls:
+        admin_port = free_port()
+        env |= {"RINGLB_TLS_CERT": str(tls.chain), "RINGLB_TLS_KEY": str(tls.key),
+                "RINGLB_ADMIN_BIND": f"127.0.0.1:{admin_port}"}
+        admin = f"http://127.0.0.1:{admin_port}"
     proc = procs.start(
-        "ringlb", [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
-                   "ringlb_balancer.wsgi:app"],
-        {"RINGLB_BIND": f"127.0.0.1:{port}", "RINGLB_WORKERS": str(workers),
-         "RINGLB_MEMBERSHIP_TOKEN": token, "RINGLB_DRAIN_SECONDS": "0"},
-        stop=signal.SIGINT)  # gunicorn's quick shutdown
-    wait_http(f"http://127.0.0.1:{port}/healthz")
+        "ringlb-tls" if tls else "ringlb",
+        [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"],
+        env, stop=signal.SIGINT)  # gunicorn's quick shutdown
+    wait_http(f"{admin}/healthz")
     document = {"revision": 1, "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members],
                 "hashing": {"strategy": strategy}}
-    reply = requests.put(f"http://127.0.0.1:{port}/membership", json=document,
+    reply = requests.put(f"{admin}/membership", json=document,
                          headers={"Authorization": f"Bearer {token}"}, timeout=5)
     reply.raise_for_status()
     return proc, port
 
 
 def alternate(targets: dict[str, str], trees: dict[str, int], args: argparse.Namespace,
-              script: Path, label: str) -> dict[str, list[dict[str, float]]]:
+              script: Path, label: str, scripts: dict[str, Path] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Rounds of every target in turn; ``scripts`` gives some targets another wrk script."""
+    scripts = scripts or {}
     for name, url in targets.items():  # warm up pools and caches
-        run_wrk(url, script, args.warmup, args.connections, args.wrk_threads)
+        run_wrk(url, scripts.get(name, script), args.warmup, args.connections, args.wrk_threads)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     for r in range(args.rounds):
         for name, url in targets.items():
-            results[name].append(run_wrk(url, script, args.seconds, args.connections, args.wrk_threads,
-                                         trees.get(name)))
+            results[name].append(run_wrk(url, scripts.get(name, script), args.seconds, args.connections,
+                                         args.wrk_threads, trees.get(name)))
             print(f"{label} round {r + 1} {name}: {results[name][-1]}", file=sys.stderr, flush=True)
     return results
 
@@ -266,7 +293,7 @@ def replica_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str
         nginx_port = free_port()
         conf = procs.tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(
-            tmp=procs.tmp, name="nginx", port=nginx_port, nginx_workers=args.nginx_workers,
+            tmp=procs.tmp, name="nginx", port=nginx_port, nginx_workers=args.nginx_workers, ssl="", tls="",
             servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
         procs.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"])
         for port in ports:
@@ -285,7 +312,75 @@ def replica_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str
         procs.stop()
 
 
-def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str, list[dict[str, float]]]:
+@dataclass(frozen=True)
+class Certificate:
+    """The one certificate every TLS target serves (trustme: an ECDSA leaf for 127.0.0.1)."""
+
+    chain: Path
+    key: Path
+    ca: Path
+
+
+def make_certificate(tmp: Path) -> Certificate:
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert = Certificate(tmp / "chain.pem", tmp / "key.pem", tmp / "ca.pem")
+    cert.chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(cert.key))
+    ca.cert_pem.write_to_path(str(cert.ca))
+    return cert
+
+
+def tls_probe(url: str, cert: Certificate) -> dict[str, Any]:
+    """What wrk's reconnects get from a TLS target: wrk speaks TLS 1.2 and offers the previous
+    connection's session, so a `-tls-new` row measures full handshakes only where ``resumed``
+    is false. Two connections from a TLS 1.2 client, the second offering the first's session."""
+    port = int(url.split(":")[2].split("/")[0])
+    context = ssl.create_default_context(cafile=str(cert.ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    session, found = None, {}
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as conn:
+            conn.sendall(b"GET /home HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: 1\r\nConnection: close\r\n\r\n")
+            while conn.recv(65536):
+                pass
+            session = conn.session
+            found = {"version": conn.version(), "cipher": (conn.cipher() or ("?",))[0], "resumed": conn.session_reused}
+    return found
+
+
+def start_target(procs: Processes, server: str, ports: list[int], args: argparse.Namespace,
+                 cert: Certificate | None) -> tuple[subprocess.Popen[bytes], str]:
+    """One balancer of the overhead table in front of the backends: nginx, haproxy or ringlb,
+    ``-tls`` terminating TLS with ``cert``; its process and URL."""
+    base, tls = server.removesuffix("-tls"), server.endswith("-tls")
+    port = free_port()
+    if base == "nginx":
+        conf = procs.tmp / f"{server}.conf"
+        conf.write_text(NGINX_CONF.format(
+            tmp=procs.tmp, name=server, port=port, nginx_workers=1, ssl=" ssl" if tls else "",
+            tls=NGINX_TLS.format(cert=cert.chain, key=cert.key) if tls and cert else "",
+            servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
+        proc = procs.start(server, ["nginx", "-c", str(conf), "-g", "daemon off;"])
+    elif base == "haproxy":
+        conf = procs.tmp / "haproxy.cfg"
+        conf.write_text(HAPROXY_CONF.format(tmp=procs.tmp, port=port, servers="\n".join(
+            f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1))))
+        proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], stop=signal.SIGTERM)
+    else:
+        proc, port = start_ringlb(procs, 1, [(f"Server {i}", p) for i, p in enumerate(ports, 1)],
+                                  args.strategy, cert if tls else None)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/home"
+    wait_http(url, verify=str(cert.ca) if tls and cert else True)
+    return proc, url
+
+
+def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path,
+                   close_script: Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, dict[str, Any]]]:
+    """The rounds of every target, and what ``tls_probe`` found of each TLS one."""
     procs = Processes(tmp / "overhead")
     procs.tmp.mkdir()
     try:
@@ -296,32 +391,25 @@ def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[st
         procs.start("backends", ["nginx", "-c", str(conf), "-g", "daemon off;"])
         for port in ports:
             wait_http(f"http://127.0.0.1:{port}/home")
+        cert = make_certificate(procs.tmp) if any(name.endswith(("-tls", "-tls-new")) for name in args.balancers) else None
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         trees: dict[str, int] = {}
         targets: dict[str, str] = {}
+        scripts: dict[str, Path] = {}
         for name in args.balancers:
-            port = free_port()
-            if name == "nginx":
-                conf = procs.tmp / "nginx.conf"
-                conf.write_text(NGINX_CONF.format(
-                    tmp=procs.tmp, name="nginx", port=port, nginx_workers=1,
-                    servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
-                proc = procs.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"])
-            elif name == "haproxy":
-                conf = procs.tmp / "haproxy.cfg"
-                conf.write_text(HAPROXY_CONF.format(tmp=procs.tmp, port=port, servers="\n".join(
-                    f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1))))
-                proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], stop=signal.SIGTERM)
-            else:
-                proc, port = start_ringlb(procs, 1, [(f"Server {i}", p) for i, p in enumerate(ports, 1)],
-                                          args.strategy)
-            targets[name] = f"http://127.0.0.1:{port}/home"
+            server = name.removesuffix("-new")  # a -tls-new row loads its -tls server
+            if server not in servers:
+                servers[server] = start_target(procs, server, ports, args, cert)
+            proc, targets[name] = servers[server]
             trees[name] = proc.pid
-            wait_http(targets[name])
-        results = alternate(targets, trees, args, script, "overhead")
+            if name != server:
+                scripts[name] = close_script
+        probes = {server: tls_probe(url, cert) for server, (_, url) in servers.items() if cert and url.startswith("https")}
+        results = alternate(targets, trees, args, script, "overhead", scripts)
         if args.profile and "ringlb" in trees:
             profile(trees["ringlb"], targets["ringlb"], script, args)
         procs.check()
-        return results
+        return results, probes
     except Exception:
         print(procs.tail(), file=sys.stderr)
         raise
@@ -361,11 +449,12 @@ def profile(master: int, url: str, script: Path, args: argparse.Namespace) -> No
 
 def print_table(title: str, summary: dict[str, dict[str, float]]) -> None:
     cpu = any("cpu_us" in s for s in summary.values())
+    width = max(8, *(len(name) for name in summary))
     print(title)
-    print(f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}" + (f" {'CPU µs/req':>11}" if cpu else "")
+    print(f"{'target':<{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}" + (f" {'CPU µs/req':>11}" if cpu else "")
           + f" {'errors':>7} {'requests':>9}")
     for name, s in summary.items():
-        print(f"{name:<8} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f}"
+        print(f"{name:<{width}} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f}"
               + (f" {s['cpu_us']:>11.1f}" if cpu else "") + f" {s['errors']:>7} {s['requests']:>9}")
 
 
@@ -389,10 +478,15 @@ def plot(tables: dict[str, dict[str, dict[str, float]]], args: argparse.Namespac
         else:
             metrics = (("rps", "req/s"), ("p99", "p99 latency, ms"),
                        ("cpu_us", "balancer CPU µs per request (lower is better)"))
-            heading = "overhead bench: backends answer from memory; each balancer 1 worker / 1 thread"
+            heading = ("overhead bench: backends answer from memory; each balancer 1 worker / 1 thread; "
+                       "-tls: TLS, keep-alive; -tls-new: a new TLS connection per request")
         for ax, (metric, label) in zip(sub.subplots(1, 3), metrics):
-            bars = ax.bar(names, [summary[n][metric] for n in names], color=[colors[n] for n in names])
+            bars = ax.bar(names, [summary[n][metric] for n in names], color=[colors[n.split("-")[0]] for n in names])
+            for bar, name in zip(bars, names):
+                bar.set_hatch("xx" if name.endswith("-tls-new") else "//" if name.endswith("-tls") else "")
             ax.bar_label(bars, fmt="%.0f" if metric in ("rps", "cpu_us") else "%.1f")
+            if len(names) > 3:
+                ax.tick_params(axis="x", labelrotation=35, labelsize=8)
             ax.set_title(label, fontsize=10)
             ax.margins(y=0.15)
         sub.suptitle(heading, fontsize=10, fontweight="bold")
@@ -409,7 +503,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 3 s per target")
     parser.add_argument("--tables", default="replicas,overhead",
                         help="which tables: replicas, overhead or both (default)")
-    parser.add_argument("--balancers", default="nginx,haproxy,ringlb", help="of the overhead table")
+    parser.add_argument("--balancers", default=",".join(BALANCERS),
+                        help=f"of the overhead table (default {','.join(BALANCERS)})")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="balancer gunicorn workers, replica table")
@@ -428,20 +523,22 @@ def main() -> int:
             setattr(args, name, quick if args.quick else normal)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     args.balancers = [b.strip() for b in args.balancers.split(",") if b.strip()]
-    if set(tables) - {"replicas", "overhead"} or set(args.balancers) - {"nginx", "haproxy", "ringlb"}:
-        parser.error("--tables takes replicas,overhead; --balancers takes nginx,haproxy,ringlb")
+    if set(tables) - {"replicas", "overhead"} or set(args.balancers) - set(BALANCERS):
+        parser.error(f"--tables takes replicas,overhead; --balancers takes {','.join(BALANCERS)}")
     ensure_tools({"nginx", "wrk"} | ({"haproxy"} if "overhead" in tables and "haproxy" in args.balancers else set()))
 
     tmp = Path(tempfile.mkdtemp(prefix="ringlb-bench-"))
-    script = tmp / "random-id.lua"
-    script.write_text(WRK_SCRIPT)
+    script, close_script = tmp / "random-id.lua", tmp / "random-id-close.lua"
+    script.write_text(WRK_SCRIPT.format(close=""))
+    close_script.write_text(WRK_SCRIPT.format(close=CLOSE_HEADER))
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    probes: dict[str, dict[str, Any]] = {}
     load = os.getloadavg()
     try:
         if "replicas" in tables:
             results["replicas"] = replica_bench(args, tmp, script)
         if "overhead" in tables:
-            results["overhead"] = overhead_bench(args, tmp, script)
+            results["overhead"], probes = overhead_bench(args, tmp, script, close_script)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summaries = {name: summarize(r) for name, r in results.items()}
@@ -454,11 +551,15 @@ def main() -> int:
                     f"{args.nginx_workers} worker, strategy {args.strategy}", summaries["replicas"])
     if "overhead" in summaries:
         print_table("\noverhead bench: 3 backends answering from memory (one nginx); each balancer 1 "
-                    "worker / 1 thread; CPU = the balancer's process tree", summaries["overhead"])
+                    "worker / 1 thread; CPU = the balancer's process tree; -tls: TLS with one certificate, "
+                    "keep-alive; -tls-new: a new TLS connection per request", summaries["overhead"])
+        for server, probe in probes.items():
+            print(f"{server}: wrk's TLS {probe['version']} {probe['cipher']}; a new connection "
+                  f"{'resumes the session (abbreviated handshake)' if probe['resumed'] else 'makes a full handshake'}")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"args": vars(args), "load_average": [load[0], load_after[0]], "summary": summaries,
-             "rounds": results}, indent=2, default=str))
+             "rounds": results, "tls": probes}, indent=2, default=str))
     if args.plot:
         plot(summaries, args, Path(args.plot))
     last = []
@@ -466,9 +567,10 @@ def main() -> int:
         s = summaries["replicas"]
         last += [f"ratio_vs_nginx={s['ringlb']['rps'] / s['nginx']['rps']:.2f}",
                  f"p99_ratio={s['ringlb']['p99'] / s['nginx']['p99']:.2f}"]
-    if "overhead" in summaries and {"ringlb", "nginx"} <= set(summaries["overhead"]):
-        s = summaries["overhead"]
-        last.append(f"cpu_ratio={s['ringlb']['cpu_us'] / s['nginx']['cpu_us']:.2f}")
+    for field, row in (("cpu_ratio", ""), ("tls_cpu_ratio", "-tls"), ("tls_new_cpu_ratio", "-tls-new")):
+        s = summaries.get("overhead") or {}
+        if {f"ringlb{row}", f"nginx{row}"} <= set(s):
+            last.append(f"{field}={s[f'ringlb{row}']['cpu_us'] / s[f'nginx{row}']['cpu_us']:.2f}")
     print(" ".join(last))
     return 0
 
