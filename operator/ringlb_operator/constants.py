@@ -69,6 +69,10 @@ class Reason:
     PUSH_FAILED = "MembershipPushFailed"
     BALANCER_RESET = "BalancerReset"
     REPAIRED = "Repaired"
+    # Warm-up (spec.hashing.warmupSeconds): Progressing reasons and Events of a membership change
+    # carried out a slice of the key space at a time.
+    WARMING_UP = "WarmingUp"  # a joining member's share grows step by step
+    DRAINING = "Draining"  # a member leaving by scale-down hands its keys over before its pod goes
 
 
 # The node lifecycle controller's NoExecute taints of a lost node: "unreachable" when the kubelet
@@ -142,4 +146,9 @@ PUSH_WORKERS = 32  # threads for pushes, all resources together (not kopf's exec
 PASS_WORKERS = 8  # threads for reconcile passes, all resources together (not kopf's executor)
 REVISION_JUMP_LIMIT = 2**32  # the balancer refuses pushes that jump further than this
 ADOPT_JUMP_LIMIT = 2**31  # a balancer further ahead than this is reset (pod deleted), not followed
+# Warm-up: a change is carried out in 2..WARMUP_MAX_STEPS published steps, about
+# WARMUP_STEP_SECONDS apart, over spec.hashing.warmupSeconds (0..MAX_WARMUP_SECONDS).
+MAX_WARMUP_SECONDS = 3600
+WARMUP_STEP_SECONDS = 5
+WARMUP_MAX_STEPS = 20
 BUILDER_VERSION = "1"  # bump when children.py changes a pod in a way that needs a restart

@@ -129,6 +129,33 @@ def status_schema() -> Schema:
         "type": "object",
         "properties": {"name": {"type": "string"}, "pod": {"type": "string"}, "ready": {"type": "boolean"}},
     }
+    names = {"type": "array", "items": {"type": "string"}}
+    transition = {
+        "type": "object",
+        "description": "The warm-up in progress (spec.hashing.warmupSeconds); absent when none",
+        "properties": {
+            "from": {**names, "description": "The ring the keys move from"},
+            "to": {**names, "description": "The ring they move to"},
+            "startedAt": {"type": "string", "format": "date-time"},
+            "step": _typed("integer", "The step published (ringRevision), 1 .. steps-1; step `steps` is the ring of `to`"),
+            "steps": {"type": "integer"},
+            "fraction": _typed("number", "Part of the changing key space moved to its new owner"),
+            "nextStepAt": {"type": "string", "format": "date-time"},
+            "members": {
+                "type": "array",
+                "description": "The joining and the draining members, each with its share of the key space at this step",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "pod": {"type": "string"},
+                        "state": {"type": "string", "enum": ["Joining", "Draining"]},
+                        "share": {"type": "number"},
+                    },
+                },
+            },
+        },
+    }
     balancer = {
         "type": "object",
         "properties": {
@@ -148,6 +175,7 @@ def status_schema() -> Schema:
             "ringRevision": _typed("integer", "Revision of the membership pushed to the balancer"),
             "ringHash": _typed("string", "Hash of the membership content that ringRevision versions"),
             "members": {"type": "array", "items": member},
+            "transition": transition,
             "balancer": balancer,
             "conditions": {
                 "type": "array",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ringlb_ring import membership
+from ringlb_ring.hashing import Transition
 from ringlb_ring.membership import format_address
 
 from ringlb_operator import children
@@ -39,6 +40,7 @@ class PodPlan:
     created_events: dict[str, Event] = field(default_factory=dict)  # posted only if the create succeeds
     delete_now: list[str] = field(default_factory=list)  # not serving: safe to delete at once
     retire: list[str] = field(default_factory=list)  # serving: delete once the ring drops them
+    retired_events: dict[str, Event] = field(default_factory=dict)  # posted when the retired pod is deleted
     conflicts: list[str] = field(default_factory=list)  # a same-named pod we do not own
     events: list[Event] = field(default_factory=list)
     progress: str = ""  # a Progressing reason, "" when nothing moves
@@ -103,7 +105,7 @@ def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]
             continue
         if not pod.terminating:
             plan.retire.append(pod.name)
-            plan.events.append(Event("Normal", Reason.DELETED, f"deleting pod {pod.name}: {pod.identity or pod.name!r} is no longer wanted"))
+            plan.retired_events[pod.name] = Event("Normal", Reason.DELETED, f"deleting pod {pod.name}: {pod.identity or pod.name!r} is no longer wanted")
         plan.progress = plan.progress or Reason.SCALING_DOWN
     if outdated:
         plan.progress = plan.progress or Reason.ROLLING
@@ -259,16 +261,23 @@ class Ring:
     hash: str
     bumped: bool
 
-    def document(self, members: list[dict[str, str]], spec: Spec) -> dict[str, Any]:
-        return {"revision": self.revision, **ring_content(members, spec)}
+    def document(self, members: list[dict[str, str]], spec: Spec, transition: Transition | None = None) -> dict[str, Any]:
+        return {"revision": self.revision, **ring_content(members, spec, transition)}
 
 
-def ring_content(members: list[dict[str, str]], spec: Spec) -> dict[str, Any]:
-    """The membership document minus its revision (what the revision versions)."""
-    return membership.content(members, spec.hashing.config(), spec.hashing.key())
+def ring_content(members: list[dict[str, str]], spec: Spec, transition: Transition | None = None) -> dict[str, Any]:
+    """The membership document minus its revision (what the revision versions); ``transition``:
+    a warm-up step (``warmup.py``), so each step is content of its own with a revision of its own."""
+    return membership.content(members, replace(spec.hashing.config(), transition=transition), spec.hashing.key())
 
 
-def ring(status: Mapping[str, Any] | None, members: list[dict[str, str]], spec: Spec, floor: int = 0) -> Ring:
+def ring(
+    status: Mapping[str, Any] | None,
+    members: list[dict[str, str]],
+    spec: Spec,
+    floor: int = 0,
+    transition: Transition | None = None,
+) -> Ring:
     """The revision of this content: unchanged if the status already versions it, else the next.
 
     The status is written before any push, so the revision survives operator restarts and never
@@ -276,7 +285,7 @@ def ring(status: Mapping[str, Any] | None, members: list[dict[str, str]], spec: 
     us with 409 holds), so the next push wins.
     """
     status = status or {}
-    content_hash = children.digest(ring_content(members, spec))
+    content_hash = children.digest(ring_content(members, spec, transition))
     current = int(status.get("ringRevision") or 0)
     if current >= 1 and status.get("ringHash") == content_hash and current >= floor:
         return Ring(current, content_hash, bumped=False)
@@ -342,6 +351,8 @@ class Observed:
     api_errors: Sequence[str] = ()
     stranded: Sequence[Stranded] = ()
     nodes: Mapping[str, NodeView] = field(default_factory=dict)
+    transition: Mapping[str, Any] | None = None  # status.transition: a warm-up in progress
+    warming: tuple[str, str] | None = None  # its Progressing (reason, message)
 
 
 def status(previous: Mapping[str, Any] | None, seen: Observed, now: str) -> dict[str, Any]:
@@ -390,7 +401,7 @@ def status(previous: Mapping[str, Any] | None, seen: Observed, now: str) -> dict
         reason = Reason.SCALED_TO_ZERO if not identities else Reason.ALL_READY
         ready = condition(old_conditions, c.READY, True, reason, f"{n_ready}/{len(identities)} replicas in the ring at revision {seen.ring.revision}", now, g)
 
-    moving = seen.plan.progress
+    moving = seen.warming[0] if seen.warming else seen.plan.progress
     if not moving and any(s.action != KEEP for s in seen.stranded):
         moving = Reason.REPLACING
     if not moving and (failed or not seen.pushes) and balancer_alive:
@@ -404,7 +415,9 @@ def status(previous: Mapping[str, Any] | None, seen: Observed, now: str) -> dict
     else:
         progressing = condition(old_conditions, c.PROGRESSING, False, Reason.RECONCILED, "nothing to do", now, g)
 
+    ramp = {"transition": dict(seen.transition) if seen.transition else None} if seen.transition or previous.get("transition") else {}
     return {
+        **ramp,  # a warm-up in progress; null (a merge patch's removal) once it is over
         "observedGeneration": g,
         "replicas": len(alive),
         "readyReplicas": n_ready,
@@ -422,6 +435,8 @@ def status(previous: Mapping[str, Any] | None, seen: Observed, now: str) -> dict
 
 
 def _progress_message(reason: str, seen: Observed) -> str:
+    if seen.warming and reason == seen.warming[0]:
+        return seen.warming[1]
     plan = seen.plan
     return {
         Reason.SCALING_UP: f"waiting for {len(seen.spec.identities()) - len(seen.members)} replica(s) to be ready",

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringlb_operator import children, desired, push
+from ringlb_operator import children, desired, push, warmup
 from ringlb_operator import constants as c
 from ringlb_operator import spec as spec_mod
 from ringlb_operator.children import Owner
@@ -41,7 +41,7 @@ class Outcome:
     floor: int = 0  # lowest ring revision the balancers accept, after a 409; 0 if none
     status: dict[str, Any] = field(default_factory=dict)
     api_errors: int = 0
-    due_in: float | None = None  # seconds until a pod on a lost node is due (even while backing off)
+    due_in: float | None = None  # seconds until a pod on a lost node or a warm-up step is due (even while backing off)
 
 
 def derive_token(key: bytes, owner: Owner, purpose: str) -> str:
@@ -165,14 +165,29 @@ def reconcile_once(
     for name in plan.delete_now:
         _delete_pod(kube, owner, by_name.get(name), api_errors)
 
-    # 4. The ring: Ready pods minus retiring ones; its revision is saved in status first, then in
+    # 4. The ring: Ready pods minus retiring ones, or with spec.hashing.warmupSeconds the step
+    #    of the way there that is due now (warmup.py; members leaving by scale-down drain until
+    #    the last step). Its revision and warm-up are saved in status first, then the document in
     #    the snapshot ConfigMap (what a starting balancer pod loads), then pushed.
     members = desired.members(owner, spec, replica_pods, plan.retire)
-    ring = desired.ring(old_status, members, spec, min(floor, MAX_FLOOR))
+    leaving = warmup.leaving(owner, spec, replica_pods, plan.retire)
+    addresses = {m["name"]: m["address"] for m in members} | leaving
+    step = warmup.due(old_status, [m["name"] for m in members], addresses, spec.hashing.warmup_seconds, spec.hashing.strategy, now)
+    routed = [{"name": name, "address": addresses[name]} for name in step.names]
+    ramp_before = old_status.get("transition")
+    ramp = warmup.status_block(step, ramp_before, owner, spec.hashing.config())
+    ring = desired.ring(old_status, routed, spec, min(floor, MAX_FLOOR), step.transition)
     if ring.bumped:
-        kube.patch_status(owner.namespace, owner.name, {"ringRevision": ring.revision, "ringHash": ring.hash})
-        old_status.update(ringRevision=ring.revision, ringHash=ring.hash)
-    document = ring.document(members, spec)
+        saved: dict[str, Any] = {"ringRevision": ring.revision, "ringHash": ring.hash}
+        if ramp or ramp_before:
+            saved["transition"] = ramp  # null when the warm-up is over: a merge patch removes it
+        kube.patch_status(owner.namespace, owner.name, saved)
+        old_status.update(saved)
+        outcome.events += warmup.events(ramp_before, ramp, step.names, ring.revision)
+    if (next_step := step.next_in(now)) is not None:
+        next_step += DUE_MARGIN
+        outcome.due_in = next_step if outcome.due_in is None else min(outcome.due_in, next_step)
+    document = ring.document(routed, spec, step.transition)
     published = apply(children.membership_configmap(owner, document))
 
     # 5. Push to every balancer pod that does not hold it yet (none on a lost node: it would only
@@ -207,16 +222,21 @@ def reconcile_once(
             )
         )
     elif states and ring.bumped:
+        warm = f" (warm-up step {step.step}/{step.steps})" if step.transition else ""
         outcome.events.append(
-            Event("Normal", c.Reason.PUSHED, f"revision {ring.revision} with {len(members)} member(s) held by {len(states)} balancer pod(s)")
+            Event("Normal", c.Reason.PUSHED, f"revision {ring.revision}{warm} with {len(routed)} member(s) held by {len(states)} balancer pod(s)")
         )
 
-    # 6. Retire: every serving balancer pod must hold a ring without them first.
+    # 6. Retire: every serving balancer pod must hold a ring without them first (a draining
+    #    member is still in it: its pod stays until the last step of its warm-up).
     acked = {s.pod for s in states if s.acknowledged}
     serving = [p.name for p in balancer_pods if p.alive and p.ready and p.ip]
-    if plan.retire and all(name in acked for name in serving):
-        for name in plan.retire:
+    retire = [name for name in plan.retire if name not in by_name or by_name[name].identity not in step.names]
+    if retire and all(name in acked for name in serving):
+        for name in retire:
             _delete_pod(kube, owner, by_name.get(name), api_errors)
+            if name in plan.retired_events:
+                outcome.events.append(plan.retired_events[name])
 
     # 7. Status, written only when it says something new.
     mount = _tls_mount_problem(kube, owner, spec, balancer_pods, api_errors)
@@ -234,6 +254,8 @@ def reconcile_once(
         api_errors=api_errors,
         stranded=stranded,
         nodes=nodes,
+        transition=ramp,
+        warming=warmup.progress(ramp),
     )
     new = desired.status(old_status, seen, now)
     if mount:
@@ -242,7 +264,7 @@ def reconcile_once(
         kube.patch_status(owner.namespace, owner.name, new)
     if (api_errors or conflicts) and outcome.retry_in is None:
         outcome.retry_in = c.PUSH_BACKOFF_MIN
-    if plan.retire and outcome.retry_in is None:
+    if retire and outcome.retry_in is None:
         outcome.retry_in = c.PUSH_BACKOFF_MIN  # retiring waits for acknowledgements; look again soon
     if outcome.due_in is not None and (outcome.retry_in is None or outcome.due_in < outcome.retry_in):
         outcome.retry_in = outcome.due_in

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ringlb_ring import keys
 from ringlb_ring.hashing import HashingConfig
+from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES
 from ringlb_ring.keys import KeyConfig
 from ringlb_ring.naming import MAX_REPLICAS, NAME_PATTERN, PlanError, check_unique, desired_identities
 
@@ -195,6 +196,18 @@ class Hashing(_Model):
             "[{source: cookie, name: sid}, {source: client-ip}]; a random key when none gives one."
         ),
     )
+    warmup_seconds: int = Field(
+        0,
+        alias="warmupSeconds",
+        ge=0,
+        le=c.MAX_WARMUP_SECONDS,
+        description=(
+            "Seconds over which a membership change moves its keys (strategies maglev and ring): a "
+            "joining replica's share grows in steps, and a replica removed by scale-down hands its keys "
+            "over the same way before its pod is deleted (Draining). A failed replica still leaves at "
+            "once. 0: every change at once."
+        ),
+    )
 
     def config(self) -> HashingConfig:
         return HashingConfig(
@@ -351,6 +364,11 @@ def problems(name: str, spec: Spec) -> list[str]:
         spec.hashing.config().validate()
     except ValueError as exc:
         found.append(f"spec.hashing: {exc}")
+    if spec.hashing.warmup_seconds and spec.hashing.strategy not in WARMUP_STRATEGIES:
+        found.append(
+            f"spec.hashing.warmupSeconds: a warm-up needs strategy {' or '.join(WARMUP_STRATEGIES)} "
+            f"(each key has one final owner to move to), not {spec.hashing.strategy!r}; set it to 0 or change the strategy"
+        )
     if spec.hashing.key_source == "query" and not spec.hashing.key_query:
         found.append("spec.hashing.keyQuery: required with keySource query")
     for i, source in enumerate(spec.hashing.key_fallback):
