@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ringlb_balancer.engine import Engine
 
 _NONE: Final[dict[bytes, bytes]] = {}
+_NO_FIELDS: Final[frozenset[bytes]] = frozenset()
 MAX_QUEUED: Final = 4  # pipelined requests parsed ahead of the one being answered
 BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
 
@@ -75,7 +76,7 @@ class ClientConnection(FlowControl):
         self.early_size = 0
 
     def move(self, event: int) -> None:
-        self.state = states.move(states.CLIENT, self.state, event)
+        self.state = states.client_move(self.state, event)
 
     def clock(self) -> float:
         return self.engine.now
@@ -248,7 +249,7 @@ class ClientConnection(FlowControl):
                 self.queue.remove(refused)
             except ValueError:
                 pass  # already answered (the replica answered before the whole body came)
-        self.state = states.move(states.CLIENT, self.state, states.CLOSE)  # nothing more is read
+        self.state = states.client_move(self.state, states.CLOSE)  # nothing more is read
         self.queue.append(Exchange.canned(self, answer))
         if not self.queue[0].started:
             self.queue[0].start()
@@ -286,7 +287,9 @@ class ClientConnection(FlowControl):
         headers = self.headers
         if len(headers) > settings.max_headers:
             raise Reject(framing.error(431, f"more than {settings.max_headers} header fields"))
-        key_fields = engine.key_fields
+        key_header = engine.key_header
+        key_fields = engine.key_fields if not key_header else _NO_FIELDS
+        key: bytes | None = None
         captured: dict[bytes, bytes] | None = None
         hosts = 0
         length = -1
@@ -300,7 +303,11 @@ class ClientConnection(FlowControl):
         for name, value in headers:
             size += len(name) + len(value)
             lower = name.lower()
-            if lower in key_fields:
+            if lower == key_header:
+                if key is not None:
+                    raise Reject(framing.error(400, f"more than one {name.decode('latin-1')} header: send one routing key"))
+                key = value
+            elif lower in key_fields:
                 if captured is None:
                     captured = {}
                 seen = captured.get(lower)
@@ -350,17 +357,17 @@ class ClientConnection(FlowControl):
         limit = engine.settings.max_body
         if limit and length > limit:
             raise Reject(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
-        if engine.key_header:
-            key = captured.get(engine.key_header) if captured is not None else None
-        else:
+        if not key_header:
             key = engine.key_plan.extract(target, captured or _NONE, self.client_ip)
         ip = self.client_ip
         xff = forwarded_for + b", " + ip if forwarded_for is not None else ip
-        kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\n" % (xff, self.proto, engine.via))
         if key is not None:
             # The key this request was hashed by, whatever its source: a replica keeping per-key
             # state (a cache) needs the balancer's notion of "the same key", not its own guess.
-            kept.append(b"X-Ringlb-Key: %s\r\n" % key)
+            kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\nX-Ringlb-Key: %s\r\n"
+                        % (xff, self.proto, engine.via, key))
+        else:
+            kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\n" % (xff, self.proto, engine.via))
         if mode == BODY_CHUNKED:
             kept.append(b"Transfer-Encoding: chunked\r\n")
         elif mode == BODY_LENGTH:

