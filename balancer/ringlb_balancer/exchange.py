@@ -48,6 +48,7 @@ class Exchange:
     body_size = 0
     replayable = True
     written = False  # some byte of this request reached a replica connection
+    broken = 0  # replica connections that failed after this request may have reached them
     started = False
     response_started = False
     framing_chunked = False
@@ -259,7 +260,7 @@ class Exchange:
             self.discard = True
             engine.counters.answered(self.active.rows[self.index], 400, time.perf_counter() - self.since)  # type: ignore[union-attr]
             self.client.write(framing.error(400, f"'{path}' endpoint does not exist in server replicas",
-                                            self.keep_alive, http10=self.http10))
+                                            self.keep_alive, http10=self.http10, head_only=self.head_only))
             self.response_started = True
             if self.head_only:
                 self.response_done(conn)
@@ -330,7 +331,11 @@ class Exchange:
             # Only the first member a request fails on is ejected by it: when the next one fails
             # too, the request itself may be what breaks them (heartbeats judge them instead).
             engine.eject(self.active, self.index, "connection")  # type: ignore[arg-type]
-        if self.can_retry(refused):
+        if not refused:
+            self.broken += 1
+        # A request that two members failed on after it may have reached them (a reset, a close,
+        # garbage) is not sent to a third: it is the likelier cause than both members.
+        if self.can_retry(refused) and self.broken < 2:
             self.retry(reason)
             return
         engine.counters.failure("upstream")
@@ -391,7 +396,7 @@ class Exchange:
         self.state = DONE
         self._leave()
         self.keep_alive = self.keep_alive and self.engine.serving
-        self.client.write(framing.error(status, message, self.keep_alive, http10=self.http10))
+        self.client.write(framing.error(status, message, self.keep_alive, http10=self.http10, head_only=self.head_only))
         self.client.finished(self)
 
     def reply(self, data: bytes) -> None:

@@ -34,8 +34,8 @@ class UpstreamConnection(FlowControl):
     life is the ``states.UPSTREAM`` machine: it goes back to its pool only from ``U_IDLE``."""
 
     __slots__ = (
-        "awaiting_head", "closing_after", "exchange", "got_bytes", "head_fields", "head_wire", "headers",
-        "informational", "last_io", "loop", "parser", "pool", "readable", "reused", "skip_complete", "state",
+        "awaiting_head", "closing_after", "exchange", "feeding", "got_bytes", "head_fields", "head_wire", "headers",
+        "informational", "last_io", "loop", "parser", "pool", "readable", "release_after_feed", "reused", "skip_complete", "state",
         "tunnel", "until_close",
     )
 
@@ -59,6 +59,8 @@ class UpstreamConnection(FlowControl):
         self.tunnel: Tunnel | None = None
         self.readable: select.poll | None = None  # asks the kernel whether bytes wait unread
         self.last_io = 0.0
+        self.feeding = False  # inside llhttp's feed: more of this read may follow the answer
+        self.release_after_feed = False
 
     def move(self, event: int) -> None:
         self.state = states.upstream_move(self.state, event)
@@ -156,7 +158,12 @@ class UpstreamConnection(FlowControl):
         if self.state == states.U_IDLE and not self.closing_after:
             if self.read_paused:
                 self.resume()
-            self.pool.release(self)
+            if self.feeding:
+                # Back to the pool once the rest of this read is parsed: bytes after the answer
+                # (a fake answer after a 204) must find no exchange, not the next request's.
+                self.release_after_feed = True
+            else:
+                self.pool.release(self)
         else:
             self.abort()
 
@@ -201,6 +208,7 @@ class UpstreamConnection(FlowControl):
         if self.awaiting_head:
             self.head_wire += len(data)
         client.cork()
+        self.feeding = True
         try:
             self.parser.feed_data(data)
             if self.awaiting_head and self.head_wire > MAX_RESPONSE_HEAD:
@@ -217,7 +225,12 @@ class UpstreamConnection(FlowControl):
             if exchange is not None:
                 exchange.failed(self, f"invalid answer: {cause or exc}", broken=True)
         finally:
+            self.feeding = False
             client.uncork()
+        if self.release_after_feed:
+            self.release_after_feed = False
+            if self.state == states.U_IDLE and not self.closed:
+                self.pool.release(self)
 
     # -- llhttp callbacks (httptools calls only those defined: no on_url or on_status here; the
     # reason phrase is the standard one, as RFC 9112 §4 lets a proxy do)
