@@ -329,9 +329,11 @@ def ringlb_expected(stream: list[Connection], nginx_saw: list[Recorded]) -> list
     return [comparable(r) for r in nginx_saw if r.target.split("?", 1)[0] not in dropped]
 
 
-def describe(stream: list[Connection]) -> str:
+def describe(stream: list[Connection], only: int | None = None) -> str:
     lines = []
     for c, conn in enumerate(stream):
+        if only is not None and c != only:
+            continue
         lines.append(f"connection {c} ({'pipelined' if conn.pipelined else 'one by one'}"
                      f"{f', then {conn.cut} bytes and close' if conn.cut else ''}):")
         lines += [f"  {r.wire(f'{c}-{i}')[:160]!r}" for i, r in enumerate(conn.requests)]
@@ -359,9 +361,12 @@ def test_backends_behind_nginx_and_ringlb_receive_the_same_requests(nginx: Proxy
     got = [comparable(r) for r in saw["ringlb"]]
     if got != expected:
         first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        differing = (got[first:first + 1] or expected[first:first + 1])[0][1]
+        c = int(differing.split("/")[2].split("-")[0])
         raise AssertionError(
             f"the backends' requests differ at #{first}:\n  ringlb forwarded {got[first:first + 1]}\n"
             f"  expected (nginx's, less ringlb's deliberate refusals) {expected[first:first + 1]}\n"
             f"ringlb targets {[g[1] for g in got]}\nexpected      {[e[1] for e in expected]}\n"
-            f"clients saw: nginx {clients['nginx']}; ringlb {clients['ringlb']}\nstream:\n{describe(stream)}")
+            f"the clients of connection {c} saw: nginx {clients['nginx'][c]}; ringlb {clients['ringlb'][c]}\n"
+            f"{describe(stream, only=c)}")
 

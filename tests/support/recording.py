@@ -155,6 +155,7 @@ class RecordingBackend(ServerThread):
 class RawState:
     hits: Counter[str] = field(default_factory=Counter)  # path -> requests
     stray_sent: int = 0  # stray answers written (same write, or the later one)
+    stray_peer: int = 0  # the port of the connection the last one went to
     switched_open: int = 0  # connections answered 101 to a plain request, still open
     tunnels_open: int = 0
     tunnel_bytes: bytearray = field(default_factory=bytearray)  # what tunnel clients sent, all tunnels
@@ -195,7 +196,7 @@ class RawBackend(ServerThread):
     def snapshot(self) -> RawState:
         def copy() -> RawState:
             s = self.state
-            return RawState(Counter(s.hits), s.stray_sent, s.switched_open, s.tunnels_open,
+            return RawState(Counter(s.hits), s.stray_sent, s.stray_peer, s.switched_open, s.tunnels_open,
                             bytearray(s.tunnel_bytes), s.held_bytes)
         return self.call(copy)
 
@@ -226,6 +227,7 @@ class RawBackend(ServerThread):
 
     async def do_stray(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         kind, when = req.query["kind"], req.query["when"]
+        self.state.stray_peer = writer.get_extra_info("peername")[1]
         answer = {"head": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n",
                   "204": b"HTTP/1.1 204 No Content\r\n\r\n",
                   "length": _answer(200, b"hello")}[kind]
