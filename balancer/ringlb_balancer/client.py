@@ -226,14 +226,16 @@ class ClientConnection(FlowControl):
                 self.pause()
 
     def hold_early(self, data: bytes) -> None:
-        """Bytes sent after an Upgrade head: held for the tunnel, up to ``early_data``, then the
-        client is not read until the replica has answered."""
+        """Bytes sent after an Upgrade head: held for the tunnel, up to ``early_data``. Past it
+        the connection ends: a WebSocket client sends nothing before the 101 (RFC 6455 §4.1),
+        and pausing instead would also hide the client's close until the first-byte deadline."""
         if self.closed:
             return
         self.early.append(data)
         self.early_size += len(data)
-        if self.early_size >= self.engine.settings.early_data:
-            self.pause()
+        if self.early_size > self.engine.settings.early_data:
+            self.early, self.early_size = [], 0
+            self.close()
 
     def refuse(self, answer: bytes) -> None:
         """A request that cannot be parsed: answer after those before it, then close."""
@@ -324,8 +326,13 @@ class ClientConnection(FlowControl):
                     length = int(value)  # llhttp has checked it: digits, one value
                 elif lower == b"transfer-encoding":
                     # llhttp refuses other codings too, but only after this callback returns.
-                    if value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
-                        raise Reject(framing.error(400, "Transfer-Encoding must end in chunked"))
+                    coding = value.strip().lower()
+                    if coding != b"chunked":
+                        if coding.rsplit(b",", 1)[-1].strip() != b"chunked":
+                            raise Reject(framing.error(400, "Transfer-Encoding must end in chunked"))
+                        # gzip, chunked: the balancer would forward the gzip bytes unlabelled
+                        raise Reject(framing.error(501, f"transfer coding {value.decode('latin-1')!r} is not "
+                                                        "supported: send the body with Transfer-Encoding: chunked only"))
                     chunked = True
                 elif lower == b"expect":
                     if value.lower() != b"100-continue":

@@ -103,7 +103,7 @@ def foreign(request: Request, loopback: bool) -> Reply | None:
     listener, any Host that is a name other than localhost — a DNS-rebinding page reaches
     127.0.0.1 under its own name, which then becomes the request's same origin."""
     host = request.headers.get("host", "")
-    if loopback and not _ip_or_localhost(host):
+    if loopback and host and not _ip_or_localhost(host):  # no Host: HTTP/1.0, never a browser
         return failure(f"<Error> Host {host!r} is not this balancer's: on a loopback listener the control "
                        "endpoints answer only requests for localhost or an IP address", 421)
     origin = request.headers.get("origin")

@@ -279,7 +279,9 @@ def replay(proxy: Proxy, stream: list[Connection]) -> list[str]:
     seen = []
     for c, conn in enumerate(stream):
         wires = [r.wire(f"{c}-{i}") for i, r in enumerate(conn.requests)]
-        methods = [r.method for r in conn.requests]
+        # A request a proxy refuses as malformed is answered with a body whatever its method:
+        # the proxy cannot trust a method it read from a request it could not parse.
+        methods = ["GET" if r.kind in SPOILED or r.kind in RINGLB_REFUSES else r.method for r in conn.requests]
         cut = conn.requests[0].wire(f"{c}-cut")
         tail = cut[: min(conn.cut, len(cut) - 1)] if conn.cut else b""  # never the whole request
         statuses: list[int] = []

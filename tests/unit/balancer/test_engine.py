@@ -12,165 +12,28 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from ringlb_balancer import framing
 from ringlb_balancer.client import ClientConnection
-from ringlb_balancer.config import Settings
-from ringlb_balancer.control import ADMIN_PATHS, PUBLIC_PATHS, Control
-from ringlb_balancer.engine import Engine
-from ringlb_balancer.routing import RoutingStore
-from ringlb_balancer.shared import SharedState
-from ringlb_balancer.upstream import UpstreamConnection, UpstreamPool
-from ringlb_balancer.worker import own_addresses
-from ringlb_ring.membership import parse
 
-NAMES = ["Server 1", "Server 2", "Server 3"]
-ADDRESSES = {"Server 1": "10.0.0.1:5001", "Server 2": "10.0.0.2:5002", "Server 3": "10.0.0.3:5003"}
-CLIENT_IP = "203.0.113.7"
-INSTANCE = "unit"
+from tests.unit.balancer.fakes import ADDRESSES, CLIENT_IP, NAMES, FakeTransport, Harness, build, run, settle
+
 VIA = b"Via: 1.1 ringlb-unit\r\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# Fakes
-# ---------------------------------------------------------------------------------------------
-
-
-class FakeTransport:
-    """Records what the protocol writes and how it ends the connection."""
-
-    def __init__(self, peer: tuple[str, int] | None = None) -> None:
-        self.data = bytearray()
-        self.peer = peer
-        self.closed = False
-        self.aborted = False
-        self.eof = False
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, f"write after close: {bytes(data)!r}"
-        self.data += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def take(self) -> bytes:
-        out = bytes(self.data)
-        self.data.clear()
-        return out
-
-
-class Harness:
-    """One engine, its client connections, and every replica connection it opened."""
-
-    def __init__(self, engine: Engine, control: Control) -> None:
-        self.engine = engine
-        self.control = control
-        self.upstreams: list[UpstreamConnection] = []
-        self.refuse: set[str] = set()  # member names whose connect is refused
-        self.connects: list[str] = []
-
-    def client(self, admin: bool = False) -> tuple[ClientConnection, FakeTransport]:
-        conn = ClientConnection(self.engine, admin)
-        transport = FakeTransport((CLIENT_IP, 40000))
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        return conn, transport
-
-    def connect(self, pool: UpstreamPool, exchange: Any) -> None:
-        """Stands in for ``Engine.connect``: the connection completes on the next loop turn."""
-        self.connects.append(pool.name)
-
-        def done() -> None:
-            if pool.name in self.refuse:
-                exchange.failed(None, f"cannot connect to {pool.host}:{pool.port}: refused", broken=True, refused=True)
-                return
-            conn = UpstreamConnection(pool)
-            conn.connection_made(FakeTransport())  # type: ignore[arg-type]
-            self.upstreams.append(conn)
-            exchange.attach(conn)
-
-        pool.loop.call_soon(done)
-
-    def upstream(self, i: int = -1) -> UpstreamConnection:
-        return self.upstreams[i]
-
-    @staticmethod
-    def sent(conn: UpstreamConnection) -> bytes:
-        return bytes(conn.transport.data)  # type: ignore[union-attr]
-
-    @staticmethod
-    def member(conn: UpstreamConnection) -> str:
-        return conn.pool.name
-
-
-async def settle(turns: int = 5) -> None:
-    for _ in range(turns):
-        await asyncio.sleep(0)
-
-
-def run(test: Callable[..., Awaitable[None]], *args: Any) -> None:
-    asyncio.run(test(*args))
 
 
 @pytest.fixture
 def make(tmp_path):
-    """``await make(**settings)`` → a Harness over a published 3-member membership."""
-
-    class LoopbackEngine(Engine):
-        def connect(self, pool: UpstreamPool, exchange: Any) -> None:
-            harness_of[0].connect(pool, exchange)
-
-    harness_of: list[Harness] = []
+    """``make(**settings)``, inside a running loop → a Harness over a published 3-member membership."""
     counter = [0]
 
-    def build(members: list[str] | None = None, key: dict | None = None, **overrides: Any) -> Harness:
+    def build_one(members: list[str] | None = None, key: dict | None = None, **overrides: Any) -> Harness:
         counter[0] += 1
-        state = tmp_path / f"state{counter[0]}"
-        settings = Settings(state_dir=str(state), membership_token="m", **overrides)
-        shared = SharedState(state)
-        store = RoutingStore(shared, settings.snapshot)
-        doc = {
-            "revision": 1,
-            "members": [{"name": n, "address": ADDRESSES[n]} for n in (NAMES if members is None else members)],
-            "hashing": {"strategy": "ring"},
-        }
-        if key:
-            doc["key"] = key
-        store.publish(parse(doc))
-        engine = LoopbackEngine(settings, shared, store, asyncio.get_running_loop(), INSTANCE)
-        control = Control(settings, store, None, own_addresses(settings.bind, settings.admin_bind))
-        engine.controller = control
-        engine.control_paths = frozenset(p.encode() for p in (PUBLIC_PATHS if settings.admin_bind else ADMIN_PATHS))
-        harness = Harness(engine, control)
-        harness_of[:] = [harness]
-        return harness
+        return build(tmp_path / f"state{counter[0]}", asyncio.get_running_loop(), members, key, **overrides)
 
-    return build
+    return build_one
 
 
 def head_and_body(answer: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -1219,18 +1082,25 @@ def test_an_idle_tunnel_ends_after_its_deadline(make):
     run(body)
 
 
-def test_bytes_before_the_101_are_bounded_then_the_client_is_not_read(make):
+def test_bytes_before_the_101_are_held_up_to_their_bound_then_the_connection_ends(make):
     async def body():
         h = make(early_data=1024)
         client, out = h.client()
         client.data_received(UPGRADE + b"\r\n")
         await settle()
-        for _ in range(3):
-            client.data_received(b"x" * 512)
-        assert not out.reading and client.early_size <= 1024 + 512
+        client.data_received(b"x" * 1024)
         h.upstream().data_received(SWITCHED)
-        assert out.reading and client.early_size == 0
-        assert h.sent(h.upstream()).endswith(b"x" * 1536)  # held, then sent in order
+        assert h.sent(h.upstream()).endswith(b"x" * 1024)  # held, then sent in order
+
+        client, out = h.client()
+        client.data_received(UPGRADE + b"\r\n")
+        await settle()
+        up = h.upstream()
+        client.data_received(b"x" * 1025)
+        await settle()
+        assert out.closed and client not in h.engine.clients and client.early_size == 0
+        client.connection_lost(None)  # what asyncio does after the close
+        assert up.transport.aborted  # type: ignore[union-attr]
 
     run(body)
 
