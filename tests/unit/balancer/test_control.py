@@ -399,7 +399,7 @@ def test_rm_seed_example(scaled):
 
 def test_add_waits_for_a_late_membership(state_dir):
     scaler = FakeScaler(state_dir, S3, delay=0.2)
-    c = make(state_dir, scaler, scale_timeout=5.0)
+    c = make(state_dir, scaler, scale_timeout=30.0)
     run(push(c, 1, S3))
     r = run(call(c, "POST", "/add", {"n": 1, "hostnames": ["S5"]}))
     assert r.status == 200
@@ -411,7 +411,7 @@ def test_add_answers_when_its_own_change_is_in_force_while_another_is_pending(st
     """Its additions are in force: it answers, even though the desired list has moved on (S6
     added by someone else, not running yet)."""
     scaler = FakeScaler(state_dir, S3, converge=False)
-    c = make(state_dir, scaler, scale_timeout=5.0)
+    c = make(state_dir, scaler, scale_timeout=30.0)
     run(push(c, 1, S3))
     real_set = scaler.set_desired
 
@@ -422,11 +422,9 @@ def test_add_answers_when_its_own_change_is_in_force_while_another_is_pending(st
         scaler.later(0.1, names)  # ours comes into force; S6 never does while we wait
 
     scaler.set_desired = set_desired  # type: ignore[method-assign]
-    started = time.monotonic()
     r = run(call(c, "POST", "/add", {"n": 1, "hostnames": ["S5"]}))
     assert r.status == 200, r.body
-    assert doc_of(r)["message"] == {"N": 4, "replicas": S3 + ["S5"]}
-    assert time.monotonic() - started < 2.0
+    assert doc_of(r)["message"] == {"N": 4, "replicas": S3 + ["S5"]}  # a 200, not the timeout's 504
     scaler.join()
 
 
@@ -434,7 +432,7 @@ def test_add_undone_by_a_later_rm_answers_without_waiting_out_the_timeout(state_
     """Ours added S5; a later /rm took S5 away again before it was ever in the ring. Nothing of
     ours is left to wait for: answer with the ring as it is, not 504 after the timeout."""
     scaler = FakeScaler(state_dir, S3, converge=False)
-    c = make(state_dir, scaler, scale_timeout=5.0)
+    c = make(state_dir, scaler, scale_timeout=30.0)
     run(push(c, 1, S3))
     real_set = scaler.set_desired
 
@@ -444,16 +442,14 @@ def test_add_undone_by_a_later_rm_answers_without_waiting_out_the_timeout(state_
         scaler.version += 1
 
     scaler.set_desired = set_desired  # type: ignore[method-assign]
-    started = time.monotonic()
     r = run(call(c, "POST", "/add", {"n": 1, "hostnames": ["S5"]}))
     assert r.status == 200, r.body
-    assert doc_of(r)["message"] == {"N": 3, "replicas": S3}
-    assert time.monotonic() - started < 2.0
+    assert doc_of(r)["message"] == {"N": 3, "replicas": S3}  # a 200, not the timeout's 504
 
 
 def test_rm_answers_when_its_removal_is_in_force_while_an_addition_is_pending(state_dir):
     scaler = FakeScaler(state_dir, S3, converge=False)
-    c = make(state_dir, scaler, scale_timeout=5.0)
+    c = make(state_dir, scaler, scale_timeout=30.0)
     run(push(c, 1, S3))
     real_set = scaler.set_desired
 
@@ -607,16 +603,17 @@ def test_concurrent_adds_do_not_delay_healthz(state_dir):
 
     async def body():
         adds = [asyncio.create_task(call(c, "POST", "/add", {"n": 1})) for _ in range(50)]
-        await asyncio.sleep(0.2)  # every /add started: one waits for its change, the rest for the lock
-        assert scaler.calls and not any(t.done() for t in adds)
+        deadline = time.monotonic() + 60
+        while not scaler.calls:  # one /add waits for its change, the rest for the lock
+            assert time.monotonic() < deadline, "no /add reached the scaler"
+            await asyncio.sleep(0.01)
+        assert not any(t.done() for t in adds)
         for _ in range(5):
-            started = time.perf_counter()
+            # Answered while every /add still waits (they never finish): probes do not queue
+            # behind them, whatever the machine's speed.
             r = await call(c, "GET", "/healthz")
-            assert time.perf_counter() - started < 0.1
             assert (r.status, doc_of(r)) == (200, {"status": "ok"})
-            started = time.perf_counter()
             assert (await call(c, "GET", "/readyz")).status == 200
-            assert time.perf_counter() - started < 0.1
         assert not any(t.done() for t in adds)
         for t in adds:
             t.cancel()
