@@ -12,7 +12,7 @@ IMAGES := $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 KIND_CLUSTER ?= ringlb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test unit integration e2e bench bench-memory fuzz analysis faults images crd deploy undeploy \
+.PHONY: help venv dev test test-tools unit integration e2e bench bench-memory fuzz analysis affinity faults images crd deploy undeploy \
 	kind-up kind-down kind-node-image kind-e2e port-forward local-up local-down local-e2e local-images clean
 
 help: ## list targets
@@ -35,7 +35,13 @@ venv: $(VENV)/.installed $(VENV)/.compiled ## create .venv with everything insta
 dev: venv ## balancer on 127.0.0.1:5000 + 3 replicas + supervisor (Ctrl-C stops all)
 	$(VENV)/bin/ringlb dev $(ARGS)
 
-test: venv ## unit + integration tests (no cluster), under 5 minutes
+# The differential test runs nginx beside the balancer: installed from Debian when missing.
+test-tools:
+	@command -v nginx >/dev/null || { echo "installing nginx-light (the differential test's reference proxy)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }; }
+
+test: venv test-tools ## unit + integration tests (no cluster), under 5 minutes; installs nginx if missing
 	$(PY) -m pytest -q tests/unit tests/integration tests/browser
 
 unit: venv ## unit tests only
@@ -61,6 +67,9 @@ fuzz: venv ## long request-path fuzz of the balancer (minutes, not in CI; ARGS="
 
 analysis: venv ## the seed's analyses A-1..A-4 -> docs/analysis/
 	$(PY) scripts/analysis.py $(ARGS)
+
+affinity: venv ## A-5: cache hit rate per strategy, membership events, warm-up or not -> docs/analysis/affinity* (~13 min)
+	$(PY) scripts/affinity.py $(ARGS)
 
 faults: venv ## failed requests and outage under load: replica, balancer, supervisor faults, scale calls -> docs/faults.md (~3 min)
 	$(PY) scripts/faults.py $(ARGS)
