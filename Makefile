@@ -12,7 +12,7 @@ IMAGES := $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 KIND_CLUSTER ?= ringlb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev test test-tools unit integration e2e bench bench-memory fuzz analysis affinity faults images crd deploy undeploy \
+.PHONY: help venv dev lint test test-tools unit integration e2e bench bench-memory fuzz analysis affinity faults images crd deploy undeploy \
 	kind-up kind-down kind-node-image kind-e2e port-forward local-up local-down local-e2e local-images clean
 
 help: ## list targets
@@ -34,6 +34,17 @@ venv: $(VENV)/.installed $(VENV)/.compiled ## create .venv with everything insta
 
 dev: venv ## balancer on 127.0.0.1:5000 + 3 replicas + supervisor (Ctrl-C stops all)
 	$(VENV)/bin/ringlb dev $(ARGS)
+
+# The gate CI runs before make test: ruff's rules and format over the tree, mypy over every
+# package, and every noqa or type: ignore with its reason on the line (after the code: "# why").
+LINT_MYPY := ring/ringlb_ring balancer/ringlb_balancer operator/ringlb_operator replica/ringlb_replica scripts
+NO_REASON := \#[[:space:]]*(noqa(:[[:space:]]*[A-Z]+[0-9]+([[:space:]]*,[[:space:]]*[A-Z]+[0-9]+)*)?|type:[[:space:]]*ignore(\[[a-z0-9, -]+\])?)[[:space:]]*$$
+lint: $(VENV)/.installed ## ruff (rules, format check) and mypy over every package; CI runs it before make test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy $(LINT_MYPY)
+	@if grep -rnE --include='*.py' '$(NO_REASON)' ring balancer operator replica scripts tests setup.py; then \
+	  echo "lint: each noqa or type: ignore above needs its reason on the line"; exit 1; fi
 
 # The differential test runs nginx beside the balancer: installed from Debian when missing.
 test-tools:
