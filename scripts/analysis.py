@@ -63,8 +63,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("A-1", "A-2", "A-3", "A-4")
 SEED_NAMES = ["Server 1", "Server 2", "Server 3"]
 COLORS = {
-    "seed": "tab:red", "seed-reissue": "tab:orange", "ring": "tab:green",
-    "maglev": "tab:blue", "maglev-bounded": "tab:purple", "remote": "tab:blue",
+    "seed": "tab:red",
+    "seed-reissue": "tab:orange",
+    "ring": "tab:green",
+    "maglev": "tab:blue",
+    "maglev-bounded": "tab:purple",
+    "remote": "tab:blue",
 }
 
 
@@ -289,8 +293,11 @@ def sweep(opts: Options, report: Report, counts: list[int]) -> dict[str, dict[in
 def stats(counts: list[int]) -> dict[str, float]:
     mean = statistics.fmean(counts)
     return {
-        "mean": mean, "min": min(counts), "max": max(counts),
-        "stdev": statistics.pstdev(counts), "max_over_mean": max(counts) / mean if mean else float("nan"),
+        "mean": mean,
+        "min": min(counts),
+        "max": max(counts),
+        "stdev": statistics.pstdev(counts),
+        "max_over_mean": max(counts) / mean if mean else float("nan"),
     }
 
 
@@ -328,7 +335,8 @@ def task_a1(opts: Options, report: Report) -> None:
         ax.bar_label(bars, fontsize=8)
         s = stats(run["counts"])
         rows.append(
-            f"| {run['strategy']} | " + " | ".join(str(c) for c in run["counts"])
+            f"| {run['strategy']} | "
+            + " | ".join(str(c) for c in run["counts"])
             + f" | {s['max_over_mean']:.2f} | {run['summary']['failed']} | {run['summary']['throughput_rps']:.0f} |"
         )
     names = results[labels[0]][3]["names"]
@@ -362,7 +370,12 @@ def task_a1(opts: Options, report: Report) -> None:
     header = "| strategy | " + " | ".join(names) + " | max/mean | failed | req/s |\n|" + "---|" * (len(names) + 4)
     report.sections["A-1"] = (
         f"## A-1 — {opts.requests:,} requests on N = 3\n\n"
-        "![A-1](a1_counts.png)\n\n" + header + "\n" + "\n".join(rows) + "\n\n" + seed_row
+        "![A-1](a1_counts.png)\n\n"
+        + header
+        + "\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + seed_row
         + "`maglev` (the default) hashes the request id with BLAKE2b into a 65,537-entry lookup "
         "table that every member fills in turn, so each replica owns 1/N of the table and gets "
         "1/N of the random ids up to sampling noise.\n"
@@ -377,8 +390,10 @@ def task_a2(opts: Options, report: Report) -> None:
     fig, axes = plt.subplots(1, len(labels) + 1, figsize=(5 * (len(labels) + 1), 4.6), squeeze=False)
     axes = list(axes[0])
     ax2 = axes[-1]
-    table = ["| strategy | N | mean | min | max | stdev | max/mean | scaling call |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| strategy | N | mean | min | max | stdev | max/mean | scaling call |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     ymax = max(max(results[label][n]["counts"]) for label in labels for n in results[label])
     for k, label in enumerate(labels):
         ax = axes[k]
@@ -386,15 +401,19 @@ def task_a2(opts: Options, report: Report) -> None:
         ns = [n for n in counts if n in results[label]]
         st = [stats(results[label][n]["counts"]) for n in ns]
         strategy = results[label][ns[0]]["strategy"]
-        ax.fill_between(ns, [s["min"] for s in st], [s["max"] for s in st], color=color, alpha=0.15,
-                        label="min..max")
-        ax.errorbar(ns, [s["mean"] for s in st], yerr=[[min(s["stdev"], s["mean"]) for s in st],
-                                                       [s["stdev"] for s in st]],
-                    fmt="o-", color=color, capsize=4, label="mean ± stdev")
+        ax.fill_between(ns, [s["min"] for s in st], [s["max"] for s in st], color=color, alpha=0.15, label="min..max")
+        ax.errorbar(
+            ns,
+            [s["mean"] for s in st],
+            yerr=[[min(s["stdev"], s["mean"]) for s in st], [s["stdev"] for s in st]],
+            fmt="o-",
+            color=color,
+            capsize=4,
+            label="mean ± stdev",
+        )
         for n in ns:
             c = results[label][n]["counts"]
-            ax.scatter([n] * len(c), c, s=12, color="black", zorder=3,
-                       label="each server" if n == ns[0] else None)
+            ax.scatter([n] * len(c), c, s=12, color="black", zorder=3, label="each server" if n == ns[0] else None)
         ax.plot(ns, [opts.requests / n for n in ns], ":", color="gray", label=f"ideal {opts.requests:,}/N")
         ax.set_ylim(0, ymax * 1.05)
         ax.set_xticks(counts)
@@ -477,18 +496,43 @@ def exercise_endpoints(target: Target) -> list[dict[str, Any]]:
         ("GET", "/home", "no key", {}, "200, random key as the seed"),
         ("GET", "/heartbeat", "", {}, "200 empty: replicas serve it, so it is forwarded"),
         ("GET", "/other", "", {}, "400 seed error: replicas do not serve it"),
-        ("POST", "/add", '{"n": 1, "hostnames": ["S5", "S4"]}',
-         {"json": {"n": 1, "hostnames": ["S5", "S4"]}, "headers": auth}, "400 seed error"),
-        ("POST", "/add", '{"n": 2, "hostnames": ["S5"]}',
-         {"json": {"n": 2, "hostnames": ["S5"]}, "headers": auth}, "200, N + 2 (S5 + a generated name)"),
-        ("DELETE", "/rm", '{"n": 1, "hostnames": ["S5", "S4"]}',
-         {"json": {"n": 1, "hostnames": ["S5", "S4"]}, "headers": auth}, "400 seed error"),
-        ("DELETE", "/rm", '{"n": 2, "hostnames": ["S5"]}',
-         {"json": {"n": 2, "hostnames": ["S5"]}, "headers": auth}, "200, S5 + one at random removed"),
+        (
+            "POST",
+            "/add",
+            '{"n": 1, "hostnames": ["S5", "S4"]}',
+            {"json": {"n": 1, "hostnames": ["S5", "S4"]}, "headers": auth},
+            "400 seed error",
+        ),
+        (
+            "POST",
+            "/add",
+            '{"n": 2, "hostnames": ["S5"]}',
+            {"json": {"n": 2, "hostnames": ["S5"]}, "headers": auth},
+            "200, N + 2 (S5 + a generated name)",
+        ),
+        (
+            "DELETE",
+            "/rm",
+            '{"n": 1, "hostnames": ["S5", "S4"]}',
+            {"json": {"n": 1, "hostnames": ["S5", "S4"]}, "headers": auth},
+            "400 seed error",
+        ),
+        (
+            "DELETE",
+            "/rm",
+            '{"n": 2, "hostnames": ["S5"]}',
+            {"json": {"n": 2, "hostnames": ["S5"]}, "headers": auth},
+            "200, S5 + one at random removed",
+        ),
         ("POST", "/add", '{"n": 0}', {"json": {"n": 0}, "headers": auth}, "400, n out of range"),
         ("POST", "/add", "not JSON", {"data": b"nope", "headers": auth}, "400, not JSON"),
-        ("DELETE", "/rm", '{"n": 1, "hostnames": ["nobody"]}',
-         {"json": {"n": 1, "hostnames": ["nobody"]}, "headers": auth}, "400, not a member"),
+        (
+            "DELETE",
+            "/rm",
+            '{"n": 1, "hostnames": ["nobody"]}',
+            {"json": {"n": 1, "hostnames": ["nobody"]}, "headers": auth},
+            "400, not a member",
+        ),
     ]
     if target.token:
         calls.append(("POST", "/add", '{"n": 1} without token', {"json": {"n": 1}}, "401, token required"))
@@ -506,8 +550,17 @@ def exercise_endpoints(target: Target) -> list[dict[str, Any]]:
         body = r["body"]
         if path in ("/metrics", "/openapi.json", "/membership"):
             body = f"({len(body)} bytes)"
-        rows.append({"method": method, "path": path, "request": note, "expected": expected,
-                     "code": r["code"], "body": body.strip()[:160], "ms": r["ms"]})
+        rows.append(
+            {
+                "method": method,
+                "path": path,
+                "request": note,
+                "expected": expected,
+                "code": r["code"],
+                "body": body.strip()[:160],
+                "ms": r["ms"],
+            }
+        )
     s.close()
     return rows
 
@@ -538,8 +591,15 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
 
     def drive() -> None:
         result_box["r"] = run_load(
-            f"{target.url}/home", int(rate * (before + after + 5)), 4, rate=rate,
-            max_seconds=before + after + 5, record=True, stop=stop, progress=False, seed=opts.seed,
+            f"{target.url}/home",
+            int(rate * (before + after + 5)),
+            4,
+            rate=rate,
+            max_seconds=before + after + 5,
+            record=True,
+            stop=stop,
+            progress=False,
+            seed=opts.seed,
         )
 
     loader = threading.Thread(target=drive, name="a3-load", daemon=True)
@@ -594,19 +654,27 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
     first_new = min((t for t in victim_ends if back_in is not None and t >= back_in - 0.05), default=None)
     failed = [s for s in samples if s[3]]
     return {
-        "victim": victim, "whole": whole, "old_pid": old_pid, "workers": workers,
+        "victim": victim,
+        "whole": whole,
+        "old_pid": old_pid,
+        "workers": workers,
         "kill_after_s": before,
-        "removed_from_rep_s": gone, "respawned_s": t_respawn, "old_workers_gone_s": t_workers_gone,
-        "back_in_rep_s": back_in, "last_answer_from_old_s": last_old,
+        "removed_from_rep_s": gone,
+        "respawned_s": t_respawn,
+        "old_workers_gone_s": t_workers_gone,
+        "back_in_rep_s": back_in,
+        "last_answer_from_old_s": last_old,
         "first_answer_after_return_s": first_new,
         "victim_answers_after_kill_before_return": sum(
             1 for s in samples if s[2] == victim and s[1] > 0 and (back_in is None or s[1] < back_in - 0.05)
         ),
-        "requests": len(samples), "failed": len(failed),
+        "requests": len(samples),
+        "failed": len(failed),
         "failures": dict(Counter(s[3] for s in failed)),
         "failure_examples": result.failure_examples,
         "answers_by_replica": dict(Counter(s[2] for s in samples if s[2])),
-        "retries": metric_sum(metrics_after, "ringlb_retries_total") - metric_sum(metrics_before, "ringlb_retries_total"),
+        "retries": metric_sum(metrics_after, "ringlb_retries_total")
+        - metric_sum(metrics_before, "ringlb_retries_total"),
         "ejections": metric_sum(metrics_after, "ringlb_ejections_total", victim)
         - metric_sum(metrics_before, "ringlb_ejections_total", victim),
         "restarts": sup.replicas[victim].restarts,
@@ -630,11 +698,14 @@ def plot_event(ax: Any, ev: dict[str, Any], replicas: list[str], bucket: float =
                 ys[b] += 1 / bucket
         if not any(ys):
             continue
-        ax.bar(xs, ys, bucket, bottom=bottom, label=name, alpha=0.8,
-               color="black" if name == "failed" else None)
+        ax.bar(xs, ys, bucket, bottom=bottom, label=name, alpha=0.8, color="black" if name == "failed" else None)
         bottom = [b + y for b, y in zip(bottom, ys)]
-    marks = [(0.0, "SIGKILL", "red"), (ev["removed_from_rep_s"], "gone from /rep", "orange"),
-             (ev["respawned_s"], "respawned", "gray"), (ev["back_in_rep_s"], "back in /rep", "green")]
+    marks = [
+        (0.0, "SIGKILL", "red"),
+        (ev["removed_from_rep_s"], "gone from /rep", "orange"),
+        (ev["respawned_s"], "respawned", "gray"),
+        (ev["back_in_rep_s"], "back in /rep", "green"),
+    ]
     for t, text, color in marks:
         if t is not None:
             ax.axvline(t, color=color, ls="--", lw=1.4, label=f"{text}: {t * 1000:.0f} ms")
@@ -651,8 +722,10 @@ def task_a3(opts: Options, report: Report) -> None:
         table = ["| request | body sent | expected | got | answer (truncated) | ms |", "|---|---|---|---|---|---|"]
         for r in rows:
             body = r["body"].replace("|", "\\|").replace("\n", " ") or "(empty)"
-            table.append(f"| `{r['method']} {r['path']}` | {r['request'] or '—'} | {r['expected']} | "
-                         f"**{r['code']}** | `{body}` | {r['ms']} |")
+            table.append(
+                f"| `{r['method']} {r['path']}` | {r['request'] or '—'} | {r['expected']} | "
+                f"**{r['code']}** | `{body}` | {r['ms']} |"
+            )
         events: list[dict[str, Any]] = []
         if isinstance(target, LocalTarget):
             names = target.rep()
@@ -673,8 +746,10 @@ def task_a3(opts: Options, report: Report) -> None:
         for ax, ev in zip(axes[:, 0], events):
             plot_event(ax, ev, ev["replicas"])
             kind = "replica process tree (master + worker)" if ev["whole"] else "gunicorn master only"
-            ax.set_title(f"A-3: SIGKILL {kind} of {ev['victim']} under ~200 req/s: "
-                         f"{ev['failed']} failed of {ev['requests']}", fontsize=10)
+            ax.set_title(
+                f"A-3: SIGKILL {kind} of {ev['victim']} under ~200 req/s: {ev['failed']} failed of {ev['requests']}",
+                fontsize=10,
+            )
         fig.tight_layout()
         fig.savefig(opts.out / "a3_failover.png", dpi=110)
         plt.close(fig)
@@ -682,9 +757,12 @@ def task_a3(opts: Options, report: Report) -> None:
     def ms(v: float | None) -> str:
         return "—" if v is None else f"{v * 1000:.0f} ms"
 
-    text = ["## A-3 — every endpoint, and a replica failure\n",
-            f"Endpoints, in order, against {'a fresh local mode (maglev, N = 3, token on)' if not opts.url else opts.url}:\n",
-            *table, ""]
+    text = [
+        "## A-3 — every endpoint, and a replica failure\n",
+        f"Endpoints, in order, against {'a fresh local mode (maglev, N = 3, token on)' if not opts.url else opts.url}:\n",
+        *table,
+        "",
+    ]
     if events:
         text += [
             "![A-3](a3_failover.png)\n",
@@ -711,11 +789,7 @@ def task_a3(opts: Options, report: Report) -> None:
         verdict = "No request failed during the events."
         if total_failed:
             examples = [x for e in events for xs in e["failure_examples"].values() for x in xs]
-            verdict = (
-                f"**{total_failed} request(s) failed** — "
-                + "; ".join(f"`{x}`" for x in examples[:3])
-                + "."
-            )
+            verdict = f"**{total_failed} request(s) failed** — " + "; ".join(f"`{x}`" for x in examples[:3]) + "."
             if any("list index out of range" in x for x in examples):
                 verdict += (
                     " The balancer's `list index out of range` is a race in its worker: a retry "
@@ -748,7 +822,8 @@ def task_a3(opts: Options, report: Report) -> None:
                 + (
                     f" The respawned master could only bind the port once the old worker had "
                     f"released it, so the replica came back later ({ms(ev2['back_in_rep_s'])})."
-                    if (ev2["back_in_rep_s"] or 0) > (ev2["old_workers_gone_s"] or 0) > 0.5 else ""
+                    if (ev2["back_in_rep_s"] or 0) > (ev2["old_workers_gone_s"] or 0) > 0.5
+                    else ""
                 )
             )
         text.append(
@@ -760,8 +835,10 @@ def task_a3(opts: Options, report: Report) -> None:
             ev.pop("samples")
             ev["polls"] = len(ev["polls"])
     elif opts.url:
-        text.append("\nThe replica-kill step needs local mode (it SIGKILLs a replica process); "
-                    "against a cluster the e2e suite covers it.\n")
+        text.append(
+            "\nThe replica-kill step needs local mode (it SIGKILLs a replica process); "
+            "against a cluster the e2e suite covers it.\n"
+        )
     report.sections["A-3"] = "\n".join(text)
     report.data["A-3"] = {"endpoints": rows, "events": events}
 
@@ -784,6 +861,7 @@ def static_figures(keys: list[str]) -> dict[str, dict[str, Any]]:
     three, four = SEED_NAMES, SEED_NAMES + ["Server 4"]
     removed = ["Server 1", "Server 3", "Server 4"]  # Server 2 leaves the 4-member set
     for label, config in STRATEGY_CONFIGS.items():
+
         def owners(names: list[str]) -> list[str]:
             s = hashing.build(names, config)
             m = s.members
@@ -805,8 +883,12 @@ def static_figures(keys: list[str]) -> dict[str, dict[str, Any]]:
         out[label] = {
             "balance": {n: v["max_over_mean"] for n, v in by_n.items()},
             "by_n": by_n,
-            "moved_add": moved_add / k, "needless_add": needless_add / k, "new_member_share": share4 / k,
-            "moved_rm": moved_rm / k, "needless_rm": needless_rm / k, "removed_member_share": share2 / k,
+            "moved_add": moved_add / k,
+            "needless_add": needless_add / k,
+            "new_member_share": share4 / k,
+            "moved_rm": moved_rm / k,
+            "needless_rm": needless_rm / k,
+            "removed_member_share": share2 / k,
         }
     return out
 
@@ -831,9 +913,11 @@ def bounded_live(opts: Options, report: Report) -> dict[str, Any]:
                 hot_owner = names[s.owner("424242")]
             out[label] = {
                 "strategy": target.label if opts.url else label,
-                "names": names, "hot_owner": hot_owner,
+                "names": names,
+                "hot_owner": hot_owner,
                 "counts": [result.per_replica.get(x, 0) for x in names],
-                "failed": result.failed, "p99_ms": result.percentile(99),
+                "failed": result.failed,
+                "p99_ms": result.percentile(99),
                 "throughput": result.throughput,
             }
     return out
@@ -861,14 +945,37 @@ def task_a4(opts: Options, report: Report) -> None:
     ax = axes[1]
     width = 0.38
     xs = range(len(labels))
-    b1 = ax.bar([x - width / 2 for x in xs], [figs[x]["moved_add"] * 100 for x in labels], width,
-                label="moved, 3 → 4 (add Server 4)", color="tab:cyan")
-    b2 = ax.bar([x + width / 2 for x in xs], [figs[x]["moved_rm"] * 100 for x in labels], width,
-                label="moved, 4 → 3 (remove Server 2)", color="tab:olive")
-    ax.bar([x - width / 2 for x in xs], [figs[x]["needless_add"] * 100 for x in labels], width,
-           fill=False, hatch="///", edgecolor="black", label="of which needless")
-    ax.bar([x + width / 2 for x in xs], [figs[x]["needless_rm"] * 100 for x in labels], width,
-           fill=False, hatch="///", edgecolor="black")
+    b1 = ax.bar(
+        [x - width / 2 for x in xs],
+        [figs[x]["moved_add"] * 100 for x in labels],
+        width,
+        label="moved, 3 → 4 (add Server 4)",
+        color="tab:cyan",
+    )
+    b2 = ax.bar(
+        [x + width / 2 for x in xs],
+        [figs[x]["moved_rm"] * 100 for x in labels],
+        width,
+        label="moved, 4 → 3 (remove Server 2)",
+        color="tab:olive",
+    )
+    ax.bar(
+        [x - width / 2 for x in xs],
+        [figs[x]["needless_add"] * 100 for x in labels],
+        width,
+        fill=False,
+        hatch="///",
+        edgecolor="black",
+        label="of which needless",
+    )
+    ax.bar(
+        [x + width / 2 for x in xs],
+        [figs[x]["needless_rm"] * 100 for x in labels],
+        width,
+        fill=False,
+        hatch="///",
+        edgecolor="black",
+    )
     ax.bar_label(b1, fmt="%.1f", fontsize=7)
     ax.bar_label(b2, fmt="%.1f", fontsize=7)
     ax.axhline(25, color="gray", ls=":", lw=1, label="ideal for a balanced scheme: 25% (1/4)")
@@ -879,8 +986,14 @@ def task_a4(opts: Options, report: Report) -> None:
     ax.legend(fontsize=7)
     ax = axes[2]
     for x in labels:
-        ax.plot(range(2, 7), [figs[x]["balance"][n] for n in range(2, 7)], marker="o", color=COLORS[x],
-                label=A4_LABELS[x], ls="--" if x == "maglev-bounded" else "-")
+        ax.plot(
+            range(2, 7),
+            [figs[x]["balance"][n] for n in range(2, 7)],
+            marker="o",
+            color=COLORS[x],
+            label=A4_LABELS[x],
+            ls="--" if x == "maglev-bounded" else "-",
+        )
     ax.set_ylim(bottom=0)
     ax.axhline(1.0, color="gray", ls="--", lw=1)
     ax.set_xticks(range(2, 7))
@@ -900,29 +1013,39 @@ def task_a4(opts: Options, report: Report) -> None:
     for k, label in enumerate(runs):
         run = live[label]
         xs = [i + (k - (len(runs) - 1) / 2) * width for i in range(len(run["names"]))]
-        bars = ax.bar(xs, run["counts"], width, color=COLORS.get(label),
-                      label=f"{A4_LABELS.get(label, run['strategy'])} (p99 {run['p99_ms']:.0f} ms)")
+        bars = ax.bar(
+            xs,
+            run["counts"],
+            width,
+            color=COLORS.get(label),
+            label=f"{A4_LABELS.get(label, run['strategy'])} (p99 {run['p99_ms']:.0f} ms)",
+        )
         ax.bar_label(bars, fontsize=8)
     names = live[runs[0]]["names"]
-    ax.set_xticks(range(len(names)), [f"{n}{' (hot key owner)' if n == live[runs[0]]['hot_owner'] else ''}" for n in names])
+    ax.set_xticks(
+        range(len(names)), [f"{n}{' (hot key owner)' if n == live[runs[0]]['hot_owner'] else ''}" for n in names]
+    )
     ax.axhline(live["requests"] / len(names), color="gray", ls="--", lw=1, label="even share")
     ax.set_ylabel("requests handled")
-    ax.set_title(f"A-4 live: {live['requests']:,} requests, {live['hot_fraction']:.0%} with one hot key, "
-                 f"concurrency {live['concurrency']}", fontsize=10)
+    ax.set_title(
+        f"A-4 live: {live['requests']:,} requests, {live['hot_fraction']:.0%} with one hot key, "
+        f"concurrency {live['concurrency']}",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(opts.out / "a4_bounded_live.png", dpi=110)
     plt.close(fig)
 
     table = [
-        "| strategy | max/mean N=2 | N=3 | N=4 | N=5 | N=6 | moved 3→4 (needless) | "
-        "moved 4→3 (needless) |",
+        "| strategy | max/mean N=2 | N=3 | N=4 | N=5 | N=6 | moved 3→4 (needless) | moved 4→3 (needless) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for x in labels:
         f = figs[x]
         table.append(
-            f"| {A4_LABELS[x]} | " + " | ".join(f"{f['balance'][n]:.2f}" for n in range(2, 7))
+            f"| {A4_LABELS[x]} | "
+            + " | ".join(f"{f['balance'][n]:.2f}" for n in range(2, 7))
             + f" | {f['moved_add']:.1%} ({f['needless_add']:.1%}) | {f['moved_rm']:.1%} ({f['needless_rm']:.1%}) |"
         )
     live_rows = []
@@ -931,7 +1054,8 @@ def task_a4(opts: Options, report: Report) -> None:
         total = sum(run["counts"]) or 1
         hot = run["counts"][run["names"].index(run["hot_owner"])]
         live_rows.append(
-            f"| {A4_LABELS.get(label, run['strategy'])} | " + " / ".join(str(c) for c in run["counts"])
+            f"| {A4_LABELS.get(label, run['strategy'])} | "
+            + " / ".join(str(c) for c in run["counts"])
             + f" | {hot / total:.1%} | {run['failed']} | {run['p99_ms']:.1f} | {run['throughput']:.0f} |"
         )
     m, r = figs["maglev"], figs["ring"]
@@ -967,7 +1091,8 @@ def task_a4(opts: Options, report: Report) -> None:
         "it changes shows only live, under concurrency and skewed keys:\n\n"
         "![A-4 live](a4_bounded_live.png)\n\n"
         "| live run | per replica | hot owner's share | failed | p99 ms | req/s |\n|---|---|---|---|---|---|\n"
-        + "\n".join(live_rows) + "\n\n"
+        + "\n".join(live_rows)
+        + "\n\n"
         "Half of these requests carry the same key, so plain consistent hashing sends them all "
         "to one replica (≈ 50% + 1/3 of the rest ≈ 67%). With bounded load the balancer counts "
         "in-flight requests per member (shared by all its worker processes) and sends a request "
@@ -998,8 +1123,11 @@ def write_readme(opts: Options, report: Report, argv: list[str], runtime: float)
         f"- Command: `{command}` (equivalently `.venv/bin/python scripts/analysis.py"
         f"{' ' + ' '.join(argv) if argv else ''}`); one task alone: `--only A-1` … `--only A-4`.\n"
         f"- Machine: {cores} CPU cores (`os.cpu_count()`), Python {sys.version.split()[0]}"
-        + ("; load generator, balancer (2 gunicorn workers) and replicas all share these cores.\n"
-           if not opts.url else ".\n")
+        + (
+            "; load generator, balancer (2 gunicorn workers) and replicas all share these cores.\n"
+            if not opts.url
+            else ".\n"
+        )
         + f"- Target: {opts.url or 'local mode started by the script (in-process supervisor, free loopback port, token on)'}; "
         f"{opts.requests:,} requests per live run, {opts.concurrency} client threads "
         "(`scripts/loadgen.py`, random 6-digit `X-Request-ID` per request, as the seed's client).\n"
@@ -1044,8 +1172,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in strategies if s not in STRATEGY_CONFIGS]
     if unknown:
         parser.error(f"unknown strategies {unknown}; use {', '.join(STRATEGY_CONFIGS)}")
-    opts = Options(Path(args.out), args.requests, args.concurrency, args.max_seconds, args.keys,
-                   args.url, args.token, strategies, args.seed, args.log_dir)
+    opts = Options(
+        Path(args.out),
+        args.requests,
+        args.concurrency,
+        args.max_seconds,
+        args.keys,
+        args.url,
+        args.token,
+        strategies,
+        args.seed,
+        args.log_dir,
+    )
     opts.out.mkdir(parents=True, exist_ok=True)
     opts.tasks = args.only or list(TASKS)
     import logging

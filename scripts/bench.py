@@ -71,9 +71,13 @@ NGINX_TEMP = """
   fastcgi_temp_path {tmp}/{name}-fcgi; uwsgi_temp_path {tmp}/{name}-uwsgi; scgi_temp_path {tmp}/{name}-scgi;
 """
 # The balancer nginx: the same configuration in both tables.
-NGINX_CONF = NGINX_COMMON + """
+NGINX_CONF = (
+    NGINX_COMMON
+    + """
 worker_processes {nginx_workers};
-http {{""" + NGINX_TEMP + """
+http {{"""
+    + NGINX_TEMP
+    + """
   keepalive_requests 1000000;
   upstream replicas {{
     hash $http_x_request_id consistent;
@@ -93,15 +97,21 @@ http {{""" + NGINX_TEMP + """
   }}
 }}
 """
+)
 # The overhead bench's backends: one nginx process, three ports, the replica's /home answer.
-BACKENDS_CONF = NGINX_COMMON + """
+BACKENDS_CONF = (
+    NGINX_COMMON
+    + """
 worker_processes 1;
-http {{""" + NGINX_TEMP + """
+http {{"""
+    + NGINX_TEMP
+    + """
   keepalive_requests 1000000;
   default_type application/json;
 {servers}
 }}
 """
+)
 BACKEND_SERVER = """  server {{
     listen 127.0.0.1:{port};
     location / {{ return 200 '{{"message": "Hello from Server: Server {i}", "status": "successful"}}\\n'; }}
@@ -157,14 +167,28 @@ def wait_http(url: str, timeout: float = 20.0, verify: str | bool = True) -> Non
     raise RuntimeError(f"{url} did not come up within {timeout:g}s")
 
 
-def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int,
-            tree: int | None = None) -> dict[str, float]:
+def run_wrk(
+    url: str, script: Path, seconds: int, connections: int, threads: int, tree: int | None = None
+) -> dict[str, float]:
     """One wrk run; with ``tree`` (a root PID) also the CPU seconds that process tree spent."""
     before = cpu_seconds(tree) if tree else 0.0
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-         "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
     ).stdout
     cpu = cpu_seconds(tree) - before if tree else 0.0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -195,8 +219,9 @@ class Processes:
         self.tmp = tmp
         self.procs: list[tuple[str, subprocess.Popen[bytes], int]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
-              stop: int = signal.SIGTERM) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None, stop: int = signal.SIGTERM
+    ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")
         proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log)
         log.close()
@@ -229,34 +254,52 @@ class Processes:
         return "\n".join(out)
 
 
-def start_ringlb(procs: Processes, workers: int, members: list[tuple[str, int]],
-                 strategy: str, tls: Certificate | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_ringlb(
+    procs: Processes, workers: int, members: list[tuple[str, int]], strategy: str, tls: Certificate | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """The balancer exactly as the image runs it, its membership pushed as the operator does
     (with ``tls``, to a plain admin port, as in the pods)."""
     port, token = free_port(), "bench"
-    env = {"RINGLB_BIND": f"127.0.0.1:{port}", "RINGLB_WORKERS": str(workers),
-           "RINGLB_MEMBERSHIP_TOKEN": token, "RINGLB_DRAIN_SECONDS": "0"}
+    env = {
+        "RINGLB_BIND": f"127.0.0.1:{port}",
+        "RINGLB_WORKERS": str(workers),
+        "RINGLB_MEMBERSHIP_TOKEN": token,
+        "RINGLB_DRAIN_SECONDS": "0",
+    }
     admin = f"http://127.0.0.1:{port}"
     if tls:
         admin_port = free_port()
-        env |= {"RINGLB_TLS_CERT": str(tls.chain), "RINGLB_TLS_KEY": str(tls.key),
-                "RINGLB_ADMIN_BIND": f"127.0.0.1:{admin_port}"}
+        env |= {
+            "RINGLB_TLS_CERT": str(tls.chain),
+            "RINGLB_TLS_KEY": str(tls.key),
+            "RINGLB_ADMIN_BIND": f"127.0.0.1:{admin_port}",
+        }
         admin = f"http://127.0.0.1:{admin_port}"
     proc = procs.start(
         "ringlb-tls" if tls else "ringlb",
         [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"],
-        env, stop=signal.SIGINT)  # gunicorn's quick shutdown
+        env,
+        stop=signal.SIGINT,
+    )  # gunicorn's quick shutdown
     wait_http(f"{admin}/healthz")
-    document = {"revision": 1, "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members],
-                "hashing": {"strategy": strategy}}
-    reply = requests.put(f"{admin}/membership", json=document,
-                         headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    document = {
+        "revision": 1,
+        "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members],
+        "hashing": {"strategy": strategy},
+    }
+    reply = requests.put(f"{admin}/membership", json=document, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     reply.raise_for_status()
     return proc, port
 
 
-def alternate(targets: dict[str, str], trees: dict[str, int], args: argparse.Namespace,
-              script: Path, label: str, scripts: dict[str, Path] | None = None) -> dict[str, list[dict[str, float]]]:
+def alternate(
+    targets: dict[str, str],
+    trees: dict[str, int],
+    args: argparse.Namespace,
+    script: Path,
+    label: str,
+    scripts: dict[str, Path] | None = None,
+) -> dict[str, list[dict[str, float]]]:
     """Rounds of every target in turn; ``scripts`` gives some targets another wrk script."""
     scripts = scripts or {}
     for name, url in targets.items():  # warm up pools and caches
@@ -264,8 +307,11 @@ def alternate(targets: dict[str, str], trees: dict[str, int], args: argparse.Nam
     results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     for r in range(args.rounds):
         for name, url in targets.items():
-            results[name].append(run_wrk(url, scripts.get(name, script), args.seconds, args.connections,
-                                         args.wrk_threads, trees.get(name)))
+            results[name].append(
+                run_wrk(
+                    url, scripts.get(name, script), args.seconds, args.connections, args.wrk_threads, trees.get(name)
+                )
+            )
             print(f"{label} round {r + 1} {name}: {results[name][-1]}", file=sys.stderr, flush=True)
     return results
 
@@ -275,7 +321,9 @@ def summarize(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
     for name, rounds in results.items():
         keys = ["rps", "p50", "p99"] + (["cpu_us"] if "cpu_us" in rounds[0] else [])
         summary[name] = {k: statistics.median(r[k] for r in rounds) for k in keys} | {
-            "errors": sum(r["errors"] for r in rounds), "requests": sum(r["requests"] for r in rounds)}
+            "errors": sum(r["errors"] for r in rounds),
+            "requests": sum(r["requests"] for r in rounds),
+        }
     return summary
 
 
@@ -285,21 +333,47 @@ def replica_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str
     try:
         ports = [free_port() for _ in range(3)]
         for i, port in enumerate(ports, 1):
-            procs.start(f"replica{i}", [
-                sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                "--worker-class", "gthread", "--threads", "4", "--keep-alive", "30",
-                "--no-control-socket", "ringlb_replica.wsgi:app"], {"SERVER_ID": f"Server {i}"},
-                stop=signal.SIGINT)
+            procs.start(
+                f"replica{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "1",
+                    "--worker-class",
+                    "gthread",
+                    "--threads",
+                    "4",
+                    "--keep-alive",
+                    "30",
+                    "--no-control-socket",
+                    "ringlb_replica.wsgi:app",
+                ],
+                {"SERVER_ID": f"Server {i}"},
+                stop=signal.SIGINT,
+            )
         nginx_port = free_port()
         conf = procs.tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(
-            tmp=procs.tmp, name="nginx", port=nginx_port, nginx_workers=args.nginx_workers, ssl="", tls="",
-            servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=procs.tmp,
+                name="nginx",
+                port=nginx_port,
+                nginx_workers=args.nginx_workers,
+                ssl="",
+                tls="",
+                servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports),
+            )
+        )
         procs.start("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"])
         for port in ports:
             wait_http(f"http://127.0.0.1:{port}/heartbeat")
-        _, lb_port = start_ringlb(procs, args.workers, [(f"Server {i}", p) for i, p in enumerate(ports, 1)],
-                                  args.strategy)
+        _, lb_port = start_ringlb(
+            procs, args.workers, [(f"Server {i}", p) for i, p in enumerate(ports, 1)], args.strategy
+        )
         wait_http(f"http://127.0.0.1:{nginx_port}/home")
         targets = {"nginx": f"http://127.0.0.1:{nginx_port}/home", "ringlb": f"http://127.0.0.1:{lb_port}/home"}
         results = alternate(targets, {}, args, script, "replicas")
@@ -342,8 +416,10 @@ def tls_probe(url: str, cert: Certificate) -> dict[str, Any]:
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     session, found = None, {}
     for _ in range(2):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as conn:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as conn,
+        ):
             conn.sendall(b"GET /home HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: 1\r\nConnection: close\r\n\r\n")
             while conn.recv(65536):
                 pass
@@ -352,46 +428,68 @@ def tls_probe(url: str, cert: Certificate) -> dict[str, Any]:
     return found
 
 
-def start_target(procs: Processes, server: str, ports: list[int], args: argparse.Namespace,
-                 cert: Certificate | None) -> tuple[subprocess.Popen[bytes], str]:
+def start_target(
+    procs: Processes, server: str, ports: list[int], args: argparse.Namespace, cert: Certificate | None
+) -> tuple[subprocess.Popen[bytes], str]:
     """One balancer of the overhead table in front of the backends: nginx, haproxy or ringlb,
     ``-tls`` terminating TLS with ``cert``; its process and URL."""
     base, tls = server.removesuffix("-tls"), server.endswith("-tls")
     port = free_port()
     if base == "nginx":
         conf = procs.tmp / f"{server}.conf"
-        conf.write_text(NGINX_CONF.format(
-            tmp=procs.tmp, name=server, port=port, nginx_workers=1, ssl=" ssl" if tls else "",
-            tls=NGINX_TLS.format(cert=cert.chain, key=cert.key) if tls and cert else "",
-            servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports)))
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=procs.tmp,
+                name=server,
+                port=port,
+                nginx_workers=1,
+                ssl=" ssl" if tls else "",
+                tls=NGINX_TLS.format(cert=cert.chain, key=cert.key) if tls and cert else "",
+                servers="\n".join(f"    server 127.0.0.1:{p};" for p in ports),
+            )
+        )
         proc = procs.start(server, ["nginx", "-c", str(conf), "-g", "daemon off;"])
     elif base == "haproxy":
         conf = procs.tmp / "haproxy.cfg"
-        conf.write_text(HAPROXY_CONF.format(tmp=procs.tmp, port=port, servers="\n".join(
-            f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1))))
+        conf.write_text(
+            HAPROXY_CONF.format(
+                tmp=procs.tmp,
+                port=port,
+                servers="\n".join(f"  server s{i} 127.0.0.1:{p}" for i, p in enumerate(ports, 1)),
+            )
+        )
         proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], stop=signal.SIGTERM)
     else:
-        proc, port = start_ringlb(procs, 1, [(f"Server {i}", p) for i, p in enumerate(ports, 1)],
-                                  args.strategy, cert if tls else None)
+        proc, port = start_ringlb(
+            procs, 1, [(f"Server {i}", p) for i, p in enumerate(ports, 1)], args.strategy, cert if tls else None
+        )
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/home"
     wait_http(url, verify=str(cert.ca) if tls and cert else True)
     return proc, url
 
 
-def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path,
-                   close_script: Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, dict[str, Any]]]:
+def overhead_bench(
+    args: argparse.Namespace, tmp: Path, script: Path, close_script: Path
+) -> tuple[dict[str, list[dict[str, float]]], dict[str, dict[str, Any]]]:
     """The rounds of every target, and what ``tls_probe`` found of each TLS one."""
     procs = Processes(tmp / "overhead")
     procs.tmp.mkdir()
     try:
         ports = [free_port() for _ in range(3)]
         conf = procs.tmp / "backends.conf"
-        conf.write_text(BACKENDS_CONF.format(tmp=procs.tmp, name="backends", servers="\n".join(
-            BACKEND_SERVER.format(port=p, i=i) for i, p in enumerate(ports, 1))))
+        conf.write_text(
+            BACKENDS_CONF.format(
+                tmp=procs.tmp,
+                name="backends",
+                servers="\n".join(BACKEND_SERVER.format(port=p, i=i) for i, p in enumerate(ports, 1)),
+            )
+        )
         procs.start("backends", ["nginx", "-c", str(conf), "-g", "daemon off;"])
         for port in ports:
             wait_http(f"http://127.0.0.1:{port}/home")
-        cert = make_certificate(procs.tmp) if any(name.endswith(("-tls", "-tls-new")) for name in args.balancers) else None
+        cert = (
+            make_certificate(procs.tmp) if any(name.endswith(("-tls", "-tls-new")) for name in args.balancers) else None
+        )
         servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         trees: dict[str, int] = {}
         targets: dict[str, str] = {}
@@ -404,7 +502,9 @@ def overhead_bench(args: argparse.Namespace, tmp: Path, script: Path,
             trees[name] = proc.pid
             if name != server:
                 scripts[name] = close_script
-        probes = {server: tls_probe(url, cert) for server, (_, url) in servers.items() if cert and url.startswith("https")}
+        probes = {
+            server: tls_probe(url, cert) for server, (_, url) in servers.items() if cert and url.startswith("https")
+        }
         results = alternate(targets, trees, args, script, "overhead", scripts)
         if args.profile and "ringlb" in trees:
             profile(trees["ringlb"], targets["ringlb"], script, args)
@@ -427,18 +527,27 @@ def profile(master: int, url: str, script: Path, args: argparse.Namespace) -> No
     prefix, seconds = Path(args.profile), args.profile_seconds
     prefix.parent.mkdir(parents=True, exist_ok=True)
     data = prefix.with_suffix(".perf.data")
-    record = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(worker), "-o", str(data),
-                               "--", "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    record = subprocess.Popen(
+        ["perf", "record", "-q", "-F", "499", "-p", str(worker), "-o", str(data), "--", "sleep", str(seconds)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(0.5)
     load = run_wrk(url, script, seconds, args.connections, args.wrk_threads, master)
     _, err = record.communicate(timeout=seconds + 30)
     if record.returncode:
         raise RuntimeError(f"perf record failed: {err.decode(errors='replace')[-500:]}")
-    reports = [f"perf, ringlb worker under the overhead load: {load['rps']:.0f} req/s, "
-               f"{load.get('cpu_us', 0):.0f} CPU µs/request (process tree)"]
+    reports = [
+        f"perf, ringlb worker under the overhead load: {load['rps']:.0f} req/s, "
+        f"{load.get('cpu_us', 0):.0f} CPU µs/request (process tree)"
+    ]
     for sort, top in (("dso", 12), ("dso,sym", 30)):
-        out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
-                              "--percent-limit", "0.5"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort, "--percent-limit", "0.5"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         rows = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
         reports += ["", f"by {sort} (top {top}):", *rows[:top]]
     data.unlink()
@@ -451,11 +560,17 @@ def print_table(title: str, summary: dict[str, dict[str, float]]) -> None:
     cpu = any("cpu_us" in s for s in summary.values())
     width = max(8, *(len(name) for name in summary))
     print(title)
-    print(f"{'target':<{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}" + (f" {'CPU µs/req':>11}" if cpu else "")
-          + f" {'errors':>7} {'requests':>9}")
+    print(
+        f"{'target':<{width}} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        + (f" {'CPU µs/req':>11}" if cpu else "")
+        + f" {'errors':>7} {'requests':>9}"
+    )
     for name, s in summary.items():
-        print(f"{name:<{width}} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f}"
-              + (f" {s['cpu_us']:>11.1f}" if cpu else "") + f" {s['errors']:>7} {s['requests']:>9}")
+        print(
+            f"{name:<{width}} {s['rps']:>10.0f} {s['p50']:>8.2f} {s['p99']:>8.2f}"
+            + (f" {s['cpu_us']:>11.1f}" if cpu else "")
+            + f" {s['errors']:>7} {s['requests']:>9}"
+        )
 
 
 def plot(tables: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace, path: Path) -> None:
@@ -471,15 +586,24 @@ def plot(tables: dict[str, dict[str, dict[str, float]]], args: argparse.Namespac
     for sub, (table, summary) in zip(fig.subfigures(len(rows), 1, squeeze=False)[:, 0], rows):
         names = list(summary)
         if table == "replicas":
-            metrics = (("rps", "req/s (higher is better)"), ("p50", "p50 latency, ms"),
-                       ("p99", "p99 latency, ms (lower is better)"))
-            heading = (f"replica bench: 3 Flask replicas; ringlb {args.workers} workers, "
-                       f"nginx {args.nginx_workers} worker")
+            metrics = (
+                ("rps", "req/s (higher is better)"),
+                ("p50", "p50 latency, ms"),
+                ("p99", "p99 latency, ms (lower is better)"),
+            )
+            heading = (
+                f"replica bench: 3 Flask replicas; ringlb {args.workers} workers, nginx {args.nginx_workers} worker"
+            )
         else:
-            metrics = (("rps", "req/s"), ("p99", "p99 latency, ms"),
-                       ("cpu_us", "balancer CPU µs per request (lower is better)"))
-            heading = ("overhead bench: backends answer from memory; each balancer 1 worker / 1 thread; "
-                       "-tls: TLS, keep-alive; -tls-new: a new TLS connection per request")
+            metrics = (
+                ("rps", "req/s"),
+                ("p99", "p99 latency, ms"),
+                ("cpu_us", "balancer CPU µs per request (lower is better)"),
+            )
+            heading = (
+                "overhead bench: backends answer from memory; each balancer 1 worker / 1 thread; "
+                "-tls: TLS, keep-alive; -tls-new: a new TLS connection per request"
+            )
         for ax, (metric, label) in zip(sub.subplots(1, 3), metrics):
             bars = ax.bar(names, [summary[n][metric] for n in names], color=[colors[n.split("-")[0]] for n in names])
             for bar, name in zip(bars, names):
@@ -490,8 +614,11 @@ def plot(tables: dict[str, dict[str, dict[str, float]]], args: argparse.Namespac
             ax.set_title(label, fontsize=10)
             ax.margins(y=0.15)
         sub.suptitle(heading, fontsize=10, fontweight="bold")
-    fig.suptitle(f"ringlb vs nginx / HAProxy; {os.cpu_count()} cores, wrk -t{args.wrk_threads} "
-                 f"-c{args.connections}, median of {args.rounds} x {args.seconds}s", fontsize=10)
+    fig.suptitle(
+        f"ringlb vs nginx / HAProxy; {os.cpu_count()} cores, wrk -t{args.wrk_threads} "
+        f"-c{args.connections}, median of {args.rounds} x {args.seconds}s",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
@@ -501,21 +628,30 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds per target (default 3; --quick 1)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up per target (default 2; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 3 s per target")
-    parser.add_argument("--tables", default="replicas,overhead",
-                        help="which tables: replicas, overhead or both (default)")
-    parser.add_argument("--balancers", default=",".join(BALANCERS),
-                        help=f"of the overhead table (default {','.join(BALANCERS)})")
+    parser.add_argument(
+        "--tables", default="replicas,overhead", help="which tables: replicas, overhead or both (default)"
+    )
+    parser.add_argument(
+        "--balancers", default=",".join(BALANCERS), help=f"of the overhead table (default {','.join(BALANCERS)})"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="balancer gunicorn workers, replica table")
     parser.add_argument("--nginx-workers", default="1", help="nginx workers, replica table")
     parser.add_argument("--strategy", default="maglev")
     parser.add_argument("--json", help="also write the figures (every round) here")
-    parser.add_argument("--plot", nargs="?", const=str(ROOT / "docs" / "benchmarks.png"),
-                        help="also draw both tables into this PNG (default docs/benchmarks.png)")
-    parser.add_argument("--profile", metavar="PREFIX",
-                        help="after the overhead rounds, perf the ringlb worker under the same load: "
-                             "PREFIX.txt (CPU by shared object and by symbol)")
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        const=str(ROOT / "docs" / "benchmarks.png"),
+        help="also draw both tables into this PNG (default docs/benchmarks.png)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="after the overhead rounds, perf the ringlb worker under the same load: "
+        "PREFIX.txt (CPU by shared object and by symbol)",
+    )
     parser.add_argument("--profile-seconds", type=int, default=10)
     args = parser.parse_args()
     for name, normal, quick in (("seconds", 10, 3), ("rounds", 3, 1), ("warmup", 2, 1)):
@@ -544,29 +680,51 @@ def main() -> int:
     summaries = {name: summarize(r) for name, r in results.items()}
     load_after = os.getloadavg()
 
-    print(f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.2f} before, {load_after[0]:.2f} after; "
-          f"wrk -t{args.wrk_threads} -c{args.connections}, {args.rounds}x{args.seconds}s per target, medians")
+    print(
+        f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.2f} before, {load_after[0]:.2f} after; "
+        f"wrk -t{args.wrk_threads} -c{args.connections}, {args.rounds}x{args.seconds}s per target, medians"
+    )
     if "replicas" in summaries:
-        print_table(f"\nreplica bench: 3 Flask replicas; balancer {args.workers} workers, nginx "
-                    f"{args.nginx_workers} worker, strategy {args.strategy}", summaries["replicas"])
+        print_table(
+            f"\nreplica bench: 3 Flask replicas; balancer {args.workers} workers, nginx "
+            f"{args.nginx_workers} worker, strategy {args.strategy}",
+            summaries["replicas"],
+        )
     if "overhead" in summaries:
-        print_table("\noverhead bench: 3 backends answering from memory (one nginx); each balancer 1 "
-                    "worker / 1 thread; CPU = the balancer's process tree; -tls: TLS with one certificate, "
-                    "keep-alive; -tls-new: a new TLS connection per request", summaries["overhead"])
+        print_table(
+            "\noverhead bench: 3 backends answering from memory (one nginx); each balancer 1 "
+            "worker / 1 thread; CPU = the balancer's process tree; -tls: TLS with one certificate, "
+            "keep-alive; -tls-new: a new TLS connection per request",
+            summaries["overhead"],
+        )
         for server, probe in probes.items():
-            print(f"{server}: wrk's TLS {probe['version']} {probe['cipher']}; a new connection "
-                  f"{'resumes the session (abbreviated handshake)' if probe['resumed'] else 'makes a full handshake'}")
+            print(
+                f"{server}: wrk's TLS {probe['version']} {probe['cipher']}; a new connection "
+                f"{'resumes the session (abbreviated handshake)' if probe['resumed'] else 'makes a full handshake'}"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"args": vars(args), "load_average": [load[0], load_after[0]], "summary": summaries,
-             "rounds": results, "tls": probes}, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "load_average": [load[0], load_after[0]],
+                    "summary": summaries,
+                    "rounds": results,
+                    "tls": probes,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     if args.plot:
         plot(summaries, args, Path(args.plot))
     last = []
     if "replicas" in summaries:
         s = summaries["replicas"]
-        last += [f"ratio_vs_nginx={s['ringlb']['rps'] / s['nginx']['rps']:.2f}",
-                 f"p99_ratio={s['ringlb']['p99'] / s['nginx']['p99']:.2f}"]
+        last += [
+            f"ratio_vs_nginx={s['ringlb']['rps'] / s['nginx']['rps']:.2f}",
+            f"p99_ratio={s['ringlb']['p99'] / s['nginx']['p99']:.2f}",
+        ]
     for field, row in (("cpu_ratio", ""), ("tls_cpu_ratio", "-tls"), ("tls_new_cpu_ratio", "-tls-new")):
         s = summaries.get("overhead") or {}
         if {f"ringlb{row}", f"nginx{row}"} <= set(s):

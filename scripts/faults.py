@@ -65,8 +65,15 @@ from tests.support.proc import alive, children, cmdline, start_ticks  # noqa: E4
 VICTIM = "Server 2"
 GREETING = re.compile(r"Hello from Server: (.+)$")
 ACCESS_LINE = re.compile(r"^POST /home (\d{3}) (\S+)\s*$")
-SCENARIOS = ("replica-kill", "replica-stop", "worker-kill", "master-kill", "supervisor-kill", "scale",
-             "post-replica-kill")
+SCENARIOS = (
+    "replica-kill",
+    "replica-stop",
+    "worker-kill",
+    "master-kill",
+    "supervisor-kill",
+    "scale",
+    "post-replica-kill",
+)
 
 
 def log(msg: str) -> None:
@@ -100,10 +107,23 @@ class Stack:
         self.lock = threading.Lock()
         self._output = open(workdir / "ringlb-dev.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringlb_balancer.local.cli", "dev", "--port", str(self.port),
-             "--log-dir", str(self.log_dir), "--replicas", str(replicas)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})),
-            preexec_fn=_die_with_parent, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "ringlb_balancer.local.cli",
+                "dev",
+                "--port",
+                str(self.port),
+                "--log-dir",
+                str(self.log_dir),
+                "--replicas",
+                str(replicas),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, **(env or {})),
+            preexec_fn=_die_with_parent,
+            cwd=ROOT,
         )
         self.supervisor_ticks = start_ticks(self.proc.pid)
         self._reader = threading.Thread(target=self._read, daemon=True, name="stack-output")
@@ -236,8 +256,9 @@ class Load:
     """``rate`` requests/s for at most ``seconds`` s (at most rate x seconds requests), each
     with its own random key; stops early when ``stop()`` is called. A thread with its own loop."""
 
-    def __init__(self, url: str, rate: float, seconds: float, method: str = "GET", seed: int = 1,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, rate: float, seconds: float, method: str = "GET", seed: int = 1, timeout: float = 10.0
+    ) -> None:
         self.url, self.rate, self.seconds, self.method, self.timeout = url, rate, seconds, method, timeout
         self.n = int(rate * seconds)
         self.rng = random.Random(seed)
@@ -293,8 +314,12 @@ class Load:
         start = time.monotonic()
         replica = None
         try:
-            async with session.request(self.method, self.url, headers={"X-Request-ID": key},
-                                       data=b'{"order": %d}' % i if self.method == "POST" else None) as r:
+            async with session.request(
+                self.method,
+                self.url,
+                headers={"X-Request-ID": key},
+                data=b'{"order": %d}' % i if self.method == "POST" else None,
+            ) as r:
                 body = await r.read()
                 status = r.status
             if self.method == "GET" and status == 200:
@@ -401,8 +426,11 @@ def figures(records: list[Rec], t_fault: float) -> dict[str, Any]:
     }
 
 
-def first_after(polls: list[tuple[float, float | None, list[str] | None]], t: float,
-                pred: Callable[[float | None, list[str] | None], bool]) -> float | None:
+def first_after(
+    polls: list[tuple[float, float | None, list[str] | None]],
+    t: float,
+    pred: Callable[[float | None, list[str] | None], bool],
+) -> float | None:
     return next((p[0] - t for p in polls if p[0] >= t and pred(p[1], p[2])), None)
 
 
@@ -448,8 +476,7 @@ def run_scenario(name: str, opts: Opts) -> Outcome:
     if name == "post-replica-kill":
         # gunicorn reads GUNICORN_CMD_ARGS: the replicas log each request with its key, which
         # tells how often each POST reached a replica (the balancer writes no access log).
-        env["GUNICORN_CMD_ARGS"] = ("--access-logfile - --access-logformat "
-                                    "'%(m)s %(U)s %(s)s %({x-request-id}i)s'")
+        env["GUNICORN_CMD_ARGS"] = "--access-logfile - --access-logformat '%(m)s %(U)s %(s)s %({x-request-id}i)s'"
     stack = Stack(workdir, replicas=opts.scale_replicas if name == "scale" else 3, env=env)
     monitor: Monitor | None = None
     load: Load | None = None
@@ -467,8 +494,12 @@ def run_scenario(name: str, opts: Opts) -> Outcome:
         monitor.stop()
         if name not in ("master-kill", "supervisor-kill"):  # a new balancer's counters start at 0
             metrics_after = metrics(stack)
-            retries = metric_sum(metrics_after, "ringlb_retries_total") - metric_sum(metrics_before, "ringlb_retries_total")
-            ejections = metric_sum(metrics_after, "ringlb_ejections_total") - metric_sum(metrics_before, "ringlb_ejections_total")
+            retries = metric_sum(metrics_after, "ringlb_retries_total") - metric_sum(
+                metrics_before, "ringlb_retries_total"
+            )
+            ejections = metric_sum(metrics_after, "ringlb_ejections_total") - metric_sum(
+                metrics_before, "ringlb_ejections_total"
+            )
             outcome.notes.append(f"balancer retries {retries:.0f}, ejections {ejections:.0f}")
         outcome.figures = figures(records, outcome.extra.pop("t_fault"))
         outcome.notes = [n.format(**outcome.figures) if "{over_1s}" in n else n for n in outcome.notes]
@@ -521,15 +552,24 @@ def replica_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts, title: 
             respawned = time.monotonic() - t
         time.sleep(0.02)
     gone = first_after(monitor.polls, t, lambda h, ring: ring is not None and VICTIM not in ring)
-    back = first_after(monitor.polls, t + (gone or 0), lambda h, ring: ring is not None and VICTIM in ring) \
-        if gone is not None else None
+    back = (
+        first_after(monitor.polls, t + (gone or 0), lambda h, ring: ring is not None and VICTIM in ring)
+        if gone is not None
+        else None
+    )
     out, up = ejection(monitor, t)
-    return Outcome("", title or f"replica SIGKILL ({VICTIM}: gunicorn master + worker)", {}, notes=[
-        f"ejected after {fmt(out)}" if out is not None else "",
-        f"left /rep after {fmt(gone)}" if gone is not None else "never left /rep (between two polls)",
-        f"respawned by the supervisor after {fmt(respawned)}",
-        f"back in /rep after {fmt((gone or 0) + back) if back is not None else '–'}",
-    ], extra={"t_fault": t, "killed": pids})
+    return Outcome(
+        "",
+        title or f"replica SIGKILL ({VICTIM}: gunicorn master + worker)",
+        {},
+        notes=[
+            f"ejected after {fmt(out)}" if out is not None else "",
+            f"left /rep after {fmt(gone)}" if gone is not None else "never left /rep (between two polls)",
+            f"respawned by the supervisor after {fmt(respawned)}",
+            f"back in /rep after {fmt((gone or 0) + back) if back is not None else '–'}",
+        ],
+        extra={"t_fault": t, "killed": pids},
+    )
 
 
 def replica_stop(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
@@ -543,12 +583,20 @@ def replica_stop(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outc
     gone = first_after(monitor.polls, t, lambda h, ring: ring is not None and VICTIM not in ring)
     back = first_after(monitor.polls, t_cont, lambda h, ring: ring is not None and VICTIM in ring)
     out, up = ejection(monitor, t)
-    return Outcome("", f"replica SIGSTOP 5 s, then SIGCONT ({VICTIM})", {}, notes=[
-        f"ejected after {fmt(out)} (heartbeats), in rotation again {fmt(up - (t_cont - t) if up else None)} "
-        "after SIGCONT" if out is not None else "never ejected",
-        f"left /rep after {fmt(gone)}, back {fmt(back)} after SIGCONT" if gone is not None else "stayed in /rep",
-        "answered requests slower than 1 s: {over_1s} (sent to it before the ejection; they move to the next member when it is ejected)",
-    ], extra={"t_fault": t})
+    return Outcome(
+        "",
+        f"replica SIGSTOP 5 s, then SIGCONT ({VICTIM})",
+        {},
+        notes=[
+            f"ejected after {fmt(out)} (heartbeats), in rotation again {fmt(up - (t_cont - t) if up else None)} "
+            "after SIGCONT"
+            if out is not None
+            else "never ejected",
+            f"left /rep after {fmt(gone)}, back {fmt(back)} after SIGCONT" if gone is not None else "stayed in /rep",
+            "answered requests slower than 1 s: {over_1s} (sent to it before the ejection; they move to the next member when it is ejected)",
+        ],
+        extra={"t_fault": t},
+    )
 
 
 def worker_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
@@ -563,9 +611,15 @@ def worker_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outco
         if replaced is None and len([w for w in children(master) if w not in workers]) >= 1:
             replaced = time.monotonic() - t
         time.sleep(0.02)
-    return Outcome("", "balancer worker SIGKILL (1 of 2)", {}, notes=[
-        f"gunicorn started a new worker after {fmt(replaced)}",
-    ], extra={"t_fault": t})
+    return Outcome(
+        "",
+        "balancer worker SIGKILL (1 of 2)",
+        {},
+        notes=[
+            f"gunicorn started a new worker after {fmt(replaced)}",
+        ],
+        extra={"t_fault": t},
+    )
 
 
 def master_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
@@ -586,14 +640,22 @@ def master_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outco
     # by the monitor's polls: down = /healthz unanswered or an empty ring (the new balancer
     # before the supervisor's push); up again = both fine after that
     down = first_after(monitor.polls, t, lambda h, ring: h is None or not ring)
-    up = first_after(monitor.polls, t + down, lambda h, ring: h is not None and bool(ring)) \
-        if down is not None else None
-    return Outcome("", "balancer master SIGKILL (the supervisor restarts the balancer)", {}, notes=[
-        f"old workers exited after {fmt(workers_gone)}",
-        f"supervisor started a new balancer after {fmt(new_master)}",
-        f"polls: refused or empty ring from {fmt(down)} to {fmt(down + up if up is not None else None)}"
-        if down is not None else "polls saw no gap",
-    ], extra={"t_fault": t})
+    up = (
+        first_after(monitor.polls, t + down, lambda h, ring: h is not None and bool(ring)) if down is not None else None
+    )
+    return Outcome(
+        "",
+        "balancer master SIGKILL (the supervisor restarts the balancer)",
+        {},
+        notes=[
+            f"old workers exited after {fmt(workers_gone)}",
+            f"supervisor started a new balancer after {fmt(new_master)}",
+            f"polls: refused or empty ring from {fmt(down)} to {fmt(down + up if up is not None else None)}"
+            if down is not None
+            else "polls saw no gap",
+        ],
+        extra={"t_fault": t},
+    )
 
 
 def supervisor_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
@@ -610,12 +672,19 @@ def supervisor_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> O
         time.sleep(0.02)
     left = stack.live_seen()
     refused = first_after(monitor.polls, t, lambda h, ring: h is None)
-    return Outcome("", "supervisor (`ringlb dev`) SIGKILL", {}, notes=[
-        f"{len(before)} child processes got SIGTERM (PR_SET_PDEATHSIG) and stopped: all gone after {fmt(all_gone)}"
-        if all_gone is not None else f"{len(left)} of {len(before)} still running 10 s later: {left}",
-        f"the balancer stopped answering after {fmt(refused)}; nothing restarts it (no outage end: "
-        "the stack is down until `ringlb dev` is started again)",
-    ], extra={"t_fault": t, "children": len(before), "left": left})
+    return Outcome(
+        "",
+        "supervisor (`ringlb dev`) SIGKILL",
+        {},
+        notes=[
+            f"{len(before)} child processes got SIGTERM (PR_SET_PDEATHSIG) and stopped: all gone after {fmt(all_gone)}"
+            if all_gone is not None
+            else f"{len(left)} of {len(before)} still running 10 s later: {left}",
+            f"the balancer stopped answering after {fmt(refused)}; nothing restarts it (no outage end: "
+            "the stack is down until `ringlb dev` is started again)",
+        ],
+        extra={"t_fault": t, "children": len(before), "left": left},
+    )
 
 
 def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
@@ -631,9 +700,13 @@ def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
         t0 = time.monotonic()
         try:
             r = requests.request(method, f"{stack.url}{path}", json={"n": 1}, timeout=45)
-            calls[i] = {"call": path, "status": r.status_code, "s": time.monotonic() - t0,
-                        "N": (r.json().get("message") or {}).get("N") if r.status_code == 200 else None,
-                        "body": r.text[:160] if r.status_code != 200 else ""}
+            calls[i] = {
+                "call": path,
+                "status": r.status_code,
+                "s": time.monotonic() - t0,
+                "N": (r.json().get("message") or {}).get("N") if r.status_code == 200 else None,
+                "body": r.text[:160] if r.status_code != 200 else "",
+            }
         except requests.RequestException as exc:
             calls[i] = {"call": path, "status": type(exc).__name__, "s": time.monotonic() - t0}
 
@@ -661,20 +734,25 @@ def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
     for c in calls:
         if c.get("status") != 200:
             refusals.setdefault(f"{c['call']} {c['status']}", c.get("body", ""))
-    return Outcome("", "20 parallel scale calls (10 × /add n=1, 10 × /rm n=1)", {}, notes=[
-        "calls: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
-        f"call duration p50 {fmt(percentile(durations, 50))}, max {fmt(max(durations) if durations else None)}",
-        f"/healthz during the calls: max {fmt(max(health) * 1000 if health else None, ' ms', 0)}"
-        + (f", {misses} poll(s) without an answer" if misses else ""),
-        f"ring size during the calls {min(sizes, default='?')}..{max(sizes, default='?')}, {final} at the end"
-        + (f"; ring empty for {empty:.1f} s" if empty else ""),
-        *(f"{k}: {v.strip()}" for k, v in refusals.items()),
-    ], extra={"t_fault": t, "calls": calls})
+    return Outcome(
+        "",
+        "20 parallel scale calls (10 × /add n=1, 10 × /rm n=1)",
+        {},
+        notes=[
+            "calls: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
+            f"call duration p50 {fmt(percentile(durations, 50))}, max {fmt(max(durations) if durations else None)}",
+            f"/healthz during the calls: max {fmt(max(health) * 1000 if health else None, ' ms', 0)}"
+            + (f", {misses} poll(s) without an answer" if misses else ""),
+            f"ring size during the calls {min(sizes, default='?')}..{max(sizes, default='?')}, {final} at the end"
+            + (f"; ring empty for {empty:.1f} s" if empty else ""),
+            *(f"{k}: {v.strip()}" for k, v in refusals.items()),
+        ],
+        extra={"t_fault": t, "calls": calls},
+    )
 
 
 def post_replica_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
-    out = replica_kill(stack, load, monitor, opts,
-                       title=f"POSTs (non-idempotent) during replica SIGKILL ({VICTIM})")
+    out = replica_kill(stack, load, monitor, opts, title=f"POSTs (non-idempotent) during replica SIGKILL ({VICTIM})")
     return out
 
 
@@ -703,8 +781,12 @@ def post_check(stack: Stack, records: list[Rec], outcome: Outcome) -> None:
 
 
 FAULTS: dict[str, Callable[[Stack, Load, Monitor, Opts], Outcome]] = {
-    "replica-kill": replica_kill, "replica-stop": replica_stop, "worker-kill": worker_kill,
-    "master-kill": master_kill, "supervisor-kill": supervisor_kill, "scale": scale,
+    "replica-kill": replica_kill,
+    "replica-stop": replica_stop,
+    "worker-kill": worker_kill,
+    "master-kill": master_kill,
+    "supervisor-kill": supervisor_kill,
+    "scale": scale,
     "post-replica-kill": post_replica_kill,
 }
 
@@ -713,9 +795,11 @@ FAULTS: dict[str, Callable[[Stack, Load, Monitor, Opts], Outcome]] = {
 # Report
 # ----------------------------------------------------------------------------------------------
 def table(outcomes: list[Outcome]) -> str:
-    rows = ["| # | scenario | failed of total | failures | outage | first / last failure after the fault "
-            "| p99 / max latency | what happened |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| # | scenario | failed of total | failures | outage | first / last failure after the fault "
+        "| p99 / max latency | what happened |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for i, o in enumerate(outcomes, 1):
         f = o.figures
         kinds = ", ".join(f"{k} {v}" for k, v in f["kinds"].items()) or "–"
@@ -725,28 +809,48 @@ def table(outcomes: list[Outcome]) -> str:
         span = f"{fmt(f['first_failure_s'])} / {fmt(f['last_failure_end_s'])}" if f["failed"] else "–"
         lat = f"{fmt(f['p99_ms'], ' ms', 0)} / {fmt(f['max_ms'], ' ms', 0)}"
         notes = "; ".join(n for n in o.notes if n).replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| {i} | {o.title} | {f['failed']} of {f['total']} | {kinds} | {outage} | {span} | {lat} "
-                    f"| {notes} |")
+        rows.append(
+            f"| {i} | {o.title} | {f['failed']} of {f['total']} | {kinds} | {outage} | {span} | {lat} | {notes} |"
+        )
     return "\n".join(rows)
 
 
 def machine() -> dict[str, str]:
     model = ""
     try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
     except OSError:
         pass
-    return {"cores": str(os.cpu_count()), "cpu": model, "python": platform.python_version(),
-            "kernel": platform.release()}
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def write_doc(path: Path, outcomes: list[Outcome], command: str, info: dict[str, str], load_before: str,
-              load_after: str, opts: Opts, elapsed: float, skipped: dict[str, str]) -> None:
+def write_doc(
+    path: Path,
+    outcomes: list[Outcome],
+    command: str,
+    info: dict[str, str],
+    load_before: str,
+    load_after: str,
+    opts: Opts,
+    elapsed: float,
+    skipped: dict[str, str],
+) -> None:
     text = f"""# Faults under load
 
 What a client sees when a part of ringlb dies while it serves a steady load: the fault figures
@@ -774,7 +878,7 @@ keep-alive connections, 10 s client timeout); the fault comes {opts.before:.0f} 
 
 ## Results
 
-Machine: {info['cores']} cores ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}.
+Machine: {info["cores"]} cores ({info["cpu"]}), Linux {info["kernel"]}, Python {info["python"]}.
 Load on the machine (`uptime`) before the run: `{load_before}`; after: `{load_after}`
 (a Kubernetes cluster was running on the same machine). The whole run took {elapsed:.0f} s.
 
@@ -828,8 +932,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=12.0, help="load per scenario (default 12)")
     ap.add_argument("--before", type=float, default=3.0, help="seconds of load before the fault (default 3)")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--scale-replicas", type=int, default=3,
-                    help="replicas at the start of the scale scenario (default 3; 11 keeps the ring from emptying)")
+    ap.add_argument(
+        "--scale-replicas",
+        type=int,
+        default=3,
+        help="replicas at the start of the scale scenario (default 3; 11 keeps the ring from emptying)",
+    )
     ap.add_argument("--doc", default=str(ROOT / "docs" / "faults.md"), help="'' to write no doc")
     ap.add_argument("--json", default="", help="also write the figures as JSON here")
     ap.add_argument("--keep", default="", help="keep the stacks' logs in this directory")
@@ -866,8 +974,10 @@ def main(argv: list[str] | None = None) -> int:
                 outcome.notes.append(f"{len(outcome.orphans)} process(es) outlived the stack's stop")
             outcomes.append(outcome)
             f = outcome.figures
-            log(f"{name}: {f['failed']} failed of {f['total']} {f['kinds']}, outage {f['outage_s']} s, "
-                f"p99 {f['p99_ms']} ms, max {f['max_ms']} ms; " + "; ".join(n for n in outcome.notes if n))
+            log(
+                f"{name}: {f['failed']} failed of {f['total']} {f['kinds']}, outage {f['outage_s']} s, "
+                f"p99 {f['p99_ms']} ms, max {f['max_ms']} ms; " + "; ".join(n for n in outcome.notes if n)
+            )
     except KeyboardInterrupt:
         log("interrupted: every stack started has been stopped")
         return 130
@@ -878,16 +988,31 @@ def main(argv: list[str] | None = None) -> int:
     load_after = uptime()
     print(table(outcomes))
     print(f"\n{machine()['cores']} cores; before: {load_before}\nafter: {load_after}; {elapsed:.0f} s")
-    command = "make faults" if not argv and len(sys.argv) == 1 else \
-        ".venv/bin/python scripts/faults.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = (
+        "make faults"
+        if not argv and len(sys.argv) == 1
+        else ".venv/bin/python scripts/faults.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     if args.doc:
         write_doc(Path(args.doc), outcomes, command, machine(), load_before, load_after, opts, elapsed, skipped)
         log(f"wrote {args.doc}")
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            [{"name": o.name, "title": o.title, "figures": o.figures, "notes": o.notes,
-              "extra": {k: v for k, v in o.extra.items() if k != "t_fault"}} for o in outcomes],
-            indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "name": o.name,
+                        "title": o.title,
+                        "figures": o.figures,
+                        "notes": o.notes,
+                        "extra": {k: v for k, v in o.extra.items() if k != "t_fault"},
+                    }
+                    for o in outcomes
+                ],
+                indent=2,
+                default=str,
+            )
+        )
     return 1 if skipped else 0
 
 

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: Counter[str] = Counter()
     backend = MainBackend().start()
     with tempfile.TemporaryDirectory(prefix="ringlb-fuzz-") as tmp:
-        balancer = Balancer(Path(tmp), env={"RINGLB_HEAD_TIMEOUT": "2", "RINGLB_FIRST_BYTE_TIMEOUT": "2",
-                                            "RINGLB_MAX_BODY": "4096"})
+        balancer = Balancer(
+            Path(tmp), env={"RINGLB_HEAD_TIMEOUT": "2", "RINGLB_FIRST_BYTE_TIMEOUT": "2", "RINGLB_MAX_BODY": "4096"}
+        )
         try:
             balancer.push([("fuzz", backend.port)])
             start = time.monotonic()
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                 now = time.monotonic()
                 if now - last_report[0] > 10:
                     last_report[0] = now
-                    print(f"[{now - start:5.0f} s] {sum(outcomes.values())} connections: "
-                          f"{dict(outcomes.most_common(8))}", flush=True)
+                    print(
+                        f"[{now - start:5.0f} s] {sum(outcomes.values())} connections: {dict(outcomes.most_common(8))}",
+                        flush=True,
+                    )
 
             try:
                 run_for(args.seconds, example, batch=200, max_examples=args.examples)
@@ -60,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             balancer.stop()
             backend.stop()
-    print(f"fuzz: {sum(outcomes.values())} connections, no crash, no hang, every answer well-formed: "
-          f"{dict(outcomes.most_common(12))}")
+    print(
+        f"fuzz: {sum(outcomes.values())} connections, no crash, no hang, every answer well-formed: "
+        f"{dict(outcomes.most_common(12))}"
+    )
     return 0
 
 

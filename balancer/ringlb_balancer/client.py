@@ -45,9 +45,28 @@ class ClientConnection(FlowControl):
     the ``states.CLIENT`` machine; its answers are the exchanges in ``queue``, in request order."""
 
     __slots__ = (
-        "admin", "body_bytes", "body_since", "body_wire", "client_ip", "corked", "early", "early_size",
-        "engine", "head_wire", "headers", "loop", "parser", "parsing", "proto", "queue", "requests",
-        "since", "state", "trailer_bytes", "tunnel", "url",
+        "admin",
+        "body_bytes",
+        "body_since",
+        "body_wire",
+        "client_ip",
+        "corked",
+        "early",
+        "early_size",
+        "engine",
+        "head_wire",
+        "headers",
+        "loop",
+        "parser",
+        "parsing",
+        "proto",
+        "queue",
+        "requests",
+        "since",
+        "state",
+        "trailer_bytes",
+        "tunnel",
+        "url",
     )
 
     def __init__(self, engine: "Engine", admin: bool) -> None:
@@ -160,8 +179,12 @@ class ClientConnection(FlowControl):
     def maybe_resume(self) -> None:
         """Read again unless a bound still says no: queued requests, answers not drained, or
         early bytes of an upgrade past their bound."""
-        if (len(self.queue) <= MAX_QUEUED and not self.write_paused and not self.closed
-                and self.state != states.C_UPGRADE):
+        if (
+            len(self.queue) <= MAX_QUEUED
+            and not self.write_paused
+            and not self.closed
+            and self.state != states.C_UPGRADE
+        ):
             exchange = self.parsing
             if exchange is None or exchange.conn is None or not exchange.conn.write_paused:
                 self.resume()
@@ -191,7 +214,7 @@ class ClientConnection(FlowControl):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:]
+            rest = data[exc.args[0] :]
             if rest:
                 self.hold_early(rest)
         except httptools.HttpParserCallbackError as exc:
@@ -274,13 +297,20 @@ class ClientConnection(FlowControl):
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             # llhttp reads a request line without a version as HTTP/0.9; no replica speaks it.
-            raise Reject(framing.error(400 if version < "1.0" else 505, f"HTTP/{version} is not supported: use HTTP/1.1"))
+            raise Reject(
+                framing.error(400 if version < "1.0" else 505, f"HTTP/{version} is not supported: use HTTP/1.1")
+            )
         http10 = version == "1.0"
         method = parser.get_method()
         keep_alive = parser.should_keep_alive()
         if method == b"CONNECT":
-            raise Reject(framing.error(405, "CONNECT is not supported: ringlb is a reverse proxy",
-                                       extra=((b"Allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)))
+            raise Reject(
+                framing.error(
+                    405,
+                    "CONNECT is not supported: ringlb is a reverse proxy",
+                    extra=((b"Allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),),
+                )
+            )
         target = self.url
         if not framing.valid_target(target):
             raise Reject(framing.error(400, "request target must be a path of visible ASCII (origin form)"))
@@ -307,7 +337,9 @@ class ClientConnection(FlowControl):
             lower = name.lower()
             if lower == key_header:
                 if key is not None:
-                    raise Reject(framing.error(400, f"more than one {name.decode('latin-1')} header: send one routing key"))
+                    raise Reject(
+                        framing.error(400, f"more than one {name.decode('latin-1')} header: send one routing key")
+                    )
                 key = value
             elif lower in key_fields:
                 if captured is None:
@@ -318,7 +350,9 @@ class ClientConnection(FlowControl):
                 elif lower == b"cookie":
                     captured[lower] = seen + b"; " + value  # RFC 9110 §5.3 would join with ", "; cookies use "; "
                 else:
-                    raise Reject(framing.error(400, f"more than one {name.decode('latin-1')} header: send one routing key"))
+                    raise Reject(
+                        framing.error(400, f"more than one {name.decode('latin-1')} header: send one routing key")
+                    )
             if lower in framing.REQUEST_DROPPED:
                 if lower == b"host":
                     hosts += 1
@@ -331,8 +365,13 @@ class ClientConnection(FlowControl):
                         if coding.rsplit(b",", 1)[-1].strip() != b"chunked":
                             raise Reject(framing.error(400, "Transfer-Encoding must end in chunked"))
                         # gzip, chunked: the balancer would forward the gzip bytes unlabelled
-                        raise Reject(framing.error(501, f"transfer coding {value.decode('latin-1')!r} is not "
-                                                        "supported: send the body with Transfer-Encoding: chunked only"))
+                        raise Reject(
+                            framing.error(
+                                501,
+                                f"transfer coding {value.decode('latin-1')!r} is not "
+                                "supported: send the body with Transfer-Encoding: chunked only",
+                            )
+                        )
                     chunked = True
                 elif lower == b"expect":
                     if value.lower() != b"100-continue":
@@ -371,8 +410,10 @@ class ClientConnection(FlowControl):
         if key is not None:
             # The key this request was hashed by, whatever its source: a replica keeping per-key
             # state (a cache) needs the balancer's notion of "the same key", not its own guess.
-            kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\nX-Ringlb-Key: %s\r\n"
-                        % (xff, self.proto, engine.via, key))
+            kept.append(
+                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\nX-Ringlb-Key: %s\r\n"
+                % (xff, self.proto, engine.via, key)
+            )
         else:
             kept.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: %s\r\n" % (xff, self.proto, engine.via))
         if mode == BODY_CHUNKED:
@@ -384,13 +425,13 @@ class ClientConnection(FlowControl):
         if upgrade is not None:
             kept.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade)
         kept.append(b"\r\n")
-        exchange = Exchange(
-            self, method, target, http10, keep_alive, b"".join(kept), key, mode, expect, upgrade
-        )
+        exchange = Exchange(self, method, target, http10, keep_alive, b"".join(kept), key, mode, expect, upgrade)
         self.requests += 1
         if self.state == states.C_IDLE:  # a pipelined head parsed from the read that ended the last
             self.move(states.HEAD_BYTES)
-        self.move(states.HEAD_UPGRADE if upgrade is not None else states.HEAD_BODY if mode != BODY_NONE else states.HEAD_DONE)
+        self.move(
+            states.HEAD_UPGRADE if upgrade is not None else states.HEAD_BODY if mode != BODY_NONE else states.HEAD_DONE
+        )
         self.body_since = engine.now
         self.body_bytes = 0
         self.body_wire = 0

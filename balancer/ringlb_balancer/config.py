@@ -79,9 +79,20 @@ class Settings:
             problems.append("max_head, max_headers, max_connections and early_data must be positive")
         if self.retry_5xx not in (0, 1):
             problems.append("retry_5xx must be 0 or 1")
-        if min(self.connect_timeout, self.first_byte_timeout, self.idle_timeout, self.head_timeout,
-               self.keepalive_timeout, self.send_timeout, self.tunnel_idle_timeout,
-               self.health_interval, self.health_timeout) <= 0:
+        if (
+            min(
+                self.connect_timeout,
+                self.first_byte_timeout,
+                self.idle_timeout,
+                self.head_timeout,
+                self.keepalive_timeout,
+                self.send_timeout,
+                self.tunnel_idle_timeout,
+                self.health_interval,
+                self.health_timeout,
+            )
+            <= 0
+        ):
             problems.append("timeouts and intervals must be positive")
         if self.scaler == "kubernetes" and self.resource.count("/") != 1:
             problems.append("the kubernetes scaler needs RINGLB_RESOURCE=namespace/name")

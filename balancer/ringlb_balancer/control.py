@@ -104,13 +104,19 @@ def foreign(request: Request, loopback: bool) -> Reply | None:
     127.0.0.1 under its own name, which then becomes the request's same origin."""
     host = request.headers.get("host", "")
     if loopback and host and not _ip_or_localhost(host):  # no Host: HTTP/1.0, never a browser
-        return failure(f"<Error> Host {host!r} is not this balancer's: on a loopback listener the control "
-                       "endpoints answer only requests for localhost or an IP address", 421)
+        return failure(
+            f"<Error> Host {host!r} is not this balancer's: on a loopback listener the control "
+            "endpoints answer only requests for localhost or an IP address",
+            421,
+        )
     origin = request.headers.get("origin")
     if origin is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
         if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
-            return failure(f"<Error> cross-origin request refused: a page on {origin} cannot change this "
-                           "balancer (send it without an Origin header, as curl does)", 403)
+            return failure(
+                f"<Error> cross-origin request refused: a page on {origin} cannot change this "
+                "balancer (send it without an Origin header, as curl does)",
+                403,
+            )
     return None
 
 
@@ -137,8 +143,13 @@ def route(path: str, method: str) -> Callable[[Handler], Handler]:
 class Control:
     """The endpoints of one worker, over the shared routing store."""
 
-    def __init__(self, settings: Settings, store: RoutingStore, scaler: Scaler | None,
-                 own_addresses: frozenset[tuple[str, int]] = frozenset()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RoutingStore,
+        scaler: Scaler | None,
+        own_addresses: frozenset[tuple[str, int]] = frozenset(),
+    ) -> None:
         self.settings = settings
         self.store = store
         self.scaler = scaler
@@ -171,8 +182,15 @@ class Control:
             return
         # stored: ClientConnection.finished closes exactly when the head said so
         exchange.keep_alive = keep_alive = exchange.keep_alive and exchange.engine.serving
-        data = framing.response(reply.status, reply.body, keep_alive, reply.content_type, reply.headers,
-                                exchange.http10, head_only=request.method == "HEAD")
+        data = framing.response(
+            reply.status,
+            reply.body,
+            keep_alive,
+            reply.content_type,
+            reply.headers,
+            exchange.http10,
+            head_only=request.method == "HEAD",
+        )
         exchange.reply(data)
 
     @staticmethod
@@ -182,8 +200,12 @@ class Control:
         for name, value in exchange.headers or ():
             headers[name.decode("latin-1").lower()] = value.decode("latin-1")
         return Request(
-            exchange.method.decode("latin-1"), unquote(path), parse_qs(query), headers,
-            b"".join(exchange.control_body or ()), exchange.client.client_ip.decode(),
+            exchange.method.decode("latin-1"),
+            unquote(path),
+            parse_qs(query),
+            headers,
+            b"".join(exchange.control_body or ()),
+            exchange.client.client_ip.decode(),
         )
 
     async def dispatch(self, request: Request, admin: bool) -> Reply:
@@ -303,8 +325,9 @@ class Control:
             return failure(str(exc), 409)
         if changed:  # one thread, so the log keeps the order of the pushes
             asyncio.get_running_loop().run_in_executor(self.history, self.store.record_change, previous, routing)
-        return as_json({"revision": routing.membership.revision, "members": len(routing.membership.members),
-                        "changed": changed})
+        return as_json(
+            {"revision": routing.membership.revision, "members": len(routing.membership.members), "changed": changed}
+        )
 
     def check_addresses(self, doc: membership_doc.Membership) -> None:
         """The balancer must never forward to itself: that is a loop, not a replica."""
@@ -366,19 +389,33 @@ class Control:
     async def status_data(self, request: Request) -> Reply:
         routing, ejected, inflight = self._health()
         state_dir = self.store.shared.dir
-        return as_json(status.data(
-            routing.membership, routing.strategy, ejected=ejected, inflight=inflight,
-            samples=history.samples(state_dir), changes=history.changes(state_dir),
-            hot=counters.totals(state_dir, routing.membership.names)["hot"], now=time.time(),
-        ))
+        return as_json(
+            status.data(
+                routing.membership,
+                routing.strategy,
+                ejected=ejected,
+                inflight=inflight,
+                samples=history.samples(state_dir),
+                changes=history.changes(state_dir),
+                hot=counters.totals(state_dir, routing.membership.names)["hot"],
+                now=time.time(),
+            )
+        )
 
     @route("/status/lookup", "GET")
     async def status_lookup(self, request: Request) -> Reply:
         key = request.query.get("key", [""])[0]
         routing, ejected, inflight = self._health()
         try:
-            return as_json(status.lookup(routing.strategy, key, ejected=ejected, inflight=inflight,
-                                         bounded_load=routing.membership.hashing.bounded_load))
+            return as_json(
+                status.lookup(
+                    routing.strategy,
+                    key,
+                    ejected=ejected,
+                    inflight=inflight,
+                    bounded_load=routing.membership.hashing.bounded_load,
+                )
+            )
         except ValueError as exc:
             return as_json({"error": str(exc)}, 400)
 

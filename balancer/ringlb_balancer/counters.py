@@ -69,8 +69,13 @@ class Counters:
         self.failures[reason] += 1
 
     def flush(self) -> None:
-        doc = {"members": self.members, "failures": self.failures, "latency": self.latency,
-               "latency_sum": self.latency_sum, "hot": self.hot}
+        doc = {
+            "members": self.members,
+            "failures": self.failures,
+            "latency": self.latency,
+            "latency_sum": self.latency_sum,
+            "hot": self.hot,
+        }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.path)

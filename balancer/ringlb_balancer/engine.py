@@ -61,8 +61,14 @@ class Active:
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # the unit tests' engine opens no sockets
 class Engine:
-    def __init__(self, settings: Settings, shared: SharedState, store: RoutingStore,
-                 loop: asyncio.AbstractEventLoop, instance: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        shared: SharedState,
+        store: RoutingStore,
+        loop: asyncio.AbstractEventLoop,
+        instance: str,
+    ) -> None:
         self.settings = settings
         self.shared = shared
         self.store = store
@@ -119,9 +125,14 @@ class Engine:
         members = routing.membership.members
         self.counters.retain([m.name for m in members])
         return Active(
-            routing, routing.membership.revision, routing.strategy.owner, routing.membership.hashing.bounded_load,
-            pools, [m.address.encode() for m in members],
-            [self.counters.row(m.name) for m in members], [0] * len(members),
+            routing,
+            routing.membership.revision,
+            routing.strategy.owner,
+            routing.membership.hashing.bounded_load,
+            pools,
+            [m.address.encode() for m in members],
+            [self.counters.row(m.name) for m in members],
+            [0] * len(members),
         )
 
     def _adopt_key(self) -> None:
@@ -153,7 +164,8 @@ class Engine:
             strategy = active.routing.strategy
             return active, hashing.bounded_choice(
                 self._healthy(active, strategy.preference(text)),
-                self.shared.total_inflight(len(active.pools)), active.bounded,
+                self.shared.total_inflight(len(active.pools)),
+                active.bounded,
             )
         index = active.owner(text)
         if self.health[HEALTH_AT + index] and active is self.active:
@@ -219,8 +231,13 @@ class Engine:
             victim.close()
             return
         self.counters.failure("overload")
-        client.write(framing.error(503, f"every connection slot of this worker ({self.max_connections}) holds a "
-                                        "request: retry shortly", extra=((b"Retry-After", b"1"),)))
+        client.write(
+            framing.error(
+                503,
+                f"every connection slot of this worker ({self.max_connections}) holds a request: retry shortly",
+                extra=((b"Retry-After", b"1"),),
+            )
+        )
         client.close()
 
     def keep(self, task: asyncio.Task[Any]) -> None:

@@ -39,9 +39,7 @@ def plan_add(current: Sequence[str], body: object) -> list[str]:
         raise PlanError(f"<Error> hostname(s) already in use: {', '.join(clash)}")
     check_unique(hostnames)
     if len(current) + n > MAX_REPLICAS:
-        raise PlanError(
-            f"<Error> adding {n} would make {len(current) + n} replicas; the cap is {MAX_REPLICAS}"
-        )
+        raise PlanError(f"<Error> adding {n} would make {len(current) + n} replicas; the cap is {MAX_REPLICAS}")
     added = hostnames + generate(list(current) + hostnames, n - len(hostnames))
     return list(current) + added
 

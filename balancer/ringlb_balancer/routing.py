@@ -128,9 +128,7 @@ class RoutingStore:
             if membership.revision < in_force or (
                 membership.revision == in_force and membership != self.routing.membership
             ):
-                raise StaleRevision(
-                    f"revision {membership.revision} is stale: revision {in_force} is in force"
-                )
+                raise StaleRevision(f"revision {membership.revision} is stale: revision {in_force} is in force")
             if membership.revision == in_force:
                 return self.routing, False
             try:
@@ -141,9 +139,7 @@ class RoutingStore:
             old_index = {m: i for i, m in enumerate(self.routing.membership.members)}
             # A member that stays keeps its health: an ejected replica is not trusted again just
             # because the ring around it changed.
-            flags = bytes(
-                old_flags[old_index[m]] if m in old_index else HEALTHY for m in membership.members
-            )
+            flags = bytes(old_flags[old_index[m]] if m in old_index else HEALTHY for m in membership.members)
             tmp = self.path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 pickle.dump(routing, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -159,5 +155,6 @@ class RoutingStore:
     def record_change(self, before: Routing, after: Routing) -> None:
         """Add a push to the status page's change log. Comparing two tables takes as long as a
         push itself, so callers do it after answering, in the background."""
-        history.record_change(self.shared.dir, status.change(before.strategy, after.strategy,
-                                                             after.membership.revision, time.time()))
+        history.record_change(
+            self.shared.dir, status.change(before.strategy, after.strategy, after.membership.revision, time.time())
+        )

@@ -14,7 +14,6 @@ import requests
 from ringlb_ring import resource as resource_api
 
 
-
 class Conflict(Exception):
     """The desired list changed between read and write; read it again."""
 
@@ -52,9 +51,7 @@ class HttpScaler:
 
     def set_desired(self, names: list[str], version: str) -> None:
         try:
-            reply = self.session.put(
-                self.url, json={"replicas": names, "version": version}, timeout=self.timeout
-            )
+            reply = self.session.put(self.url, json={"replicas": names, "version": version}, timeout=self.timeout)
         except requests.RequestException as exc:
             raise ScalerError(f"supervisor unreachable: {exc}") from None
         if reply.status_code == 409:
@@ -81,9 +78,7 @@ class KubernetesScaler:
 
     def desired(self) -> tuple[list[str], str]:
         try:
-            obj: Any = self.api.get_namespaced_custom_object(
-                *self.api_path, self.namespace, self.plural, self.name
-            )
+            obj: Any = self.api.get_namespaced_custom_object(*self.api_path, self.namespace, self.plural, self.name)
         except self.exceptions.ApiException as exc:
             raise ScalerError(f"cannot read ReplicaSet {self.namespace}/{self.name}: {exc.reason}") from None
         try:
@@ -98,10 +93,10 @@ class KubernetesScaler:
             "spec": {"replicas": len(names), "hostnames": names},
         }
         try:
-            self.api.patch_namespaced_custom_object(
-                *self.api_path, self.namespace, self.plural, self.name, patch
-            )
+            self.api.patch_namespaced_custom_object(*self.api_path, self.namespace, self.plural, self.name, patch)
         except self.exceptions.ApiException as exc:
             if exc.status == 409:
                 raise Conflict() from None
-            raise ScalerError(f"cannot patch ReplicaSet {self.namespace}/{self.name}: {exc.reason}: {exc.body}") from None
+            raise ScalerError(
+                f"cannot patch ReplicaSet {self.namespace}/{self.name}: {exc.reason}: {exc.body}"
+            ) from None

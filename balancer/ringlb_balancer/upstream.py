@@ -34,9 +34,26 @@ class UpstreamConnection(FlowControl):
     life is the ``states.UPSTREAM`` machine: it goes back to its pool only from ``U_IDLE``."""
 
     __slots__ = (
-        "awaiting_head", "closing_after", "exchange", "feeding", "got_bytes", "head_fields", "head_wire", "headers",
-        "informational", "last_io", "loop", "parser", "pool", "readable", "release_after_feed", "reused", "skip_complete", "state",
-        "tunnel", "until_close",
+        "awaiting_head",
+        "closing_after",
+        "exchange",
+        "feeding",
+        "got_bytes",
+        "head_fields",
+        "head_wire",
+        "headers",
+        "informational",
+        "last_io",
+        "loop",
+        "parser",
+        "pool",
+        "readable",
+        "release_after_feed",
+        "reused",
+        "skip_complete",
+        "state",
+        "tunnel",
+        "until_close",
     )
 
     def __init__(self, pool: "UpstreamPool") -> None:
@@ -214,7 +231,7 @@ class UpstreamConnection(FlowControl):
             if self.awaiting_head and self.head_wire > MAX_RESPONSE_HEAD:
                 raise httptools.HttpParserError(f"answer head exceeds {MAX_RESPONSE_HEAD} bytes")
         except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:]
+            rest = data[exc.args[0] :]
             tunnel = self.tunnel  # set by the 101 this read carried
             if tunnel is not None and rest:
                 tunnel.from_replica(rest)
@@ -338,7 +355,8 @@ class UpstreamPool:
                 self.engine.settings.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            exchange.failed(None, f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}",
-                            broken=True, refused=True)
+            exchange.failed(
+                None, f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}", broken=True, refused=True
+            )
             return
         exchange.attach(conn)

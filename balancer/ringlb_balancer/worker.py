@@ -83,14 +83,18 @@ class ProxyWorker(Worker):
         gc.set_threshold(50_000, 20, 20)
         balancer: Balancer = self.wsgi
         settings = balancer.settings
-        engine = Engine(settings, balancer.shared, balancer.store, self.loop,
-                        os.environ.get("RINGLB_INSTANCE") or secrets.token_hex(4))
+        engine = Engine(
+            settings,
+            balancer.shared,
+            balancer.store,
+            self.loop,
+            os.environ.get("RINGLB_INSTANCE") or secrets.token_hex(4),
+        )
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         # Each client may hold a replica connection too: stay under the descriptor limit so
         # accept() never meets EMFILE; past the cap the longest-idle client makes room.
         engine.max_connections = max(1, min(settings.max_connections, (soft - FD_RESERVE) // 2))
-        control = Control(settings, balancer.store, balancer.scaler,
-                          own_addresses(settings.bind, settings.admin_bind))
+        control = Control(settings, balancer.store, balancer.scaler, own_addresses(settings.bind, settings.admin_bind))
         engine.controller = control
         self.engine, self.control = engine, control
         paths = PUBLIC_PATHS if settings.admin_bind else ADMIN_PATHS
@@ -115,10 +119,14 @@ class ProxyWorker(Worker):
             if rotation is not None and not admin:
                 # The handshake gets the head's deadline: a client that stalls it holds a descriptor.
                 secure = {"ssl": rotation.listener, "ssl_handshake_timeout": settings.head_timeout}
-            servers.append(await self.loop.create_server(
-                lambda admin=admin: ClientConnection(engine, admin), sock=listener.sock, backlog=self.cfg.backlog,
-                **secure,  # type: ignore[arg-type]
-            ))
+            servers.append(
+                await self.loop.create_server(
+                    lambda admin=admin: ClientConnection(engine, admin),
+                    sock=listener.sock,
+                    backlog=self.cfg.backlog,
+                    **secure,  # type: ignore[arg-type]
+                )
+            )
         if rotation is not None:
             rotation.write(control.store.shared.dir)
         housekeeping = self.loop.create_task(engine.housekeeping())

@@ -144,7 +144,9 @@ def _env(pairs: tuple[tuple[str, str], ...]) -> list[dict[str, Any]]:
     return [{"name": name, "value": value} for name, value in pairs]
 
 
-def _http_probe(path: str, period: int, timeout: int, failures: int, delay: int = 0, port: str = "http") -> dict[str, Any]:
+def _http_probe(
+    path: str, period: int, timeout: int, failures: int, delay: int = 0, port: str = "http"
+) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
         "initialDelaySeconds": delay,
@@ -198,7 +200,12 @@ def node_loss_tolerations(template: PodTemplate) -> list[dict[str, Any]]:
     """Tolerations of the node-loss taints for ``unreachableNodeSeconds`` (Kubernetes' admission
     default is 300 s), for each key the user's tolerations do not already cover: theirs win."""
     return [
-        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": template.unreachable_node_seconds}
+        {
+            "key": key,
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": template.unreachable_node_seconds,
+        }
         for key in c.NODE_LOSS_TAINTS
         if not tolerated_seconds(template.tolerations, key)[0]
     ]
@@ -442,7 +449,10 @@ def deployment(owner: Owner, spec: Spec) -> K8sObject:
             # Never below the wanted count: a new pod is Ready only once it holds the membership.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": pod_labels, **({"annotations": dict(template.annotations)} if template.annotations else {})},
+                "metadata": {
+                    "labels": pod_labels,
+                    **({"annotations": dict(template.annotations)} if template.annotations else {}),
+                },
                 "spec": pod_spec,
             },
         },

@@ -137,7 +137,9 @@ def status_schema() -> Schema:
             "from": {**names, "description": "The ring the keys move from"},
             "to": {**names, "description": "The ring they move to"},
             "startedAt": {"type": "string", "format": "date-time"},
-            "step": _typed("integer", "The step published (ringRevision), 1 .. steps-1; step `steps` is the ring of `to`"),
+            "step": _typed(
+                "integer", "The step published (ringRevision), 1 .. steps-1; step `steps` is the ring of `to`"
+            ),
             "steps": {"type": "integer"},
             "fraction": _typed("number", "Part of the changing key space moved to its new owner"),
             "nextStepAt": {"type": "string", "format": "date-time"},

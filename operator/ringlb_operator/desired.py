@@ -81,7 +81,9 @@ def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]
         if pod is None:
             plan.create.append(children.replica_pod(owner, spec, identity))
             if identity in known:
-                plan.created_events[name] = Event("Normal", Reason.REPLACED, f"pod {name} of {identity!r} was gone; recreated with the same identity")
+                plan.created_events[name] = Event(
+                    "Normal", Reason.REPLACED, f"pod {name} of {identity!r} was gone; recreated with the same identity"
+                )
                 plan.progress = plan.progress or Reason.REPLACING
             else:
                 plan.created_events[name] = Event("Normal", Reason.CREATED, f"created pod {name} for {identity!r}")
@@ -95,7 +97,9 @@ def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]
             continue
         if not pod.alive:
             plan.delete_now.append(name)
-            plan.events.append(Event("Normal", Reason.REPLACED, f"pod {name} of {identity!r} ended ({pod.phase}); replacing it"))
+            plan.events.append(
+                Event("Normal", Reason.REPLACED, f"pod {name} of {identity!r} ended ({pod.phase}); replacing it")
+            )
             plan.progress = plan.progress or Reason.REPLACING
             continue
         if pod.template_hash != children.replica_template_hash(owner, spec, identity):
@@ -105,7 +109,9 @@ def plan_pods(owner: Owner, spec: Spec, pods: Sequence[PodView], known: set[str]
             continue
         if not pod.terminating:
             plan.retire.append(pod.name)
-            plan.retired_events[pod.name] = Event("Normal", Reason.DELETED, f"deleting pod {pod.name}: {pod.identity or pod.name!r} is no longer wanted")
+            plan.retired_events[pod.name] = Event(
+                "Normal", Reason.DELETED, f"deleting pod {pod.name}: {pod.identity or pod.name!r} is no longer wanted"
+            )
         plan.progress = plan.progress or Reason.SCALING_DOWN
     if outdated:
         plan.progress = plan.progress or Reason.ROLLING
@@ -167,7 +173,9 @@ def format_time(value: datetime.datetime) -> str:
     return value.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def stranded_replicas(owner: Owner, spec: Spec, pods: Sequence[PodView], nodes: Mapping[str, NodeView], now: str) -> list[Stranded]:
+def stranded_replicas(
+    owner: Owner, spec: Spec, pods: Sequence[PodView], nodes: Mapping[str, NodeView], now: str
+) -> list[Stranded]:
     """Our replica pods on lost nodes that no longer serve, and what to do with each.
 
     A pod counts when its node is down (Ready Unknown or False) and the pod is being deleted or
@@ -211,7 +219,9 @@ def stranded_replicas(owner: Owner, spec: Spec, pods: Sequence[PodView], nodes: 
     return found
 
 
-def stranded_problems(stranded: Sequence[Stranded], balancer_pods: Sequence[PodView], nodes: Mapping[str, NodeView], spec: Spec) -> list[tuple[str, str]]:
+def stranded_problems(
+    stranded: Sequence[Stranded], balancer_pods: Sequence[PodView], nodes: Mapping[str, NodeView], spec: Spec
+) -> list[tuple[str, str]]:
     """Degraded ``NodeUnreachable`` messages: replica pods on lost nodes and what happens to them,
     and balancer pods there (the Deployment replaces those once Kubernetes evicts them). Times
     are absolute, so the message, and the status, do not change from pass to pass."""
@@ -235,7 +245,12 @@ def stranded_problems(stranded: Sequence[Stranded], balancer_pods: Sequence[PodV
             when = f"never: spec.balancer.tolerations tolerate {node.taint_key} without a limit"
         else:
             when = f"once Kubernetes evicts it, {tolerated if covered else limit:g}s after {node.since}"
-        found.append((Reason.NODE_UNREACHABLE, f"balancer pod {pod.name}: node {node.name} {node.state} since {node.since}; the Deployment replaces it {when}"))
+        found.append(
+            (
+                Reason.NODE_UNREACHABLE,
+                f"balancer pod {pod.name}: node {node.name} {node.state} since {node.since}; the Deployment replaces it {when}",
+            )
+        )
     return found
 
 
@@ -261,7 +276,9 @@ class Ring:
     hash: str
     bumped: bool
 
-    def document(self, members: list[dict[str, str]], spec: Spec, transition: Transition | None = None) -> dict[str, Any]:
+    def document(
+        self, members: list[dict[str, str]], spec: Spec, transition: Transition | None = None
+    ) -> dict[str, Any]:
         return {"revision": self.revision, **ring_content(members, spec, transition)}
 
 
@@ -304,7 +321,13 @@ class PushState:
 
 
 def condition(
-    previous: Sequence[Mapping[str, Any]], type_: str, status: bool, reason: str, message: str, now: str, generation: int
+    previous: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int,
 ) -> dict[str, Any]:
     """A condition whose lastTransitionTime moves only when its status does."""
     value = "True" if status else "False"
@@ -376,30 +399,73 @@ def status(previous: Mapping[str, Any] | None, seen: Observed, now: str) -> dict
 
     problems: list[tuple[str, str]] = [(Reason.CHILD_CONFLICT, m) for m in list(seen.conflicts) + seen.plan.conflicts]
     problems += stranded_problems(seen.stranded, balancer_alive, seen.nodes, seen.spec)
-    wanted_pods = [by_name[children.pod_name(seen.owner.name, i)] for i in identities if children.pod_name(seen.owner.name, i) in by_name]
+    wanted_pods = [
+        by_name[children.pod_name(seen.owner.name, i)]
+        for i in identities
+        if children.pod_name(seen.owner.name, i) in by_name
+    ]
     problems += pod_problems(wanted_pods, "replica")
     problems += pod_problems(balancer_alive, "balancer")
     if failed:
         detail = "; ".join(f"{p.pod}: {p.error}" for p in failed[:3])
-        problems.append((Reason.NOT_ACKNOWLEDGING, f"{len(failed)} balancer pod(s) did not take revision {seen.ring.revision}: {detail}"))
+        problems.append(
+            (
+                Reason.NOT_ACKNOWLEDGING,
+                f"{len(failed)} balancer pod(s) did not take revision {seen.ring.revision}: {detail}",
+            )
+        )
     problems += [(Reason.API_ERROR, m) for m in seen.api_errors]
 
     g = seen.generation
     if problems:
-        degraded = condition(old_conditions, c.DEGRADED, True, problems[0][0], "; ".join(m for _, m in problems)[:1000], now, g)
+        degraded = condition(
+            old_conditions, c.DEGRADED, True, problems[0][0], "; ".join(m for _, m in problems)[:1000], now, g
+        )
     else:
         degraded = condition(old_conditions, c.DEGRADED, False, Reason.AS_EXPECTED, "all children as expected", now, g)
 
     n_ready = len(seen.members)
     if n_ready < len(identities):
-        ready = condition(old_conditions, c.READY, False, Reason.REPLICAS_NOT_READY, f"{n_ready}/{len(identities)} replicas ready", now, g)
+        ready = condition(
+            old_conditions,
+            c.READY,
+            False,
+            Reason.REPLICAS_NOT_READY,
+            f"{n_ready}/{len(identities)} replicas ready",
+            now,
+            g,
+        )
     elif not balancer_ready:
-        ready = condition(old_conditions, c.READY, False, Reason.BALANCER_NOT_READY, f"0/{seen.spec.balancer.replicas} balancer pods ready", now, g)
+        ready = condition(
+            old_conditions,
+            c.READY,
+            False,
+            Reason.BALANCER_NOT_READY,
+            f"0/{seen.spec.balancer.replicas} balancer pods ready",
+            now,
+            g,
+        )
     elif failed or not seen.pushes:
-        ready = condition(old_conditions, c.READY, False, Reason.NOT_ACKNOWLEDGED, f"revision {seen.ring.revision} not yet held by every balancer pod", now, g)
+        ready = condition(
+            old_conditions,
+            c.READY,
+            False,
+            Reason.NOT_ACKNOWLEDGED,
+            f"revision {seen.ring.revision} not yet held by every balancer pod",
+            now,
+            g,
+        )
     else:
         reason = Reason.SCALED_TO_ZERO if not identities else Reason.ALL_READY
-        ready = condition(old_conditions, c.READY, True, reason, f"{n_ready}/{len(identities)} replicas in the ring at revision {seen.ring.revision}", now, g)
+        ready = condition(
+            old_conditions,
+            c.READY,
+            True,
+            reason,
+            f"{n_ready}/{len(identities)} replicas in the ring at revision {seen.ring.revision}",
+            now,
+            g,
+        )
 
     moving = seen.warming[0] if seen.warming else seen.plan.progress
     if not moving and any(s.action != KEEP for s in seen.stranded):
@@ -415,7 +481,11 @@ def status(previous: Mapping[str, Any] | None, seen: Observed, now: str) -> dict
     else:
         progressing = condition(old_conditions, c.PROGRESSING, False, Reason.RECONCILED, "nothing to do", now, g)
 
-    ramp = {"transition": dict(seen.transition) if seen.transition else None} if seen.transition or previous.get("transition") else {}
+    ramp = (
+        {"transition": dict(seen.transition) if seen.transition else None}
+        if seen.transition or previous.get("transition")
+        else {}
+    )
     return {
         **ramp,  # a warm-up in progress; null (a merge patch's removal) once it is over
         "observedGeneration": g,
@@ -448,7 +518,9 @@ def _progress_message(reason: str, seen: Observed) -> str:
     }.get(reason, reason)
 
 
-def invalid_status(previous: Mapping[str, Any] | None, problems: Sequence[str], generation: int, now: str) -> dict[str, Any]:
+def invalid_status(
+    previous: Mapping[str, Any] | None, problems: Sequence[str], generation: int, now: str
+) -> dict[str, Any]:
     """The status of a spec that cannot be reconciled: children are left as they are."""
     previous = dict(previous or {})
     old = previous.get("conditions") or []
@@ -457,7 +529,15 @@ def invalid_status(previous: Mapping[str, Any] | None, problems: Sequence[str], 
         observedGeneration=generation,
         conditions=[
             condition(old, c.READY, False, Reason.INVALID_SPEC, message, now, generation),
-            condition(old, c.PROGRESSING, False, Reason.INVALID_SPEC, "fix the spec; nothing is changed until then", now, generation),
+            condition(
+                old,
+                c.PROGRESSING,
+                False,
+                Reason.INVALID_SPEC,
+                "fix the spec; nothing is changed until then",
+                now,
+                generation,
+            ),
             condition(old, c.DEGRADED, True, Reason.INVALID_SPEC, message, now, generation),
         ],
     )

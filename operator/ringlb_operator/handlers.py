@@ -52,7 +52,9 @@ def index_id(plural: str) -> str:
     return f"owned_{plural}"
 
 
-WAKEUP_HANDLERS = ("pod_changed", "resource_changed", "node_changed") + tuple(f"{plural}_changed" for _, _, plural, _ in OWNED_KINDS)
+WAKEUP_HANDLERS = ("pod_changed", "resource_changed", "node_changed") + tuple(
+    f"{plural}_changed" for _, _, plural, _ in OWNED_KINDS
+)
 
 
 class QuietWakeups(logging.Filter):
@@ -158,7 +160,9 @@ def nodes_of(pods: Sequence[PodView], nodes: Mapping[str, Any] | None) -> dict[s
     return found
 
 
-def node_changed(memo: kopf.Memo, body: Mapping[str, Any], event_type: str | None, pods: Mapping[Key, Any]) -> list[Key]:
+def node_changed(
+    memo: kopf.Memo, body: Mapping[str, Any], event_type: str | None, pods: Mapping[Key, Any]
+) -> list[Key]:
     """A node event: when the node turned lost, or back, or its lost-since time moved, wake the
     daemons of the resources with a pod on it (the others' passes would find nothing to do).
     Heartbeat-free status updates of healthy nodes wake nobody. Returns the resources woken."""
@@ -242,7 +246,8 @@ async def run(
             delay = c.RESYNC_SECONDS
             try:
                 outcome = await loop.run_in_executor(
-                    passes, lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key, where)
+                    passes,
+                    lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key, where),
                 )
             except KubeError as exc:
                 metrics.PASS_ERRORS.labels("api").inc()

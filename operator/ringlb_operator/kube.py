@@ -123,7 +123,11 @@ class ClusterKube:
         namespace = obj["metadata"]["namespace"]
         try:
             return self._call(
-                self._method("create", obj["kind"]), namespace, obj, field_manager=c.MANAGER, _content_type="application/json"
+                self._method("create", obj["kind"]),
+                namespace,
+                obj,
+                field_manager=c.MANAGER,
+                _content_type="application/json",
             )
         except KubeError as exc:
             if exc.status == 409:
@@ -149,7 +153,9 @@ class ClusterKube:
         if grace_seconds is not None:
             body["gracePeriodSeconds"] = grace_seconds
         try:
-            self._call(self._method("delete", kind), name, namespace, body=body or None, _content_type="application/json")
+            self._call(
+                self._method("delete", kind), name, namespace, body=body or None, _content_type="application/json"
+            )
         except KubeError as exc:
             if exc.status not in (404, 409):  # gone, or a new object of that name: not ours to delete
                 raise
@@ -257,7 +263,11 @@ def ensure_blind(kube: Kube, desired: K8sObject, owner_uid: str) -> Ensured:
             return Ensured(conflict=f"{kind} {meta['name']} exists and is controlled by another owner")
         if exc.status != 409:
             raise
-        probe = {"apiVersion": desired["apiVersion"], "kind": kind, "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+        probe = {
+            "apiVersion": desired["apiVersion"],
+            "kind": kind,
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        }
         live = kube.apply(probe, force=False, dry_run=True, manager=PROBE_MANAGER)
         if not owned_by(live, owner_uid):
             return Ensured(conflict=foreign(kind, live))
@@ -282,7 +292,11 @@ def operator_key(kube: Kube, namespace: str = c.OPERATOR_NAMESPACE, name: str = 
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "Opaque",
-            "metadata": {"name": name, "namespace": namespace, "labels": {c.LABEL_NAME: c.APP_NAME, c.LABEL_MANAGED_BY: c.MANAGER}},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {c.LABEL_NAME: c.APP_NAME, c.LABEL_MANAGED_BY: c.MANAGER},
+            },
             "data": {"key": base64.b64encode(secrets.token_bytes(32)).decode()},
         }
         kube.create(fresh)  # None on a race with a peer: read theirs

@@ -56,7 +56,9 @@ def ringlb_nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
 
 
 @kopf.on.event("v1", "nodes")
-async def node_changed(body: kopf.Body, type: str | None, memo: kopf.Memo, ringlb_pods: kopf.Index[handlers.Key, Any], **_: Any) -> None:
+async def node_changed(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, ringlb_pods: kopf.Index[handlers.Key, Any], **_: Any
+) -> None:
     handlers.node_changed(memo, body, type, ringlb_pods)
 
 
@@ -79,6 +81,13 @@ async def reconciler(
 ) -> None:
     indexes = {handlers.index_id(plural): kwargs[handlers.index_id(plural)] for _, _, plural, _ in handlers.OWNED_KINDS}
     await handlers.run(
-        stopped=stopped, body=body, namespace=namespace, name=name, memo=memo, logger=logger, pods=ringlb_pods,
-        indexes=indexes, nodes=ringlb_nodes,
+        stopped=stopped,
+        body=body,
+        namespace=namespace,
+        name=name,
+        memo=memo,
+        logger=logger,
+        pods=ringlb_pods,
+        indexes=indexes,
+        nodes=ringlb_nodes,
     )

@@ -68,7 +68,9 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
             waiting_reason = waiting["reason"]
             # A crash loop's own back-off text says nothing; the last exit's words say why.
             last_words = ((cs.get("lastState") or {}).get("terminated") or {}).get("message") or ""
-            waiting_message = (waiting_reason == c.Reason.CRASH_LOOP and last_words.strip()) or waiting.get("message") or ""
+            waiting_message = (
+                (waiting_reason == c.Reason.CRASH_LOOP and last_words.strip()) or waiting.get("message") or ""
+            )
     return PodView(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", ""),
@@ -100,14 +102,22 @@ FAILED_MOUNT = "FailedMount"  # the kubelet's Event reason; also Degraded's reas
 def _event_time(event: Mapping[str, Any]) -> str:
     series = event.get("series") or {}
     meta = event.get("metadata") or {}
-    return str(event.get("lastTimestamp") or series.get("lastObservedTime") or event.get("eventTime") or meta.get("creationTimestamp") or "")
+    return str(
+        event.get("lastTimestamp")
+        or series.get("lastObservedTime")
+        or event.get("eventTime")
+        or meta.get("creationTimestamp")
+        or ""
+    )
 
 
 def tls_mount_problem(pod: str, events: Sequence[Mapping[str, Any]], namespace: str, secret: str) -> str:
     """What Degraded says when balancer pod ``pod`` cannot mount the TLS Secret, from its
     FailedMount Events (the newest that names the Secret); "" when none does. The kubelet
     reads the Secret, so the operator never has to: it only quotes what the kubelet found."""
-    naming = [e for e in events if e.get("reason") == FAILED_MOUNT and f'secret "{secret}"' in str(e.get("message") or "")]
+    naming = [
+        e for e in events if e.get("reason") == FAILED_MOUNT and f'secret "{secret}"' in str(e.get("message") or "")
+    ]
     if not naming:
         return ""
     said = str(max(naming, key=_event_time).get("message") or "").strip()
@@ -168,7 +178,9 @@ class NodeView:
 def node_view(body: Mapping[str, Any]) -> NodeView:
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
-    ready: Mapping[str, Any] = next((cond for cond in status.get("conditions") or [] if cond.get("type") == "Ready"), {})
+    ready: Mapping[str, Any] = next(
+        (cond for cond in status.get("conditions") or [] if cond.get("type") == "Ready"), {}
+    )
     taints = tuple(
         (t.get("key", ""), t.get("timeAdded") or "")
         for t in (body.get("spec") or {}).get("taints") or []

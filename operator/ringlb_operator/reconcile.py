@@ -113,7 +113,9 @@ def reconcile_once(
         """ensure() one child, recording conflicts and errors; True when it is ours and in place."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         try:
-            result: Ensured = ensure_blind(kube, obj, owner.uid) if blind else ensure(kube, obj, owner.uid, live(kind, name))
+            result: Ensured = (
+                ensure_blind(kube, obj, owner.uid) if blind else ensure(kube, obj, owner.uid, live(kind, name))
+            )
         except KubeError as exc:
             api_errors.append(f"{kind} {name}: {exc}")
             return False
@@ -127,7 +129,9 @@ def reconcile_once(
     add_token = derive_token(key, owner, "add")
     push_token = derive_token(key, owner, "membership")
     tokens_ok = apply(children.token_secret(owner, children.secret_name(owner.name), add_token), blind=True)
-    tokens_ok &= apply(children.token_secret(owner, children.membership_secret_name(owner.name), push_token), blind=True)
+    tokens_ok &= apply(
+        children.token_secret(owner, children.membership_secret_name(owner.name), push_token), blind=True
+    )
     for obj in children.applied_objects(owner, spec):
         if obj["kind"] == "Deployment":
             # Pods roll when a token changes (env from a Secret is read at container start only).
@@ -172,7 +176,9 @@ def reconcile_once(
     members = desired.members(owner, spec, replica_pods, plan.retire)
     leaving = warmup.leaving(owner, spec, replica_pods, plan.retire)
     addresses = {m["name"]: m["address"] for m in members} | leaving
-    step = warmup.due(old_status, [m["name"] for m in members], addresses, spec.hashing.warmup_seconds, spec.hashing.strategy, now)
+    step = warmup.due(
+        old_status, [m["name"] for m in members], addresses, spec.hashing.warmup_seconds, spec.hashing.strategy, now
+    )
     routed = [{"name": name, "address": addresses[name]} for name in step.names]
     ramp_before = old_status.get("transition")
     ramp = warmup.status_block(step, ramp_before, owner, spec.hashing.config())
@@ -207,7 +213,11 @@ def reconcile_once(
         for state in poisoned:
             _delete_pod(kube, owner, by_name.get(state.pod), api_errors)
             outcome.events.append(
-                Event("Warning", c.Reason.BALANCER_RESET, f"balancer pod {state.pod} held revision {state.revision}, far beyond {ring.revision}; deleted it so its replacement loads the published ring")
+                Event(
+                    "Warning",
+                    c.Reason.BALANCER_RESET,
+                    f"balancer pod {state.pod} held revision {state.revision}, far beyond {ring.revision}; deleted it so its replacement loads the published ring",
+                )
             )
         refused = push.highest_refused([s for s in failed if s not in poisoned])
         if refused:  # bump past it at once: the next pass pushes a revision they accept
@@ -224,7 +234,11 @@ def reconcile_once(
     elif states and ring.bumped:
         warm = f" (warm-up step {step.step}/{step.steps})" if step.transition else ""
         outcome.events.append(
-            Event("Normal", c.Reason.PUSHED, f"revision {ring.revision}{warm} with {len(routed)} member(s) held by {len(states)} balancer pod(s)")
+            Event(
+                "Normal",
+                c.Reason.PUSHED,
+                f"revision {ring.revision}{warm} with {len(routed)} member(s) held by {len(states)} balancer pod(s)",
+            )
         )
 
     # 6. Retire: every serving balancer pod must hold a ring without them first (a draining
@@ -273,7 +287,9 @@ def reconcile_once(
     return outcome
 
 
-def _tls_mount_problem(kube: Kube, owner: Owner, spec: spec_mod.Spec, pods: Sequence[PodView], api_errors: list[str]) -> str:
+def _tls_mount_problem(
+    kube: Kube, owner: Owner, spec: spec_mod.Spec, pods: Sequence[PodView], api_errors: list[str]
+) -> str:
     """Why balancer pods wait in ContainerCreating when their TLS Secret cannot be mounted
     (missing, most often). Only the kubelet's FailedMount Events say so: they are listed for one
     waiting pod (``list`` on events; Secrets are never read). "" without TLS or such an Event."""
@@ -282,7 +298,9 @@ def _tls_mount_problem(kube: Kube, owner: Owner, spec: spec_mod.Spec, pods: Sequ
     if tls is None or not waiting:
         return ""
     pod = waiting[0]
-    selector = f"involvedObject.kind=Pod,involvedObject.name={pod.name},involvedObject.uid={pod.uid},reason={FAILED_MOUNT}"
+    selector = (
+        f"involvedObject.kind=Pod,involvedObject.name={pod.name},involvedObject.uid={pod.uid},reason={FAILED_MOUNT}"
+    )
     try:
         events = kube.list_events(owner.namespace, selector)
     except KubeError as exc:
@@ -292,7 +310,13 @@ def _tls_mount_problem(kube: Kube, owner: Owner, spec: spec_mod.Spec, pods: Sequ
 
 
 def _degraded_first(
-    new: dict[str, Any], old_status: Mapping[str, Any], reason: str, message: str, now: str, generation: int, outcome: Outcome
+    new: dict[str, Any],
+    old_status: Mapping[str, Any],
+    reason: str,
+    message: str,
+    now: str,
+    generation: int,
+    outcome: Outcome,
 ) -> None:
     """Put a problem first in the Degraded condition ``desired.status`` computed, keeping its
     other problems; a Warning Event when the problem is news."""
@@ -327,7 +351,9 @@ def _clear_stranded(
             gone.add(s.pod)
             message = f"force-deleted pod {s.pod} of {s.identity or s.pod!r}: {where}; recreating it on a healthy node"
         else:
-            message = f"deleting pod {s.pod} of {s.identity or s.pod!r}: {where}; force-deleted once its grace period is over"
+            message = (
+                f"deleting pod {s.pod} of {s.identity or s.pod!r}: {where}; force-deleted once its grace period is over"
+            )
         outcome.events.append(Event("Warning", c.Reason.NODE_UNREACHABLE, message))
     if any(s.action == desired.DELETE for s in stranded) and outcome.retry_in is None:
         outcome.retry_in = c.PUSH_BACKOFF_MIN  # its deletionTimestamp decides when to look again

@@ -92,7 +92,9 @@ class PodTemplate(_Model):
         default_factory=Resources,
         description="Container resources (requests, limits; a CPU limit only if set here); a small default when empty.",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector", description="Node labels the pods must match.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, alias="nodeSelector", description="Node labels the pods must match."
+    )
     # Kubernetes' own objects, kept whole: x-kubernetes-preserve-unknown-fields in the CRD.
     tolerations: tuple[dict[str, Any], ...] = Field((), description="Pod tolerations (core/v1 Toleration objects).")
     affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (core/v1 Affinity).")
@@ -145,7 +147,11 @@ class Hashing(_Model):
     )
     vnodes: int = Field(_HASHING.vnodes, ge=1, le=1000, description="Virtual nodes per replica (strategy ring).")
     table_size: int = Field(
-        _HASHING.table_size, alias="tableSize", ge=257, le=1_000_003, description="Maglev lookup table size; must be prime."
+        _HASHING.table_size,
+        alias="tableSize",
+        ge=257,
+        le=1_000_003,
+        description="Maglev lookup table size; must be prime.",
     )
     seed_formulas: Literal["original", "reissue"] = Field(
         _HASHING.seed_formulas,  # type: ignore[arg-type]
@@ -222,7 +228,9 @@ class Hashing(_Model):
         """The membership document's ``key``."""
         name = {"header": self.key_header, "cookie": self.key_cookie, "query": self.key_query}.get(self.key_source, "")
         return KeyConfig(
-            self.key_source, name, self.key_path_segment if self.key_source == "path-segment" else 0,
+            self.key_source,
+            name,
+            self.key_path_segment if self.key_source == "path-segment" else 0,
             tuple(source.config() for source in self.key_fallback),
         )
 
@@ -286,7 +294,10 @@ class Spec(_Model):
     """What to run."""
 
     replicas: int = Field(
-        c.DEFAULT_REPLICAS, ge=0, le=MAX_REPLICAS, description="Number of replica pods (ring members). kubectl scale sets it."
+        c.DEFAULT_REPLICAS,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Number of replica pods (ring members). kubectl scale sets it.",
     )
     # Each name is checked by ``problems`` (so a bad stored name is reported, not a parse error);
     # the API server checks it against the same pattern before storing.

@@ -181,13 +181,20 @@ def status_block(
         "step": step.step,
         "steps": step.steps,
         "fraction": round(step.transition.fraction, 6),
-        "nextStepAt": format_time(step.next_at + datetime.timedelta(microseconds=-step.next_at.microsecond % 1_000_000)),
+        "nextStepAt": format_time(
+            step.next_at + datetime.timedelta(microseconds=-step.next_at.microsecond % 1_000_000)
+        ),
     }
     if previous and all(previous.get(k) == v for k, v in block.items()) and isinstance(previous.get("members"), list):
         return {**block, "members": previous["members"]}
     share = shares(step.names, step.transition, config)
     block["members"] = [
-        {"name": name, "pod": children.pod_name(owner.name, name), "state": state, "share": round(share.get(name, 0.0), 6)}
+        {
+            "name": name,
+            "pod": children.pod_name(owner.name, name),
+            "state": state,
+            "share": round(share.get(name, 0.0), 6),
+        }
         for state, names in ((JOINING, step.joining), (DRAINING, step.draining))
         for name in names
     ]
@@ -209,7 +216,9 @@ def progress(block: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return c.Reason.WARMING_UP, f"joining replicas' shares grow, {head}: {who}"
 
 
-def events(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, names: Collection[str], revision: int) -> list[Event]:
+def events(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, names: Collection[str], revision: int
+) -> list[Event]:
     """The Events of a pass that published a new step (``before`` and ``after``: the status
     blocks of the previous and of this step; ``names``: the members this pass publishes).
 
@@ -235,10 +244,15 @@ def events(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None, na
     found = []
     for m in before.get("members") or []:
         if m.get("state") == DRAINING and m.get("name") not in names:
-            found.append(Event(
-                "Normal", c.Reason.DRAINING,
-                f"{m['name']} (pod {m['pod']}): share 0 at revision {revision}; its pod is deleted once every balancer pod holds it",
-            ))
+            found.append(
+                Event(
+                    "Normal",
+                    c.Reason.DRAINING,
+                    f"{m['name']} (pod {m['pod']}): share 0 at revision {revision}; its pod is deleted once every balancer pod holds it",
+                )
+            )
         elif m.get("state") == JOINING and m.get("name") in names:
-            found.append(Event("Normal", c.Reason.WARMING_UP, f"{m['name']} (pod {m['pod']}): full share at revision {revision}"))
+            found.append(
+                Event("Normal", c.Reason.WARMING_UP, f"{m['name']} (pod {m['pod']}): full share at revision {revision}")
+            )
     return found

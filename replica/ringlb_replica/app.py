@@ -40,9 +40,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     registry.register(_CacheCollector(cache, settings))
     # Precomputed, and serialized as the seed did (json.dumps' default separators), since
     # clients of the seed compare these bodies byte for byte.
-    greeting = json.dumps(
-        {"message": f"Hello from Server: {app.config['SERVER_ID']}", "status": "successful"}
-    )
+    greeting = json.dumps({"message": f"Hello from Server: {app.config['SERVER_ID']}", "status": "successful"})
 
     @app.get("/home")
     def home() -> Response:
@@ -79,12 +77,24 @@ class _CacheCollector:
         cache = self.cache
         for name, doc, value in (
             ("hits", "Requests whose key was in the replica's cache", cache.hits if cache else 0),
-            ("misses", "Requests whose key was not in the cache (each cost the miss cost)", cache.misses if cache else 0),
-            ("evictions", "Keys dropped from the cache to make room (least recently used)", cache.evictions if cache else 0),
+            (
+                "misses",
+                "Requests whose key was not in the cache (each cost the miss cost)",
+                cache.misses if cache else 0,
+            ),
+            (
+                "evictions",
+                "Keys dropped from the cache to make room (least recently used)",
+                cache.evictions if cache else 0,
+            ),
         ):
             yield CounterMetricFamily(f"ringlb_replica_cache_{name}", doc, value=value)
         yield GaugeMetricFamily("ringlb_replica_cache_keys", "Keys in the cache now", value=len(cache) if cache else 0)
-        yield GaugeMetricFamily("ringlb_replica_cache_size", "Keys the cache holds at most (0: no cache)",
-                                value=self.settings.size)
-        yield GaugeMetricFamily("ringlb_replica_cache_miss_cost_seconds", "Time a miss costs (a sleep)",
-                                value=self.settings.miss_cost_ms / 1000)
+        yield GaugeMetricFamily(
+            "ringlb_replica_cache_size", "Keys the cache holds at most (0: no cache)", value=self.settings.size
+        )
+        yield GaugeMetricFamily(
+            "ringlb_replica_cache_miss_cost_seconds",
+            "Time a miss costs (a sleep)",
+            value=self.settings.miss_cost_ms / 1000,
+        )

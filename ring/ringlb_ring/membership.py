@@ -19,8 +19,16 @@ from ringlb_ring.keys import KEY_SOURCES, KeyConfig
 from ringlb_ring.naming import MAX_REPLICAS, PlanError, check_name, check_unique
 
 __all__ = [
-    "EMPTY", "KEY_SOURCES", "KeyConfig", "Member", "Membership", "MembershipError", "content",
-    "format_address", "parse", "parse_address",
+    "EMPTY",
+    "KEY_SOURCES",
+    "KeyConfig",
+    "Member",
+    "Membership",
+    "MembershipError",
+    "content",
+    "format_address",
+    "parse",
+    "parse_address",
 ]
 
 MAX_REVISION = 2**63 - 1

@@ -16,10 +16,7 @@ most (512 slots / 9 virtual servers), and one cap for all keeps a strategy switc
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,38}[A-Za-z0-9])?$")
 """Also the CRD's pattern (ECMA syntax, hence ``$``); match it with ``fullmatch``, since
 Python's ``$`` also matches before a trailing newline."""
-NAME_RULE = (
-    "1-40 characters: letters, digits, space, '.', '_' or '-', starting and ending with a "
-    "letter or digit"
-)
+NAME_RULE = "1-40 characters: letters, digits, space, '.', '_' or '-', starting and ending with a letter or digit"
 GENERATED_PREFIX = "Server "
 
 
@@ -46,9 +43,7 @@ def check_unique(names: Sequence[str]) -> None:
         if key in seen:
             if seen[key] == name:
                 raise PlanError(f"<Error> hostname {name!r} is listed twice")
-            raise PlanError(
-                f"<Error> hostnames {seen[key]!r} and {name!r} map to the same pod name {key!r}"
-            )
+            raise PlanError(f"<Error> hostnames {seen[key]!r} and {name!r} map to the same pod name {key!r}")
         seen[key] = name
 
 
@@ -72,4 +67,3 @@ def desired_identities(replicas: int, hostnames: Sequence[str]) -> list[str]:
     last names first and scaling up brings back the same generated names."""
     chosen = list(hostnames[:replicas])
     return chosen + generate(chosen, replicas - len(chosen))
-

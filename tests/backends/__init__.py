@@ -189,8 +189,13 @@ def head_bytes(status: int, reason: str, headers: list[tuple[str, str]]) -> byte
     return (f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n").encode("latin-1")
 
 
-def simple(status: int, body: bytes, content_type: str = "text/plain", close: bool = False,
-           extra: list[tuple[str, str]] | None = None) -> bytes:
+def simple(
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain",
+    close: bool = False,
+    extra: list[tuple[str, str]] | None = None,
+) -> bytes:
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))] + (extra or [])
     if close:
         headers.append(("Connection", "close"))
@@ -205,8 +210,12 @@ class MainBackend(ServerThread):
         self.name = name
         self.conn_ids = 0
         self.state: dict[str, Any] = {
-            "open": 0, "connections": 0, "requests": defaultdict(int),  # path -> count
-            "downloads": {}, "uploads": {}, "ws": 0,
+            "open": 0,
+            "connections": 0,
+            "requests": defaultdict(int),  # path -> count
+            "downloads": {},
+            "uploads": {},
+            "ws": 0,
         }
         self.gates: dict[str, asyncio.Semaphore] = {}
 
@@ -234,7 +243,9 @@ class MainBackend(ServerThread):
                     writer.write(simple(400, b"bad request line", close=True))
                     return
                 self.state["requests"][req.path] += 1
-                handler = getattr(self, "do_" + req.path.strip("/").split("/")[0].replace("-", "_").replace(".", "_"), None)
+                handler = getattr(
+                    self, "do_" + req.path.strip("/").split("/")[0].replace("-", "_").replace(".", "_"), None
+                )
                 keep = await (handler or self.do_echo)(req, reader, writer)
                 await writer.drain()
                 if not keep or not req.keep_alive:
@@ -261,10 +272,18 @@ class MainBackend(ServerThread):
         if (req.header("Expect") or "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = b"".join([c async for c in body_chunks(reader, req)])
-        payload = json.dumps({
-            "server": self.name, "method": req.method, "target": req.target, "version": req.version,
-            "headers": req.headers, "body": body.decode("latin-1"), "conn": req.conn, "nth": req.nth,
-        }).encode()
+        payload = json.dumps(
+            {
+                "server": self.name,
+                "method": req.method,
+                "target": req.target,
+                "version": req.version,
+                "headers": req.headers,
+                "body": body.decode("latin-1"),
+                "conn": req.conn,
+                "nth": req.nth,
+            }
+        ).encode()
         writer.write(simple(200, payload, "application/json"))
         return True
 
@@ -283,8 +302,17 @@ class MainBackend(ServerThread):
         """``n`` events, ``gap`` ms apart, or each once ``release(gate)`` lets it go."""
         n, gap = int(req.query.get("n", "5")), int(req.query.get("gap", "250")) / 1000
         gate = self._gate(req.query["gate"]) if "gate" in req.query else None
-        writer.write(head_bytes(200, "OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
-                                            ("Transfer-Encoding", "chunked")]))
+        writer.write(
+            head_bytes(
+                200,
+                "OK",
+                [
+                    ("Content-Type", "text/event-stream"),
+                    ("Cache-Control", "no-cache"),
+                    ("Transfer-Encoding", "chunked"),
+                ],
+            )
+        )
         await writer.drain()
         for i in range(n):
             await (gate.acquire() if gate is not None else asyncio.sleep(gap))
@@ -334,7 +362,14 @@ class MainBackend(ServerThread):
 
     async def do_ws(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         from wsproto import ConnectionType, WSConnection
-        from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request as WSRequest, TextMessage
+        from wsproto.events import (
+            AcceptConnection,
+            BytesMessage,
+            CloseConnection,
+            Ping,
+            Request as WSRequest,
+            TextMessage,
+        )
 
         ws = WSConnection(ConnectionType.SERVER)
         ws.receive_data(req.head)
@@ -507,8 +542,13 @@ def parse_requests(data: bytes) -> tuple[list[SeenRequest], bytes, str | None]:
                 if event is h11.NEED_DATA:
                     return found, rest, "incomplete request"
                 if isinstance(event, h11.Request):
-                    request = SeenRequest(event.method, event.target, list(event.headers), b"",
-                                          rest[: head_end + 4] if head_end >= 0 else rest)
+                    request = SeenRequest(
+                        event.method,
+                        event.target,
+                        list(event.headers),
+                        b"",
+                        rest[: head_end + 4] if head_end >= 0 else rest,
+                    )
                 elif isinstance(event, h11.Data):
                     request.body += bytes(event.data)  # type: ignore[union-attr]
                 elif isinstance(event, h11.EndOfMessage):
@@ -607,7 +647,9 @@ class FakeScaler:
     change is pushed to ``push_url`` (a balancer's admin URL) by a pusher thread. Member
     addresses are 127.0.1.<i>:<port>, one per name (nothing needs to listen there)."""
 
-    def __init__(self, push_url: str, push_token: str, names: list[str], port_for_all: int, token: str = "scaler-token") -> None:
+    def __init__(
+        self, push_url: str, push_token: str, names: list[str], port_for_all: int, token: str = "scaler-token"
+    ) -> None:
         import requests
 
         self.push_url = push_url.rstrip("/") + "/membership"
@@ -719,8 +761,12 @@ class BackendProcess:
 
     def __init__(self, kind: str = "main") -> None:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.backends", kind, "--port", "0"], cwd=root,
-                                        stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=root))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.backends", kind, "--port", "0"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            env=dict(os.environ, PYTHONPATH=root),
+        )
         line = self.process.stdout.readline().decode()  # type: ignore[union-attr]
         if not line.startswith("ready "):
             self.process.kill()
@@ -747,7 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=["main", "bytelog", "lenient", "reusedrop"])
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    cls = {"main": MainBackend, "bytelog": ByteLogBackend, "lenient": LenientBackend, "reusedrop": ReuseDropBackend}[args.kind]
+    cls = {"main": MainBackend, "bytelog": ByteLogBackend, "lenient": LenientBackend, "reusedrop": ReuseDropBackend}[
+        args.kind
+    ]
     server = cls(args.port).start()
     print(f"ready {server.port}", flush=True)
     stop = threading.Event()

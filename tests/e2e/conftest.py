@@ -39,7 +39,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def kubectl(
+    *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     run = subprocess.run(["kubectl", *args], input=input, capture_output=True, text=True, timeout=timeout)
     if check and run.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({run.returncode}): {run.stderr.strip()}")
@@ -69,7 +71,9 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = READY_TIMEO
 @pytest.fixture(scope="session", autouse=True)
 def cluster() -> None:
     try:
-        run = subprocess.run(["kubectl", "version", "--request-timeout=5s", "-o", "json"], capture_output=True, text=True, timeout=20)
+        run = subprocess.run(
+            ["kubectl", "version", "--request-timeout=5s", "-o", "json"], capture_output=True, text=True, timeout=20
+        )
         reachable = run.returncode == 0 and "serverVersion" in run.stdout
     except (OSError, subprocess.TimeoutExpired):
         reachable = False
@@ -173,8 +177,11 @@ def balancer_pods(namespace: str, name: str = "web") -> list[dict[str, Any]]:
 
 
 def operator_pods() -> list[dict[str, Any]]:
-    return [p for p in kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")["items"]
-            if not p["metadata"].get("deletionTimestamp")]
+    return [
+        p
+        for p in kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 def active_operator() -> str | None:
@@ -189,11 +196,24 @@ def active_operator() -> str | None:
 def scale_operator(replicas: int, timeout: float = 180) -> None:
     kubectl("-n", OPERATOR_NS, "scale", "deployment/ringlb-operator", f"--replicas={replicas}")
     if replicas == 0:
-        wait_for("operator pods gone", lambda: not kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")["items"], timeout=timeout)
+        wait_for(
+            "operator pods gone",
+            lambda: (
+                not kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")[
+                    "items"
+                ]
+            ),
+            timeout=timeout,
+        )
     else:
         wait_for(
             "the operator back",
-            lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+            lambda: (
+                kubectl(
+                    "-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False
+                ).returncode
+                == 0
+            ),
             timeout=timeout,
         )
 
@@ -222,7 +242,9 @@ class PortForward:
             if self.proc.poll() is not None:
                 break
         self.close()
-        raise AssertionError(f"port-forward did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+        raise AssertionError(
+            f"port-forward did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
 
     def _drain(self) -> None:
         for _ in self.proc.stdout or []:
@@ -257,7 +279,9 @@ class LoadResult:
 HELLO = re.compile(r"Hello from Server: (.+)$")
 
 
-def load(url: str, requests_total: int, threads: int = 32, seconds: float = 120.0, stop: threading.Event | None = None) -> LoadResult:
+def load(
+    url: str, requests_total: int, threads: int = 32, seconds: float = 120.0, stop: threading.Event | None = None
+) -> LoadResult:
     """GET /home ``requests_total`` times with random keys, bounded in count and time."""
     result = LoadResult()
     lock = threading.Lock()

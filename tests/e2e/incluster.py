@@ -36,7 +36,7 @@ STOP_FILE = "/tmp/stop"
 # "seconds", "path", "timeout"}. Bounded by each target's count and by "seconds"; /tmp/stop ends
 # it early. A connection is closed after "per_connection" requests (0: only when the server says
 # so), so new connections (which kube-proxy balances) keep coming while endpoints change.
-LOAD_SCRIPT = r'''
+LOAD_SCRIPT = r"""
 import collections, http.client, json, os, sys, threading, time, uuid
 
 cfg = json.loads(sys.argv[1])
@@ -130,7 +130,7 @@ with lock:
     report = {"elapsed": round(elapsed, 3), "unfinished_threads": sum(t.is_alive() for t in threads),
               "targets": targets, "samples": list(samples)}
 print("RINGLB-LOAD-RESULT " + json.dumps(report), flush=True)
-'''
+"""
 
 
 @dataclass
@@ -170,11 +170,15 @@ class LoadReport:
 
     def summary(self) -> str:
         rate = self.sent / self.elapsed if self.elapsed else 0.0
-        lines = [f"failed {self.failed} of {self.sent} idempotent requests in {self.elapsed:.1f}s ({rate:.0f} req/s)"
-                 + (f": {dict(self.errors)}" if self.failed else "")]
+        lines = [
+            f"failed {self.failed} of {self.sent} idempotent requests in {self.elapsed:.1f}s ({rate:.0f} req/s)"
+            + (f": {dict(self.errors)}" if self.failed else "")
+        ]
         for name, t in self.targets.items():
-            lines.append(f"  {name}: failed {t['failed']} of {t['sent']}, max latency {t['max_latency']:.2f}s, "
-                         f"servers {dict(sorted(t['servers'].items()))}" + (f", errors {t['errors']}" if t["failed"] else ""))
+            lines.append(
+                f"  {name}: failed {t['failed']} of {t['sent']}, max latency {t['max_latency']:.2f}s, "
+                f"servers {dict(sorted(t['servers'].items()))}" + (f", errors {t['errors']}" if t["failed"] else "")
+            )
         return "\n".join(lines)
 
 
@@ -224,16 +228,40 @@ class InClusterLoad:
         self.timeout = timeout
         ip, port = service_address(namespace, name)
         targets: list[dict[str, Any]] = [
-            {"name": "service", "host": ip, "port": port, "threads": service_threads, "count": service_count,
-             "per_connection": per_connection},
-            {"name": "service keep-alive", "host": ip, "port": port, "threads": keepalive_threads,
-             "count": service_count, "per_connection": 0},
+            {
+                "name": "service",
+                "host": ip,
+                "port": port,
+                "threads": service_threads,
+                "count": service_count,
+                "per_connection": per_connection,
+            },
+            {
+                "name": "service keep-alive",
+                "host": ip,
+                "port": port,
+                "threads": keepalive_threads,
+                "count": service_count,
+                "per_connection": 0,
+            },
         ]
         for pod, pod_ip in sorted((pods or {}).items()):
-            targets.append({"name": f"pod {pod}", "host": pod_ip, "port": 5000, "threads": pod_threads,
-                            "count": pod_count, "per_connection": per_connection})
-        self.config = {"targets": [t for t in targets if t["threads"] > 0], "seconds": seconds, "path": path,
-                       "timeout": timeout}
+            targets.append(
+                {
+                    "name": f"pod {pod}",
+                    "host": pod_ip,
+                    "port": 5000,
+                    "threads": pod_threads,
+                    "count": pod_count,
+                    "per_connection": per_connection,
+                }
+            )
+        self.config = {
+            "targets": [t for t in targets if t["threads"] > 0],
+            "seconds": seconds,
+            "path": path,
+            "timeout": timeout,
+        }
         self.started_at = 0.0
 
     def manifest(self) -> dict[str, Any]:
@@ -253,15 +281,17 @@ class InClusterLoad:
                 "enableServiceLinks": False,
                 "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": 1,
-                "containers": [{
-                    "name": "load",
-                    "image": CLIENT_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["python3", "-u", "-c", LOAD_SCRIPT, json.dumps(self.config)],
-                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-                    "securityContext": security,
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                }],
+                "containers": [
+                    {
+                        "name": "load",
+                        "image": CLIENT_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["python3", "-u", "-c", LOAD_SCRIPT, json.dumps(self.config)],
+                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                        "securityContext": security,
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }
+                ],
                 "volumes": [{"name": "tmp", "emptyDir": {}}],
             },
         }
@@ -278,7 +308,17 @@ class InClusterLoad:
 
     def stop(self) -> None:
         """End the load now (it ends by itself at its bounds)."""
-        kubectl("-n", self.namespace, "exec", self.pod, "--", "python3", "-c", f"open({STOP_FILE!r}, 'w').close()", check=False)
+        kubectl(
+            "-n",
+            self.namespace,
+            "exec",
+            self.pod,
+            "--",
+            "python3",
+            "-c",
+            f"open({STOP_FILE!r}, 'w').close()",
+            check=False,
+        )
 
     def result(self) -> LoadReport:
         """Wait for the pod to finish and parse its report; fails with the log if there is none."""
@@ -292,7 +332,7 @@ class InClusterLoad:
         log = self.logs()
         line = next((line for line in reversed(log.splitlines()) if line.startswith(RESULT)), None)
         assert phase == "Succeeded" and line, f"load pod {self.pod} ended {phase} without a report:\n{log[-3000:]}"
-        raw = json.loads(line[len(RESULT):])
+        raw = json.loads(line[len(RESULT) :])
         report = LoadReport(raw["elapsed"], raw["targets"], raw["samples"], raw["unfinished_threads"])
         assert report.unfinished_threads == 0, f"{report.unfinished_threads} load threads did not finish in time"
         return report

@@ -111,14 +111,18 @@ def test_operator_in_process_with_kopf_runner(namespace: str, monkeypatch: pytes
 
             # Each registration, by what it is for: the resource's watch (a scale)...
             kubectl("-n", namespace, "scale", "lbrs/web", "--replicas=2")
-            timings["scale"] = _restored("pod web-server-2 created", lambda: _uid("pod", namespace, "web-server-2") != "")
+            timings["scale"] = _restored(
+                "pod web-server-2 created", lambda: _uid("pod", namespace, "web-server-2") != ""
+            )
             # ...the pods' watch and index (a deleted replica pod comes back with its name)...
             uid = _uid("pod", namespace, "web-server-1")
             kubectl("-n", namespace, "delete", "pod", "web-server-1", "--wait=false")
             timings["pod"] = _restored(
                 "pod web-server-1 recreated",
-                lambda: any(p["metadata"]["name"] == "web-server-1" and p["metadata"]["uid"] != uid
-                            for p in replica_pods(namespace)),
+                lambda: any(
+                    p["metadata"]["name"] == "web-server-1" and p["metadata"]["uid"] != uid
+                    for p in replica_pods(namespace)
+                ),
             )
             # ...and every other owned kind's watch and index (deleted: recreated; the
             # Deployment hand-scaled: scaled back).
@@ -135,7 +139,9 @@ def test_operator_in_process_with_kopf_runner(namespace: str, monkeypatch: pytes
                 uid = _uid(kind, namespace, name)
                 assert uid, f"{kind} {name} missing"
                 kubectl("-n", namespace, "delete", kind, name, "--wait=false")
-                timings[f"{kind}/{name}"] = _restored(f"{kind} {name} recreated", _recreated(kind, namespace, name, uid))
+                timings[f"{kind}/{name}"] = _restored(
+                    f"{kind} {name} recreated", _recreated(kind, namespace, name, uid)
+                )
             kubectl("-n", namespace, "scale", "deployment/web-balancer", "--replicas=3")
             timings["deployment"] = _restored(
                 "Deployment web-balancer back at 1 replica",
@@ -149,7 +155,11 @@ def test_operator_in_process_with_kopf_runner(namespace: str, monkeypatch: pytes
     finally:
         scale_operator(deployed)
     print("\n" + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    assert runner.exit_code == 0 and runner.exception is None, (runner.exit_code, runner.exception, runner.output[-3000:])
+    assert runner.exit_code == 0 and runner.exception is None, (
+        runner.exit_code,
+        runner.exception,
+        runner.output[-3000:],
+    )
     # kopf's log went to the runner's output: started, stopped cleanly, nothing failed.
     for good in ("Activity 'configure' succeeded.", "Activity 'cleanup' succeeded."):
         assert good in runner.output, runner.output[-3000:]

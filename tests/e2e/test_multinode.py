@@ -99,7 +99,11 @@ def node_of(pod: dict[str, Any]) -> str:
 
 def serving_identities(namespace: str) -> set[str]:
     """Identities whose replica pod is Ready."""
-    return {p["metadata"]["annotations"].get("ringlb.io/identity", p["metadata"]["name"]) for p in replica_pods(namespace) if pod_ready(p)}
+    return {
+        p["metadata"]["annotations"].get("ringlb.io/identity", p["metadata"]["name"])
+        for p in replica_pods(namespace)
+        if pod_ready(p)
+    }
 
 
 def test_balancer_and_replica_pods_are_spread_over_both_workers(web: str) -> None:
@@ -107,7 +111,7 @@ def test_balancer_and_replica_pods_are_spread_over_both_workers(web: str) -> Non
     assert wanted >= 2, f"the sample runs {wanted} balancer pod(s); spreading needs two"
     pods = wait_for(
         f"{wanted} Ready balancer pods",
-        lambda: (ready if len(ready := [p for p in balancer_pods(web) if pod_ready(p)]) >= wanted else None),
+        lambda: ready if len(ready := [p for p in balancer_pods(web) if pod_ready(p)]) >= wanted else None,
     )
     placed = {p["metadata"]["name"]: node_of(p) for p in pods}
     replicas = {p["metadata"]["name"]: node_of(p) for p in replica_pods(web)}
@@ -135,8 +139,13 @@ def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, 
         time.sleep(3)
         t0 = time.monotonic()
         drain = kubectl(
-            "drain", target, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=300s",
-            check=False, timeout=330,
+            "drain",
+            target,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=300s",
+            check=False,
+            timeout=330,
         )
         assert drain.returncode == 0, f"kubectl drain {target} failed: {drain.stderr.strip()}"
         wait_ready(namespace, 3)
@@ -148,9 +157,13 @@ def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, 
         kubectl("uncordon", target, check=False)
     result = results[0]
     moved = {p["metadata"]["name"]: node_of(p) for p in balancer_pods(namespace) + replica_pods(namespace)}
-    print(f"drained {target} in {drained_in:.0f}s; {result.sent} requests, {len(result.failures)} failed; pods now on {moved}")
+    print(
+        f"drained {target} in {drained_in:.0f}s; {result.sent} requests, {len(result.failures)} failed; pods now on {moved}"
+    )
     assert result.sent > 100
-    assert not result.failures, f"{len(result.failures)} of {result.sent} requests failed during the drain: {result.failures[:5]}"
+    assert not result.failures, (
+        f"{len(result.failures)} of {result.sent} requests failed during the drain: {result.failures[:5]}"
+    )
     assert target not in moved.values()
 
 
@@ -164,11 +177,16 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
     for p in replicas:
         counts[node_of(p)] = counts.get(node_of(p), 0) + 1
     target = max(counts, key=lambda n: counts[n])
-    lost = {p["metadata"]["annotations"].get("ringlb.io/identity", p["metadata"]["name"]) for p in replicas if node_of(p) == target}
+    lost = {
+        p["metadata"]["annotations"].get("ringlb.io/identity", p["metadata"]["name"])
+        for p in replicas
+        if node_of(p) == target
+    }
     subprocess.run(["docker", "stop", "-t", "0", target], check=True, capture_output=True, timeout=60)
     t0 = time.monotonic()
     statuses: list[str] = []
     try:
+
         def back() -> bool | None:
             obj = resource(namespace)
             ready = condition(obj, "Ready")
@@ -180,16 +198,34 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
             return True if lost <= serving and not on_target and ready.get("status") == "True" else None
 
         try:
-            wait_for(f"identities {sorted(lost)} of {target} to serve again elsewhere", back, timeout=RECOVERY_TIMEOUT, interval=2)
+            wait_for(
+                f"identities {sorted(lost)} of {target} to serve again elsewhere",
+                back,
+                timeout=RECOVERY_TIMEOUT,
+                interval=2,
+            )
         except AssertionError as exc:
-            pods = {p["metadata"]["name"]: (node_of(p), p["status"].get("phase"), bool(p["metadata"].get("deletionTimestamp")))
-                    for p in replica_pods(namespace)}
-            raise AssertionError(f"{exc}\nstatus over time:\n" + "\n".join(statuses) + f"\nreplica pods (node, phase, deleting): {pods}") from None
+            pods = {
+                p["metadata"]["name"]: (
+                    node_of(p),
+                    p["status"].get("phase"),
+                    bool(p["metadata"].get("deletionTimestamp")),
+                )
+                for p in replica_pods(namespace)
+            }
+            raise AssertionError(
+                f"{exc}\nstatus over time:\n" + "\n".join(statuses) + f"\nreplica pods (node, phase, deleting): {pods}"
+            ) from None
         recovered_in = time.monotonic() - t0
         result = load(url, 300, threads=8, seconds=60)
     finally:
         subprocess.run(["docker", "start", target], capture_output=True, timeout=120)
-        wait_for(f"{target} Ready again", lambda: node_ready(kubectl_json("get", "node", target)) or None, timeout=180, interval=2)
+        wait_for(
+            f"{target} Ready again",
+            lambda: node_ready(kubectl_json("get", "node", target)) or None,
+            timeout=180,
+            interval=2,
+        )
     print(f"{target} stopped; identities {sorted(lost)} served again after {recovered_in:.0f}s; status over time:")
     print("\n".join(statuses))
     print(json.dumps(dict(result.per_server)))
@@ -207,7 +243,9 @@ def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web:
     pod = kubectl_json("-n", OPERATOR_NS, "get", "pod", active)
     node, status = pod["spec"]["nodeName"], pod["status"]["containerStatuses"][0]
     container = status["containerID"].split("://", 1)[1]
-    inspect = subprocess.run(["docker", "exec", node, "crictl", "inspect", container], capture_output=True, text=True, timeout=30, check=True)
+    inspect = subprocess.run(
+        ["docker", "exec", node, "crictl", "inspect", container], capture_output=True, text=True, timeout=30, check=True
+    )
     pid = str(json.loads(inspect.stdout)["info"]["pid"])
     record = kubectl_json("get", "clusterkopfpeering", "ringlb")["status"][active]
     subprocess.run(["docker", "exec", node, "kill", "-STOP", pid], check=True, capture_output=True, timeout=30)
@@ -218,13 +256,22 @@ def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web:
         kubectl("-n", web, "scale", "lbrs/web", "--replicas=4")
         wait_ready(web, 4)
         took = time.monotonic() - frozen
-        restarts = kubectl_json("-n", OPERATOR_NS, "get", "pod", active)["status"]["containerStatuses"][0]["restartCount"]
+        restarts = kubectl_json("-n", OPERATOR_NS, "get", "pod", active)["status"]["containerStatuses"][0][
+            "restartCount"
+        ]
     finally:
         subprocess.run(["docker", "exec", node, "kill", "-CONT", pid], capture_output=True, timeout=30)
-    print(f"{active} frozen on {node}, its peering record due to expire in {expires_in:.0f}s; the scale converged after {took:.1f}s")
+    print(
+        f"{active} frozen on {node}, its peering record due to expire in {expires_in:.0f}s; the scale converged after {took:.1f}s"
+    )
     assert restarts == status["restartCount"], "the frozen operator was restarted first: the standby did not take over"
     wait_for(
         "the operator Deployment whole again",
-        lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+        lambda: (
+            kubectl(
+                "-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False
+            ).returncode
+            == 0
+        ),
         timeout=180,
     )

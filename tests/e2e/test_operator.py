@@ -104,7 +104,9 @@ def test_deleted_pod_comes_back_with_its_identity_and_keys_under_load(web: str, 
     assert first == second and set(first.values()) == set(SERVERS)  # every balancer pod, one map
     stop = threading.Event()
     outcome: dict[str, object] = {}
-    loader = threading.Thread(target=lambda: outcome.update(result=load(forward.url, 40_000, threads=8, seconds=150, stop=stop)))
+    loader = threading.Thread(
+        target=lambda: outcome.update(result=load(forward.url, 40_000, threads=8, seconds=150, stop=stop))
+    )
     loader.start()
     try:
         time.sleep(3)
@@ -130,7 +132,9 @@ def test_deleted_pod_comes_back_with_its_identity_and_keys_under_load(web: str, 
     assert keys_after == keys_before  # same pods, same map: the new pod took its identity's keys back
     after = load(forward.url, 1500, seconds=60)
     assert after.per_server["Server 2"] > 0 and after.failures == []
-    events = kubectl("-n", web, "get", "events", "--field-selector", "involvedObject.kind=ReplicaSet", "-o", "json").stdout
+    events = kubectl(
+        "-n", web, "get", "events", "--field-selector", "involvedObject.kind=ReplicaSet", "-o", "json"
+    ).stdout
     assert "Replaced" in events
 
 
@@ -179,13 +183,24 @@ def test_operator_restart_mid_change_converges_without_duplicates(web: str) -> N
     assert sorted(p["metadata"]["name"] for p in pods) == sorted(f"web-server-{i}" for i in range(1, 7))
     assert sorted(identities(web).values()) == sorted(f"Server {i}" for i in range(1, 7))
     # One of each child, two Secrets: the /add token and the membership-push token.
-    for kind, count in (("deployment", 1), ("service", 1), ("secret", 2), ("serviceaccount", 1), ("role", 1),
-                        ("rolebinding", 1)):
+    for kind, count in (
+        ("deployment", 1),
+        ("service", 1),
+        ("secret", 2),
+        ("serviceaccount", 1),
+        ("role", 1),
+        ("rolebinding", 1),
+    ):
         items = kubectl_json("-n", web, "get", kind, "-l", "ringlb.io/resource=web")["items"]
         assert len(items) == count, (kind, [i["metadata"]["name"] for i in items])
     wait_for(
         "the operator back",
-        lambda: kubectl("-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False).returncode == 0,
+        lambda: (
+            kubectl(
+                "-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False
+            ).returncode
+            == 0
+        ),
         timeout=180,
     )
 
@@ -240,17 +255,34 @@ def test_hand_edits_and_a_deleted_service_are_repaired_within_seconds(web: str) 
         lambda: kubectl_json("-n", web, "get", "deployment", "web-balancer")["spec"]["replicas"] == 2,
         timeout=20,  # under the 30 s resync: a watch event repaired it (how fast is printed)
     )
-    kubectl("-n", web, "patch", "service", "web-balancer", "--type=merge", "-p", '{"spec":{"selector":{"app.kubernetes.io/component":"replica"}}}')
+    kubectl(
+        "-n",
+        web,
+        "patch",
+        "service",
+        "web-balancer",
+        "--type=merge",
+        "-p",
+        '{"spec":{"selector":{"app.kubernetes.io/component":"replica"}}}',
+    )
     _timed(
         "Service selector restored",
-        lambda: kubectl_json("-n", web, "get", "service", "web-balancer")["spec"]["selector"].get("app.kubernetes.io/component") == "balancer",
+        lambda: (
+            kubectl_json("-n", web, "get", "service", "web-balancer")["spec"]["selector"].get(
+                "app.kubernetes.io/component"
+            )
+            == "balancer"
+        ),
         timeout=20,
     )
     uid = kubectl_json("-n", web, "get", "service", "web-balancer")["metadata"]["uid"]
     kubectl("-n", web, "delete", "service", "web-balancer")
     _timed(
         "Service web-balancer recreated",
-        lambda: kubectl("-n", web, "get", "service", "web-balancer", "-o", "jsonpath={.metadata.uid}", check=False).stdout not in ("", uid),
+        lambda: (
+            kubectl("-n", web, "get", "service", "web-balancer", "-o", "jsonpath={.metadata.uid}", check=False).stdout
+            not in ("", uid)
+        ),
         timeout=20,  # under the 30 s resync: a watch event, not the resync (how fast is printed)
     )
     wait_ready(web, 3)
@@ -262,19 +294,29 @@ def test_membership_cannot_be_hijacked_with_the_add_token(web: str, forward: Por
     try:
         wait_for("the admin port to answer", lambda: requests.get(admin.url + "/readyz", timeout=5).ok, timeout=30)
         held = requests.get(admin.url + "/membership", timeout=5).json()
-        evil = {**held, "revision": held["revision"] + 1, "members": [{"name": "Server 1", "address": "203.0.113.7:80"}]}
+        evil = {
+            **held,
+            "revision": held["revision"] + 1,
+            "members": [{"name": "Server 1", "address": "203.0.113.7:80"}],
+        }
         for bearer in (token(web), "", "nonsense"):
-            reply = requests.put(admin.url + "/membership", json=evil, headers={"Authorization": f"Bearer {bearer}"}, timeout=5)
+            reply = requests.put(
+                admin.url + "/membership", json=evil, headers={"Authorization": f"Bearer {bearer}"}, timeout=5
+            )
             assert reply.status_code in (401, 403), (bearer[:4], reply.status_code, reply.text[:200])
         assert requests.get(admin.url + "/membership", timeout=5).json()["revision"] == held["revision"]
     finally:
         admin.close()
     # The public port (the Service) does not serve /membership at all: the path is forwarded like
     # any other, and no replica has it (the seed's 400 for a path no replica serves).
-    public = requests.put(forward.url + "/membership", json=evil, headers={"Authorization": f"Bearer {token(web)}"}, timeout=5)
+    public = requests.put(
+        forward.url + "/membership", json=evil, headers={"Authorization": f"Bearer {token(web)}"}, timeout=5
+    )
     assert public.status_code == 400, public.status_code
-    assert public.json() == {"message": "<Error> '/membership' endpoint does not exist in server replicas",
-                             "status": "failure"}
+    assert public.json() == {
+        "message": "<Error> '/membership' endpoint does not exist in server replicas",
+        "status": "failure",
+    }
     assert token(web) != token(web, secret="membership-token")
     policy = kubectl_json("-n", web, "get", "networkpolicy", "web-balancer")
     assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == [5000, 5001]
@@ -338,8 +380,11 @@ def test_status_page_on_the_admin_port(web: str, forward: PortForward) -> None:
 def _resource_events(namespace: str, name: str) -> list[dict]:
     """Events on the ringlb ReplicaSet ``name`` (not on apps/v1 ReplicaSets of the same kind name)."""
     items = kubectl_json("-n", namespace, "get", "events")["items"]
-    return [e for e in items if e["involvedObject"].get("apiVersion", "").startswith("ringlb.io/")
-            and e["involvedObject"]["name"] == name]
+    return [
+        e
+        for e in items
+        if e["involvedObject"].get("apiVersion", "").startswith("ringlb.io/") and e["involvedObject"]["name"] == name
+    ]
 
 
 def test_colliding_replicasets_second_is_degraded_first_serves(namespace: str) -> None:
@@ -379,12 +424,19 @@ def test_colliding_replicasets_second_is_degraded_first_serves(namespace: str) -
         result = load(pf.url, 300, threads=4, seconds=60)
     finally:
         pf.close()
-    assert result.failures == [] and dict(result.per_server) == {"a-server-1": 300}, (result.failures[:3], result.per_server)
+    assert result.failures == [] and dict(result.per_server) == {"a-server-1": 300}, (
+        result.failures[:3],
+        result.per_server,
+    )
     # No Created/Replaced Event for a pod that neither created or replaced (web-a), no
     # Replaced on web, whose pod never went away.
     first_events = [(e["reason"], e["message"]) for e in _resource_events(namespace, "web")]
     assert [m for r, m in first_events if r == "Replaced"] == [], first_events
-    assert [m for r, m in first_events if r == "Created"] == ["created pod web-a-server-1 for 'a-server-1'"], first_events
+    assert [m for r, m in first_events if r == "Created"] == ["created pod web-a-server-1 for 'a-server-1'"], (
+        first_events
+    )
     second_events = [(e["reason"], e["message"]) for e in _resource_events(namespace, "web-a")]
     assert not [m for r, m in second_events if r in ("Created", "Replaced")], second_events
-    print(f"web-a: {degraded['reason']}: {degraded['message']}; web: Ready, served 300 of 300; events on web: {first_events}")
+    print(
+        f"web-a: {degraded['reason']}: {degraded['message']}; web: Ready, served 300 of 300; events on web: {first_events}"
+    )

@@ -61,7 +61,10 @@ def served(url: str, ca: Path) -> str:
     """The sha256 of the leaf a new connection to ``url`` gets, verified against ``ca``."""
     host, port = url.removeprefix("https://").split(":")
     context = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
         assert tls.selected_alpn_protocol() in (None, "http/1.1")
         der = tls.getpeercert(binary_form=True)
     assert der is not None
@@ -91,7 +94,11 @@ def test_the_seed_api_over_tls_and_a_replaced_secret_reaches_new_connections(nam
 
     pf = TlsForward(namespace)
     try:
-        wait_for("the balancer over TLS", lambda: requests.get(pf.url + "/rep", verify=str(ca_file), timeout=10).ok, timeout=60)
+        wait_for(
+            "the balancer over TLS",
+            lambda: requests.get(pf.url + "/rep", verify=str(ca_file), timeout=10).ok,
+            timeout=60,
+        )
         assert served(pf.url, ca_file) == fingerprint(first)
         rep = requests.get(pf.url + "/rep", verify=str(ca_file), timeout=10)
         assert rep.status_code == 200 and rep.json()["message"] == {"N": 3, "replicas": SERVERS}
@@ -100,9 +107,15 @@ def test_the_seed_api_over_tls_and_a_replaced_secret_reaches_new_connections(nam
         unknown = requests.get(pf.url + "/other", verify=str(ca_file), timeout=10)
         assert unknown.status_code == 400 and "'/other' endpoint does not exist" in unknown.json()["message"]
         auth = {"Authorization": f"Bearer {token(namespace)}"}
-        added = requests.post(pf.url + "/add", json={"n": 1, "hostnames": ["S4"]}, headers=auth, verify=str(ca_file), timeout=90)
-        assert added.status_code == 200 and added.json()["message"] == {"N": 4, "replicas": SERVERS + ["S4"]}, added.text
-        removed = requests.delete(pf.url + "/rm", json={"n": 1, "hostnames": ["S4"]}, headers=auth, verify=str(ca_file), timeout=90)
+        added = requests.post(
+            pf.url + "/add", json={"n": 1, "hostnames": ["S4"]}, headers=auth, verify=str(ca_file), timeout=90
+        )
+        assert added.status_code == 200 and added.json()["message"] == {"N": 4, "replicas": SERVERS + ["S4"]}, (
+            added.text
+        )
+        removed = requests.delete(
+            pf.url + "/rm", json={"n": 1, "hostnames": ["S4"]}, headers=auth, verify=str(ca_file), timeout=90
+        )
         assert removed.status_code == 200 and removed.json()["message"]["replicas"] == SERVERS, removed.text
         # The public port speaks only TLS; a client that does not trust the CA is refused.
         with pytest.raises(requests.ConnectionError):
@@ -121,8 +134,12 @@ def test_the_seed_api_over_tls_and_a_replaced_secret_reaches_new_connections(nam
     for pod in pods:
         forward = TlsForward(namespace, target=f"pod/{pod}")
         try:
-            wait_for(f"{pod} to serve the new certificate", lambda: served(forward.url, ca_file) == fingerprint(second),
-                     timeout=ROTATION_TIMEOUT, interval=2.0)
+            wait_for(
+                f"{pod} to serve the new certificate",
+                lambda: served(forward.url, ca_file) == fingerprint(second),
+                timeout=ROTATION_TIMEOUT,
+                interval=2.0,
+            )
             reply = requests.get(forward.url + "/home", verify=str(ca_file), timeout=10)
             assert reply.status_code == 200, reply.text
         finally:
@@ -140,15 +157,27 @@ def test_a_missing_secret_is_named_in_status_and_an_event(namespace: str, tmp_pa
 
     def degraded() -> dict[str, Any] | None:
         cond = condition(resource(namespace), "Degraded")
-        return cond if cond.get("status") == "True" and f"Secret {namespace}/{SECRET}" in cond.get("message", "") else None
+        return (
+            cond if cond.get("status") == "True" and f"Secret {namespace}/{SECRET}" in cond.get("message", "") else None
+        )
 
     cond = wait_for("Degraded to name the missing Secret", degraded)
     assert cond["reason"] == "FailedMount", cond
-    assert "not found" in cond["message"] and "kubectl" in cond["message"] and "create secret tls" in cond["message"], cond
+    assert "not found" in cond["message"] and "kubectl" in cond["message"] and "create secret tls" in cond["message"], (
+        cond
+    )
 
     def warned() -> bool:
-        events = kubectl("-n", namespace, "get", "events", "--field-selector",
-                         "involvedObject.kind=ReplicaSet,reason=FailedMount", "-o", "jsonpath={.items[*].message}").stdout
+        events = kubectl(
+            "-n",
+            namespace,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=ReplicaSet,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ).stdout
         return f"Secret {namespace}/{SECRET}" in events
 
     wait_for("a FailedMount Warning Event on the resource", warned, timeout=60)

@@ -87,7 +87,9 @@ def test_balancer_template_rollout_under_load(web: str) -> None:
                 and deploy["spec"]["template"]["metadata"].get("annotations", {}).get("e2e.ringlb.io/rollout") == stamp
                 and not before & {p["metadata"]["name"] for p in pods}  # every old pod gone
                 and len(pods) == 2
-                and all(pod_ready(p) and p["metadata"]["annotations"].get("e2e.ringlb.io/rollout") == stamp for p in pods)
+                and all(
+                    pod_ready(p) and p["metadata"]["annotations"].get("e2e.ringlb.io/rollout") == stamp for p in pods
+                )
             )
 
         wait_for("the balancer Deployment rolled, old pods gone", rolled, timeout=90, interval=0.5)

@@ -119,15 +119,21 @@ def test_scale_up_with_warm_up_moves_keys_in_steps_alike_on_every_balancer_pod(n
         watch = Watch(urls)
         try:
             patch(namespace, {"replicas": 4, "hashing": {"warmupSeconds": 20}})
-            ramp = wait_for("the warm-up to start", lambda: resource(namespace)["status"].get("transition"), timeout=240)
+            ramp = wait_for(
+                "the warm-up to start", lambda: resource(namespace)["status"].get("transition"), timeout=240
+            )
             obj = settled(namespace, 4)
             final = obj["status"]["ringRevision"]
             wait_for(
                 "every balancer pod to hold the last step",
-                lambda: all(requests.get(u + "/membership", timeout=5).json()["revision"] == final for u in urls.values()),
+                lambda: all(
+                    requests.get(u + "/membership", timeout=5).json()["revision"] == final for u in urls.values()
+                ),
                 timeout=60,
             )
-            wait_for("the watch to see the last step", lambda: all(final in seen for seen in watch.seen.values()), timeout=60)
+            wait_for(
+                "the watch to see the last step", lambda: all(final in seen for seen in watch.seen.values()), timeout=60
+            )
         finally:
             watch.close()
         held = [requests.get(u + "/membership", timeout=5).json() for u in urls.values()]
@@ -148,7 +154,10 @@ def test_scale_up_with_warm_up_moves_keys_in_steps_alike_on_every_balancer_pod(n
     # Every pod alike at every revision: what each revision moved, on pods that took it from the
     # same revision, and the shares each pod reported while the revision was in force.
     (a, log_a), (b, log_b) = list(logs.items())[:2]
-    came_from = {pod: {c["revision"]: prev for prev, c in zip([r0] + [x["revision"] for x in log], log)} for pod, log in logs.items()}
+    came_from = {
+        pod: {c["revision"]: prev for prev, c in zip([r0] + [x["revision"] for x in log], log)}
+        for pod, log in logs.items()
+    }
     common = [c for c in log_a if came_from[b].get(c["revision"]) == came_from[a][c["revision"]]]
     assert common, (log_a, log_b)
     for entry in common:
@@ -173,17 +182,27 @@ def test_scale_down_with_warm_up_keeps_the_leaving_pod_until_its_share_is_0(name
             wait_for("the Service port-forward", lambda: requests.get(pf.url + "/rep", timeout=5).ok, timeout=30)
             done = threading.Event()
             traffic: dict[str, Any] = {}
-            worker = threading.Thread(target=lambda: traffic.update(result=load(pf.url, 40000, threads=4, seconds=240, stop=done)))
+            worker = threading.Thread(
+                target=lambda: traffic.update(result=load(pf.url, 40000, threads=4, seconds=240, stop=done))
+            )
             worker.start()
             try:
                 patch(namespace, {"replicas": 3, "hashing": {"warmupSeconds": 60}})
                 # Draining: in status, with its share, while its pod is Ready and routed to.
                 draining = wait_for(
                     "the leaving pod to drain",
-                    lambda: [m for m in (resource(namespace)["status"].get("transition") or {}).get("members", []) if m["state"] == "Draining"],
+                    lambda: [
+                        m
+                        for m in (resource(namespace)["status"].get("transition") or {}).get("members", [])
+                        if m["state"] == "Draining"
+                    ],
                     timeout=120,
                 )
-                assert draining[0]["name"] == "Server 4" and draining[0]["pod"] == leaving and 0 < draining[0]["share"] < 0.25
+                assert (
+                    draining[0]["name"] == "Server 4"
+                    and draining[0]["pod"] == leaving
+                    and 0 < draining[0]["share"] < 0.25
+                )
                 assert any(p["metadata"]["name"] == leaving and pod_ready(p) for p in replica_pods(namespace))
 
                 early: list[dict[str, Any]] = []  # rings still routing to it once it was deleted
@@ -214,10 +233,17 @@ def test_scale_down_with_warm_up_keeps_the_leaving_pod_until_its_share_is_0(name
     assert result.sent > 0 and "Server 4" in result.per_server
     for pod, log in logs.items():
         print(f"{pod}: " + ", ".join(f"r{c['revision']} moved {c['moved']:.4f}" for c in log))
-        assert len(log) >= 2 and log[-1]["removed"] == ["Server 4"] and log[-1]["revision"] == obj["status"]["ringRevision"]
+        assert (
+            len(log) >= 2
+            and log[-1]["removed"] == ["Server 4"]
+            and log[-1]["revision"] == obj["status"]["ringRevision"]
+        )
         assert all(c["removed"] == [] for c in log[:-1])  # routable until the last step
-    events = [e for e in json.loads(kubectl("-n", namespace, "get", "events", "-o", "json").stdout)["items"]
-              if e["involvedObject"].get("apiVersion", "").startswith("ringlb.io/")]
+    events = [
+        e
+        for e in json.loads(kubectl("-n", namespace, "get", "events", "-o", "json").stdout)["items"]
+        if e["involvedObject"].get("apiVersion", "").startswith("ringlb.io/")
+    ]
     messages = [e["message"] for e in events if e["reason"] == "Draining"]
     assert any(m.startswith("Server 4 (pod web-server-4) hands its keys over: share") for m in messages), messages
     assert any(m.startswith("Server 4 (pod web-server-4): share 0 at revision") for m in messages), messages

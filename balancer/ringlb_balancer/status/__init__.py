@@ -21,7 +21,13 @@ from ringlb_balancer.status.model import (
 )
 
 __all__ = [
-    "change", "data", "keep_samples", "lookup", "moved_fraction", "moved_is_exact", "page",
+    "change",
+    "data",
+    "keep_samples",
+    "lookup",
+    "moved_fraction",
+    "moved_is_exact",
+    "page",
     "series",
 ]
 

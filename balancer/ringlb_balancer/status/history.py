@@ -64,9 +64,10 @@ def record_sample(state_dir: Path, names: list[str]) -> None:
     """Append the summed counters (requests and 5xx answers) of the members in ``names`` as of
     now: members that left drop out of the samples as the window moves on."""
     totals = counters.totals(state_dir, names)["members"]
-    sample = (time.time(), {
-        name: (sum(row["answers"].values()), row["answers"]["5xx"]) for name, row in totals.items()
-    })
+    sample = (
+        time.time(),
+        {name: (sum(row["answers"].values()), row["answers"]["5xx"]) for name, row in totals.items()},
+    )
     with _locked(state_dir):
         _write(state_dir / SAMPLES, keep_samples(samples(state_dir), sample))  # type: ignore[arg-type]
 

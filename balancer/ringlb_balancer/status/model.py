@@ -222,17 +222,19 @@ def data(
     members = []
     for i, m in enumerate(membership.members):
         s = rates.get(m.name, {"at": [], "rps": [], "errorRate": []})
-        members.append({
-            "name": m.name,
-            "address": m.address,
-            "share": share[i] if i < len(share) else 0.0,
-            "health": EJECTED if m.name in ejected else HEALTHY,
-            "reason": ejected.get(m.name, ""),
-            "inflight": inflight[i] if i < len(inflight) else 0,
-            "rps": _last(s["rps"]),
-            "errorRate": _last(s["errorRate"]),
-            "series": s,
-        })
+        members.append(
+            {
+                "name": m.name,
+                "address": m.address,
+                "share": share[i] if i < len(share) else 0.0,
+                "health": EJECTED if m.name in ejected else HEALTHY,
+                "reason": ejected.get(m.name, ""),
+                "inflight": inflight[i] if i < len(inflight) else 0,
+                "rps": _last(s["rps"]),
+                "errorRate": _last(s["errorRate"]),
+                "series": s,
+            }
+        )
     config = membership.hashing
     log = sorted(changes, key=lambda c: c["revision"], reverse=True)[:MAX_CHANGES]
     return {
@@ -249,9 +251,10 @@ def data(
         "window": window,
         "members": members,
         "changes": [dict(c) for c in log],
-        "hotKeys": [{"key": key, "rps": rate, "error": error,
-                     "owner": _owner_name(strategy, key) if strategy.affine else None}
-                    for key, rate, error in hot],
+        "hotKeys": [
+            {"key": key, "rps": rate, "error": error, "owner": _owner_name(strategy, key) if strategy.affine else None}
+            for key, rate, error in hot
+        ],
     }
 
 
@@ -282,8 +285,15 @@ def lookup(
     if not key:
         raise ValueError("key: required, non-empty (a request without a key goes to a random owner)")
     members = strategy.members
-    out: dict[str, Any] = {"key": key, "strategy": strategy.name, "owner": None, "route": None,
-                           "preference": [], "ejected": [], "position": strategy.position(key)}
+    out: dict[str, Any] = {
+        "key": key,
+        "strategy": strategy.name,
+        "owner": None,
+        "route": None,
+        "preference": [],
+        "ejected": [],
+        "position": strategy.position(key),
+    }
     if not members:
         return out
     down = set(ejected)

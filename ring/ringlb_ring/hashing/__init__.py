@@ -117,8 +117,4 @@ def bounded_choice(preference: Iterable[int], inflight: Sequence[int], factor: f
 
 def keys_moved(before: Strategy, after: Strategy, keys: Iterable[str]) -> list[str]:
     """The keys whose owner (by name) differs between two strategies."""
-    return [
-        key
-        for key in keys
-        if before.members[before.owner(key)] != after.members[after.owner(key)]
-    ]
+    return [key for key in keys if before.members[before.owner(key)] != after.members[after.owner(key)]]

@@ -41,9 +41,7 @@ class Ring:
             raise ValueError(f"vnodes must be at least 1, got {vnodes}")
         self.members = tuple(members)
         self.vnodes = vnodes
-        points = sorted(
-            (hash64(f"{name}#{v}"), i) for i, name in enumerate(self.members) for v in range(vnodes)
-        )
+        points = sorted((hash64(f"{name}#{v}"), i) for i, name in enumerate(self.members) for v in range(vnodes))
         self.points = [p for p, _ in points]
         self.owners = [i for _, i in points]
 

@@ -66,7 +66,8 @@ class Transition:
             extra = sorted(set(members) - expected)
             raise ValueError(
                 "transition: members must be exactly the members of from and to"
-                + (f"; missing {missing}" if missing else "") + (f"; not in from or to {extra}" if extra else "")
+                + (f"; missing {missing}" if missing else "")
+                + (f"; not in from or to {extra}" if extra else "")
             )
 
 

@@ -124,7 +124,9 @@ class FakeKube:
             and all((body["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
 
-    def running_pods(self, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()) -> list[K8sObject]:
+    def running_pods(
+        self, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()
+    ) -> list[K8sObject]:
         """Every pod Running (and Ready), IPs 10.0.0.<n>; ``nodes`` places pods (pod name → node
         name, default "w1"); pods on a node in ``lost`` are not Ready (what the node lifecycle
         controller sets)."""
@@ -185,7 +187,9 @@ def balancer_pod(name: str, ip: str, ready: bool = True, node: str = "w1") -> Po
     )
 
 
-def resource(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+def resource(
+    spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, generation: int = 1
+) -> dict[str, Any]:
     return {
         "apiVersion": c.API_VERSION,
         "kind": c.KIND,
@@ -200,6 +204,8 @@ def kube() -> FakeKube:
     return FakeKube()
 
 
-def views(kube: FakeKube, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()) -> list[PodView]:
+def views(
+    kube: FakeKube, ready: bool = True, nodes: Mapping[str, str] | None = None, lost: frozenset[str] = frozenset()
+) -> list[PodView]:
     """The pods in the fake as the operator's index would hold them (see FakeKube.running_pods)."""
     return [pod_view(body) for body in kube.running_pods(ready, nodes, lost)]

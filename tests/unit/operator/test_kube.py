@@ -18,7 +18,9 @@ def requests_made(actions: Any) -> list[tuple[str, str, str | None, Any]]:
     calls: list[tuple[str, str, str | None, Any]] = []
 
     def request(method: str, url: str, **kw: Any) -> Any:
-        calls.append((method, url, kw.get("headers", {}).get("Content-Type"), json.loads(kw["body"]) if kw.get("body") else None))
+        calls.append(
+            (method, url, kw.get("headers", {}).get("Content-Type"), json.loads(kw["body"]) if kw.get("body") else None)
+        )
         reply = mock.Mock(status=200, data=b"{}", reason="OK", headers={})
         reply.getheaders = lambda: {}
         reply.getheader = lambda *a: None

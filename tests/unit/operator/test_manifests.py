@@ -66,12 +66,29 @@ def test_full_spec_is_valid() -> None:
     full["spec"] = {
         "replicas": 4,
         "hostnames": ["S5", "S4", "S10", "S11"],
-        "template": {"image": "ringlb/replica:0.1.0", "imagePullPolicy": "Never", "env": [{"name": "A", "value": "1"}],
-                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": 1}}},
-        "hashing": {"strategy": "ring", "vnodes": 200, "tableSize": 257, "seedFormulas": "reissue",
-                    "boundedLoad": 1.25, "keySource": "cookie", "keyHeader": "X-Key", "keyCookie": "k"},
-        "balancer": {"replicas": 1, "image": "ringlb/balancer:0.1.0", "serviceType": "NodePort", "port": 8080,
-                     "env": [{"name": "RINGLB_SCALE_TIMEOUT", "value": "30"}]},
+        "template": {
+            "image": "ringlb/replica:0.1.0",
+            "imagePullPolicy": "Never",
+            "env": [{"name": "A", "value": "1"}],
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": 1}},
+        },
+        "hashing": {
+            "strategy": "ring",
+            "vnodes": 200,
+            "tableSize": 257,
+            "seedFormulas": "reissue",
+            "boundedLoad": 1.25,
+            "keySource": "cookie",
+            "keyHeader": "X-Key",
+            "keyCookie": "k",
+        },
+        "balancer": {
+            "replicas": 1,
+            "image": "ringlb/balancer:0.1.0",
+            "serviceType": "NodePort",
+            "port": 8080,
+            "env": [{"name": "RINGLB_SCALE_TIMEOUT", "value": "30"}],
+        },
     }
     assert errors(full) == []
 
@@ -189,7 +206,13 @@ def test_crd_shape() -> None:
         "labelSelectorPath": ".status.selector",
     }
     assert "status" in VERSION["subresources"]
-    assert [col["name"] for col in VERSION["additionalPrinterColumns"]] == ["Desired", "Ready", "Strategy", "Revision", "Age"]
+    assert [col["name"] for col in VERSION["additionalPrinterColumns"]] == [
+        "Desired",
+        "Ready",
+        "Strategy",
+        "Revision",
+        "Age",
+    ]
     status = SCHEMA["properties"]["status"]["properties"]
     for key in ("replicas", "readyReplicas", "members", "ringRevision", "selector", "observedGeneration", "conditions"):
         assert key in status
@@ -286,7 +309,9 @@ def test_operator_rbac_covers_what_the_code_does_and_no_more() -> None:
     assert peering_rw["resourceNames"] == [c.PEERING_NAME]
     [ns_role] = [d for d in by_kind("Role") if d["metadata"]["name"] == "ringlb-operator"]
     assert ns_role["metadata"]["namespace"] == "ringlb-system"
-    assert ns_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [c.OPERATOR_KEY_SECRET], "verbs": ["get"]}]
+    assert ns_role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [c.OPERATOR_KEY_SECRET], "verbs": ["get"]}
+    ]
     assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
     # RBAC refuses to let the operator grant what it does not hold itself.
     for rule in children.role(children.Owner("web", "ns", "u"))["rules"]:
@@ -313,7 +338,9 @@ def test_peering_crd_matches_kopf_and_is_not_ours_to_delete() -> None:
 def test_balancer_scope_policy() -> None:
     [policy] = by_kind("ValidatingAdmissionPolicy")
     [binding] = by_kind("ValidatingAdmissionPolicyBinding")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] and binding["spec"]["validationActions"] == [
+        "Deny"
+    ]
     [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
     assert rule["apiGroups"] == [c.GROUP] and rule["resources"] == [c.PLURAL] and rule["operations"] == ["UPDATE"]
     [match] = policy["spec"]["matchConditions"]
@@ -342,16 +369,28 @@ def test_kind_config() -> None:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 def test_kustomize_builds_offline() -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS)], capture_output=True, text=True, timeout=60, check=True
+    )
     kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout)]
     assert sorted(kinds) == sorted(
         [
-            "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-            "RoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Deployment",
+            "Namespace",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+            "Deployment",
             "PodDisruptionBudget",
         ]
     )
-    samples = subprocess.run(["kubectl", "kustomize", str(MANIFESTS / "samples")], capture_output=True, text=True, timeout=60, check=True)
+    samples = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / "samples")], capture_output=True, text=True, timeout=60, check=True
+    )
     assert [d["kind"] for d in yaml.safe_load_all(samples.stdout)] == ["ReplicaSet"]
 
 
@@ -362,7 +401,11 @@ def test_dockerfiles(component: str) -> None:
     assert "python3 -m venv /opt/venv" in text and "/usr/local/bin/pip" not in text
     assert re.search(r"^USER \d+:\d+$", text, re.M)
     # Dependencies are a cached layer of their own: installed before any source is copied.
-    assert text.index("COPY pyproject.toml constraints.txt ./") < text.index("-r requirements.txt") < text.index("COPY ring ring")
+    assert (
+        text.index("COPY pyproject.toml constraints.txt ./")
+        < text.index("-r requirements.txt")
+        < text.index("COPY ring ring")
+    )
     assert "--no-deps" in text[text.index("COPY ring ring") :]
     assert "latest" not in text
     if component != "operator":

@@ -64,7 +64,13 @@ def test_node_view_of_a_stopped_worker() -> None:
     "ready,taints,down,silent,since",
     [
         ("True", [], False, False, ""),
-        ("True", [{"key": c.TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": T0}], False, False, ""),  # Ready wins
+        (
+            "True",
+            [{"key": c.TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": T0}],
+            False,
+            False,
+            "",
+        ),  # Ready wins
         ("False", [], True, False, T0),  # kubelet reports NotReady: it can still confirm deletions
         ("False", [{"key": c.TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": at(-20)}], True, True, at(-20)),
         ("Unknown", [], True, True, T0),
@@ -72,13 +78,21 @@ def test_node_view_of_a_stopped_worker() -> None:
         (None, [], False, False, ""),  # a node that just registered
     ],
 )
-def test_node_view_states(ready: str | None, taints: list[dict[str, Any]], down: bool, silent: bool, since: str) -> None:
+def test_node_view_states(
+    ready: str | None, taints: list[dict[str, Any]], down: bool, silent: bool, since: str
+) -> None:
     view = node_view(node_body(ready, T0, taints))
     assert (view.down, view.silent, view.since) == (down, silent, since)
 
 
 # --- the pure decision ----------------------------------------------------------------------------
-def replica(ready: bool = False, deleting_at: str = "", node: str = "w2", owner_uid: str = OWNER.uid, template: dict[str, Any] | None = None) -> PodView:
+def replica(
+    ready: bool = False,
+    deleting_at: str = "",
+    node: str = "w2",
+    owner_uid: str = OWNER.uid,
+    template: dict[str, Any] | None = None,
+) -> PodView:
     body = running(children.replica_pod(OWNER, spec.parse({"template": template or {}}), "Server 2"), "10.0.0.2", ready)
     body["spec"]["nodeName"] = node
     body["metadata"]["ownerReferences"][0]["uid"] = owner_uid
@@ -101,18 +115,60 @@ CASES = [
     ("not ready, deleted long ago", NOT_READY, {"deleting_at": at(5)}, {}, 30, FORCE, 30),
     ("delay from the spec", UNREACHABLE, {}, {"unreachableNodeSeconds": 120}, 60, WAIT, 120),
     ("delay 0: at once", UNREACHABLE, {}, {"unreachableNodeSeconds": 0}, 0, FORCE, 0),
-    ("user tolerates longer", UNREACHABLE, {}, {"tolerations": [{**FOREVER[0], "tolerationSeconds": 100}]}, 60, WAIT, 100),
-    ("user tolerates shorter: the delay still holds", UNREACHABLE, {}, {"tolerations": [{**FOREVER[0], "tolerationSeconds": 5}]}, 20, WAIT, 30),
+    (
+        "user tolerates longer",
+        UNREACHABLE,
+        {},
+        {"tolerations": [{**FOREVER[0], "tolerationSeconds": 100}]},
+        60,
+        WAIT,
+        100,
+    ),
+    (
+        "user tolerates shorter: the delay still holds",
+        UNREACHABLE,
+        {},
+        {"tolerations": [{**FOREVER[0], "tolerationSeconds": 5}]},
+        20,
+        WAIT,
+        30,
+    ),
     ("user tolerates for ever", UNREACHABLE, {}, {"tolerations": FOREVER}, 3600, KEEP, None),
     ("user tolerates every taint", NOT_READY, {}, {"tolerations": TOLERATE_ALL}, 3600, KEEP, None),
-    ("user tolerates, but the pod is being deleted", UNREACHABLE, {"deleting_at": at(40)}, {"tolerations": FOREVER}, 30, FORCE, 30),
-    ("a NoSchedule toleration does not keep it", UNREACHABLE, {}, {"tolerations": [{**FOREVER[0], "effect": "NoSchedule"}]}, 30, FORCE, 30),
-    ("a not-ready toleration does not cover unreachable", UNREACHABLE, {}, {"tolerations": [{**FOREVER[0], "key": c.TAINT_NOT_READY}]}, 30, FORCE, 30),
+    (
+        "user tolerates, but the pod is being deleted",
+        UNREACHABLE,
+        {"deleting_at": at(40)},
+        {"tolerations": FOREVER},
+        30,
+        FORCE,
+        30,
+    ),
+    (
+        "a NoSchedule toleration does not keep it",
+        UNREACHABLE,
+        {},
+        {"tolerations": [{**FOREVER[0], "effect": "NoSchedule"}]},
+        30,
+        FORCE,
+        30,
+    ),
+    (
+        "a not-ready toleration does not cover unreachable",
+        UNREACHABLE,
+        {},
+        {"tolerations": [{**FOREVER[0], "key": c.TAINT_NOT_READY}]},
+        30,
+        FORCE,
+        30,
+    ),
 ]
 
 
 @pytest.mark.parametrize("case,node,pod,template,elapsed,action,due", CASES, ids=[row[0] for row in CASES])
-def test_stranded_replica_decision(case: str, node: NodeView, pod: dict[str, Any], template: dict[str, Any], elapsed: int, action: str, due: int | None) -> None:
+def test_stranded_replica_decision(
+    case: str, node: NodeView, pod: dict[str, Any], template: dict[str, Any], elapsed: int, action: str, due: int | None
+) -> None:
     s = spec.parse({"replicas": 3, "template": template})
     [found] = desired.stranded_replicas(OWNER, s, [replica(**pod)], {"w2": node}, at(elapsed))
     assert (found.action, found.due) == (action, at(due) if due is not None else ""), case
@@ -131,7 +187,11 @@ def test_stranded_replica_decision(case: str, node: NodeView, pod: dict[str, Any
         ("pod still Ready (its kubelet still reports it)", replica(ready=True), {"w2": NOT_READY}),
         ("pod not scheduled", replica(node=""), {"w2": UNREACHABLE}),
         ("not ours", replica(owner_uid="someone-else"), {"w2": UNREACHABLE}),
-        ("a balancer pod (the Deployment's)", balancer_pod("web-balancer-x", "10.1.0.1", ready=False, node="w2"), {"w2": UNREACHABLE}),
+        (
+            "a balancer pod (the Deployment's)",
+            balancer_pod("web-balancer-x", "10.1.0.1", ready=False, node="w2"),
+            {"w2": UNREACHABLE},
+        ),
         ("node down without a time", replica(), {"w2": NodeView("w2", "Unknown", "")}),
     ],
 )
@@ -145,7 +205,9 @@ def test_a_retired_pod_stuck_on_a_lost_node_is_cleared_too() -> None:
     body = running(children.replica_pod(OWNER, spec.parse({}), "Server 9"), "10.0.0.9", ready=False)
     body["spec"]["nodeName"] = "w2"
     body["metadata"]["deletionTimestamp"] = at(10)
-    [found] = desired.stranded_replicas(OWNER, spec.parse({"replicas": 3}), [pod_view(body)], {"w2": UNREACHABLE}, at(30))
+    [found] = desired.stranded_replicas(
+        OWNER, spec.parse({"replicas": 3}), [pod_view(body)], {"w2": UNREACHABLE}, at(30)
+    )
     assert found.pod == "web-server-9" and found.action == FORCE
 
 
@@ -156,14 +218,26 @@ def test_a_retired_pod_stuck_on_a_lost_node_is_cleared_too() -> None:
         ([{"key": c.TAINT_UNREACHABLE, "operator": "Exists"}], c.TAINT_UNREACHABLE, (True, None)),
         ([{"key": c.TAINT_UNREACHABLE, "operator": "Equal", "value": ""}], c.TAINT_UNREACHABLE, (True, None)),
         ([{"key": c.TAINT_UNREACHABLE, "operator": "Equal", "value": "x"}], c.TAINT_UNREACHABLE, (False, None)),
-        ([{"key": c.TAINT_UNREACHABLE, "effect": "NoExecute", "tolerationSeconds": 60},
-          {"key": c.TAINT_UNREACHABLE, "operator": "Exists", "tolerationSeconds": 20}], c.TAINT_UNREACHABLE, (True, 20.0)),
-        ([{"key": c.TAINT_UNREACHABLE, "operator": "Exists"}, {"operator": "Exists", "tolerationSeconds": 50}], c.TAINT_UNREACHABLE, (True, 50.0)),
+        (
+            [
+                {"key": c.TAINT_UNREACHABLE, "effect": "NoExecute", "tolerationSeconds": 60},
+                {"key": c.TAINT_UNREACHABLE, "operator": "Exists", "tolerationSeconds": 20},
+            ],
+            c.TAINT_UNREACHABLE,
+            (True, 20.0),
+        ),
+        (
+            [{"key": c.TAINT_UNREACHABLE, "operator": "Exists"}, {"operator": "Exists", "tolerationSeconds": 50}],
+            c.TAINT_UNREACHABLE,
+            (True, 50.0),
+        ),
         ([{"key": "", "operator": "Equal"}], c.TAINT_UNREACHABLE, (False, None)),
         ([{"key": c.TAINT_UNREACHABLE, "effect": "NoSchedule"}], c.TAINT_UNREACHABLE, (False, None)),
     ],
 )
-def test_tolerated_seconds_reads_tolerations_as_the_eviction_controller_does(tolerations: list[dict[str, Any]], key: str, expected: tuple[bool, float | None]) -> None:
+def test_tolerated_seconds_reads_tolerations_as_the_eviction_controller_does(
+    tolerations: list[dict[str, Any]], key: str, expected: tuple[bool, float | None]
+) -> None:
     assert children.tolerated_seconds(tolerations, key) == expected
 
 
@@ -178,7 +252,12 @@ def test_pods_tolerate_a_lost_node_for_30s_by_default() -> None:
     balancer_spec = children.deployment(OWNER, s)["spec"]["template"]["spec"]
     for podspec in (pod_spec, balancer_spec):
         assert node_loss(podspec) == {
-            key: {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": c.DEFAULT_UNREACHABLE_NODE_SECONDS}
+            key: {
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": c.DEFAULT_UNREACHABLE_NODE_SECONDS,
+            }
             for key in (c.TAINT_UNREACHABLE, c.TAINT_NOT_READY)
         }
     assert c.DEFAULT_UNREACHABLE_NODE_SECONDS == 30
@@ -218,9 +297,13 @@ def test_node_loss_tolerations_do_not_restart_running_replica_pods() -> None:
     del before["tolerations"], before["topologySpreadConstraints"]  # both added after hashing
     assert pod["metadata"]["annotations"][c.ANNOTATION_TEMPLATE_HASH] == children.digest([c.BUILDER_VERSION, before])
     longer = spec.parse({"template": {"unreachableNodeSeconds": 300}})
-    assert children.replica_template_hash(OWNER, longer, "Server 1") == children.replica_template_hash(OWNER, s, "Server 1")
+    assert children.replica_template_hash(OWNER, longer, "Server 1") == children.replica_template_hash(
+        OWNER, s, "Server 1"
+    )
     user = spec.parse({"template": {"tolerations": FOREVER}})
-    assert children.replica_template_hash(OWNER, user, "Server 1") != children.replica_template_hash(OWNER, s, "Server 1")
+    assert children.replica_template_hash(OWNER, user, "Server 1") != children.replica_template_hash(
+        OWNER, s, "Server 1"
+    )
 
 
 # --- whole passes -------------------------------------------------------------------------------
@@ -243,19 +326,29 @@ def test_a_pod_on_an_unreachable_node_is_force_deleted_when_due_and_recreated_at
     assert kube.deletes == [] and early.due_in == early.retry_in == 18 + DUE_MARGIN
     degraded, progressing = conditions(early.status)["Degraded"], conditions(early.status)["Progressing"]
     assert degraded["status"] == "True" and degraded["reason"] == c.Reason.NODE_UNREACHABLE
-    assert degraded["message"] == f"replica pod web-server-2 ('Server 2'): node w2 unreachable since {T0}; replaced from {at(30)}"
+    assert (
+        degraded["message"]
+        == f"replica pod web-server-2 ('Server 2'): node w2 unreachable since {T0}; replaced from {at(30)}"
+    )
     assert progressing["reason"] == c.Reason.REPLACING
     assert conditions(early.status)["Ready"]["message"] == "2/3 replicas ready"
     res["status"] = early.status
     patches = len(kube.status_patches)
     again = reconcile_once(kube, FakePusher(), res, pods, at(20), nodes=nodes)
-    assert len(kube.status_patches) == patches and again.due_in == 10 + DUE_MARGIN  # the message names times, not a countdown
+    assert (
+        len(kube.status_patches) == patches and again.due_in == 10 + DUE_MARGIN
+    )  # the message names times, not a countdown
 
     due = reconcile_once(kube, FakePusher(), res, pods, at(30), nodes=nodes)
     assert kube.deletes == [("Pod", "web-server-2", "uid-web-server-2", 0)]  # grace 0, this incarnation only
     recreated = kube.objects[("Pod", "ns", "web-server-2")]
-    assert recreated["metadata"]["uid"] == "uid-web-server-2-2" and "nodeName" not in recreated["spec"]  # the scheduler places it
-    assert [(e.type, e.reason) for e in due.events] == [("Warning", c.Reason.NODE_UNREACHABLE), ("Normal", c.Reason.REPLACED)]
+    assert (
+        recreated["metadata"]["uid"] == "uid-web-server-2-2" and "nodeName" not in recreated["spec"]
+    )  # the scheduler places it
+    assert [(e.type, e.reason) for e in due.events] == [
+        ("Warning", c.Reason.NODE_UNREACHABLE),
+        ("Normal", c.Reason.REPLACED),
+    ]
     assert "force-deleted pod web-server-2 of 'Server 2': node w2 unreachable" in due.events[0].message
     assert due.due_in is None
 
@@ -272,9 +365,14 @@ def test_a_pod_on_a_not_ready_node_gets_its_grace_period_then_is_force_deleted(k
     converged(kube, res, [])
     nodes = {"w2": NOT_READY}
     kube.graceful_at = at(40)  # the API server's deletionTimestamp: now + the pod's 10 s
-    out = reconcile_once(kube, FakePusher(), res, views(kube, nodes=LOST_W2, lost=frozenset({"w2"})), at(30), nodes=nodes)
+    out = reconcile_once(
+        kube, FakePusher(), res, views(kube, nodes=LOST_W2, lost=frozenset({"w2"})), at(30), nodes=nodes
+    )
     assert kube.deletes == [("Pod", "web-server-2", "uid-web-server-2", None)]  # graceful
-    assert out.events[0].reason == c.Reason.NODE_UNREACHABLE and "force-deleted once its grace period is over" in out.events[0].message
+    assert (
+        out.events[0].reason == c.Reason.NODE_UNREACHABLE
+        and "force-deleted once its grace period is over" in out.events[0].message
+    )
     assert kube.objects[("Pod", "ns", "web-server-2")]["metadata"]["deletionTimestamp"] == at(40)  # Terminating
 
     terminating = views(kube, nodes=LOST_W2, lost=frozenset({"w2"}))
@@ -300,7 +398,9 @@ def test_a_failed_force_delete_is_reported_and_nothing_recreated(kube: FakeKube)
     converged(kube, res, [])
     creates = kube.count("create", "Pod")
     kube.fail[("delete", "Pod")] = 403
-    out = reconcile_once(kube, FakePusher(), res, views(kube, nodes=LOST_W2, lost=frozenset({"w2"})), at(60), nodes={"w2": UNREACHABLE})
+    out = reconcile_once(
+        kube, FakePusher(), res, views(kube, nodes=LOST_W2, lost=frozenset({"w2"})), at(60), nodes={"w2": UNREACHABLE}
+    )
     assert kube.count("create", "Pod") == creates
     degraded = conditions(out.status)["Degraded"]
     assert degraded["reason"] == c.Reason.NODE_UNREACHABLE and "ApiError" not in degraded["message"]
@@ -310,9 +410,14 @@ def test_a_failed_force_delete_is_reported_and_nothing_recreated(kube: FakeKube)
 def test_kept_pods_are_reported_not_deleted(kube: FakeKube) -> None:
     res = resource({"replicas": 3, "template": {"tolerations": FOREVER}})
     converged(kube, res, [])
-    out = reconcile_once(kube, FakePusher(), res, views(kube, nodes=LOST_W2, lost=frozenset({"w2"})), at(3600), nodes={"w2": UNREACHABLE})
+    out = reconcile_once(
+        kube, FakePusher(), res, views(kube, nodes=LOST_W2, lost=frozenset({"w2"})), at(3600), nodes={"w2": UNREACHABLE}
+    )
     assert kube.deletes == [] and out.due_in is None
-    assert "kept there: spec.template.tolerations tolerate node.kubernetes.io/unreachable" in conditions(out.status)["Degraded"]["message"]
+    assert (
+        "kept there: spec.template.tolerations tolerate node.kubernetes.io/unreachable"
+        in conditions(out.status)["Degraded"]["message"]
+    )
 
 
 def test_balancer_pods_on_a_lost_node_get_no_push_and_do_not_hold_ready(kube: FakeKube) -> None:
@@ -321,13 +426,20 @@ def test_balancer_pods_on_a_lost_node_get_no_push_and_do_not_hold_ready(kube: Fa
     lost = balancer_pod("b-2", "10.1.0.2", ready=False, node="w2")
     converged(kube, res, [alive])
     pusher = FakePusher({"b-2": PushState("b-2", False, 0, "unreachable: ConnectTimeout")})  # if it were pushed
-    out = reconcile_once(kube, pusher, res, views(kube) + [alive, lost], at(5), nodes={"w1": HEALTHY, "w2": UNREACHABLE})
+    out = reconcile_once(
+        kube, pusher, res, views(kube) + [alive, lost], at(5), nodes={"w1": HEALTHY, "w2": UNREACHABLE}
+    )
     assert len(pusher.documents) == 1 and not out.push_failed  # pushed to b-1 only
     assert conditions(out.status)["Ready"]["status"] == "True"
     degraded = conditions(out.status)["Degraded"]
     assert degraded["reason"] == c.Reason.NODE_UNREACHABLE and kube.deletes == []  # the Deployment's to replace
-    assert degraded["message"] == f"balancer pod b-2: node w2 unreachable since {T0}; the Deployment replaces it once Kubernetes evicts it, 30s after {T0}"
-    assert push.targets([alive, lost], skip=desired.unserviceable([alive, lost], {"w2": UNREACHABLE})) == [push.Target("b-1", "10.1.0.1")]
+    assert (
+        degraded["message"]
+        == f"balancer pod b-2: node w2 unreachable since {T0}; the Deployment replaces it once Kubernetes evicts it, 30s after {T0}"
+    )
+    assert push.targets([alive, lost], skip=desired.unserviceable([alive, lost], {"w2": UNREACHABLE})) == [
+        push.Target("b-1", "10.1.0.1")
+    ]
     # Evicted (Terminating): not alive, not reported, nothing the operator does.
     evicted = pod_view({**_body(lost), "metadata": {**_body(lost)["metadata"], "deletionTimestamp": at(40)}})
     later = reconcile_once(kube, FakePusher(), res, views(kube) + [alive, evicted], at(45), nodes={"w2": UNREACHABLE})
@@ -336,8 +448,12 @@ def test_balancer_pods_on_a_lost_node_get_no_push_and_do_not_hold_ready(kube: Fa
 
 def _body(view: PodView) -> dict[str, Any]:
     return {
-        "metadata": {"name": view.name, "namespace": view.namespace, "uid": view.uid,
-                     "labels": {c.LABEL_RESOURCE: view.resource, c.LABEL_COMPONENT: view.component}},
+        "metadata": {
+            "name": view.name,
+            "namespace": view.namespace,
+            "uid": view.uid,
+            "labels": {c.LABEL_RESOURCE: view.resource, c.LABEL_COMPONENT: view.component},
+        },
         "spec": {"nodeName": view.node},
         "status": {"phase": view.phase, "podIP": view.ip, "conditions": [{"type": "Ready", "status": str(view.ready)}]},
     }
@@ -376,7 +492,9 @@ def test_a_node_turning_lost_or_back_wakes_the_resources_with_a_pod_on_it() -> N
     assert "node_changed" in handlers.WAKEUP_HANDLERS
 
 
-def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(kube: FakeKube, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(
+    kube: FakeKube, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A pod due in ~1 s: the daemon comes back then (not at the 30 s resync) and force-deletes it."""
     monkeypatch.setattr(kopf, "event", lambda *a, **k: None)
     res = resource()
@@ -401,8 +519,17 @@ def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(kube: Fake
     async def scenario() -> None:
         stopped = Stopped()
         task = asyncio.create_task(  # dicts of lists stand in for kopf's indexes (key → store)
-            handlers.run(stopped=stopped, body=res, namespace="ns", name="web", memo=memo, logger=_Log(),  # type: ignore[arg-type]
-                         pods={("ns", "web"): pods}, pusher=Pusher(), nodes={"w2": [UNREACHABLE]})  # type: ignore[arg-type]
+            handlers.run(
+                stopped=stopped,
+                body=res,
+                namespace="ns",
+                name="web",
+                memo=memo,
+                logger=_Log(),  # type: ignore[arg-type]
+                pods={("ns", "web"): pods},
+                pusher=Pusher(),
+                nodes={"w2": [UNREACHABLE]},
+            )  # type: ignore[arg-type]
         )
         # the first pass says "due in 1.25 s"; the second force-deletes
         await until(lambda: bool(kube.deletes), "a force-delete")

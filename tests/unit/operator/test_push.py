@@ -60,7 +60,9 @@ class FakeBalancer:
 class BalancerSession:
     """A requests.Session stand-in that routes by IP to fake balancer pods."""
 
-    def __init__(self, pods: dict[str, FakeBalancer], down: set[str] | None = None, hang: set[str] | None = None) -> None:
+    def __init__(
+        self, pods: dict[str, FakeBalancer], down: set[str] | None = None, hang: set[str] | None = None
+    ) -> None:
         self.pods = pods
         self.down = down or set()
         self.hang = hang or set()
@@ -131,14 +133,18 @@ def test_push_goes_to_the_admin_port_and_is_skipped_when_held(pods: dict[str, Fa
 def test_every_strategy_document_is_accepted(pods: dict[str, FakeBalancer], pool: Any) -> None:
     pusher = push.Pusher(session=BalancerSession(pods), sleep=lambda _: None, pool=pool)
     for revision, strategy in enumerate(("maglev", "ring", "seed"), start=1):
-        assert all(s.acknowledged for s in pusher.push_all(push.targets(views()), document(revision, strategy=strategy), TOKEN))
+        assert all(
+            s.acknowledged for s in pusher.push_all(push.targets(views()), document(revision, strategy=strategy), TOKEN)
+        )
 
 
 @pytest.mark.parametrize("token,status", [("wrong", "401"), ("", "403")])
 def test_refused_token_is_not_retried(token: str, status: str, pool: Any) -> None:
     fake = FakeBalancer(token=token and TOKEN)
     session = BalancerSession({"10.1.0.1": fake})
-    state = push.Pusher(session=session, sleep=lambda _: None, pool=pool).push_one(push.Target("b-1", "10.1.0.1"), document(1), token or TOKEN)
+    state = push.Pusher(session=session, sleep=lambda _: None, pool=pool).push_one(
+        push.Target("b-1", "10.1.0.1"), document(1), token or TOKEN
+    )
     assert not state.acknowledged and state.error.startswith(status) and session.puts == 1
 
 
@@ -156,7 +162,9 @@ def test_stale_revision_reports_what_the_balancer_holds(pods: dict[str, FakeBala
 def test_unreachable_pod_is_retried_with_backoff(pods: dict[str, FakeBalancer], pool: Any) -> None:
     sleeps: list[float] = []
     session = BalancerSession(pods, down={"10.1.0.1"})
-    states = push.Pusher(session=session, sleep=sleeps.append, pool=pool).push_all(push.targets(views()), document(1), TOKEN)
+    states = push.Pusher(session=session, sleep=sleeps.append, pool=pool).push_all(
+        push.targets(views()), document(1), TOKEN
+    )
     assert [s.acknowledged for s in states] == [False, True]
     assert states[0].error.startswith("unreachable") and sleeps == [0.2, 0.4]
 

@@ -41,7 +41,9 @@ def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {cond["type"]: cond for cond in status["conditions"]}
 
 
-def converge(kube: FakeKube, res: dict[str, Any], pusher: FakePusher, balancers: list[PodView], passes: int = 4) -> dict[str, Any]:
+def converge(
+    kube: FakeKube, res: dict[str, Any], pusher: FakePusher, balancers: list[PodView], passes: int = 4
+) -> dict[str, Any]:
     """Run passes as the daemon would, with every replica pod Running and Ready."""
     outcome = None
     for _ in range(passes):
@@ -224,7 +226,12 @@ def test_template_change_rolls_one_pod_at_a_time(kube: FakeKube) -> None:
     # further pod is touched.
     reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW)
     assert len(kube.pods()) == 3
-    not_ready = [v if v.name != "web-server-1" else pod_view(running(kube.objects[("Pod", "ns", v.name)], "10.0.0.9", ready=False)) for v in views(kube)]
+    not_ready = [
+        v
+        if v.name != "web-server-1"
+        else pod_view(running(kube.objects[("Pod", "ns", v.name)], "10.0.0.9", ready=False))
+        for v in views(kube)
+    ]
     reconcile_once(kube, FakePusher(), res, not_ready + balancers, NOW)
     assert kube.count("delete", "Pod") == 1
 
@@ -237,10 +244,21 @@ def test_bad_image_and_unschedulable_are_reported(kube: FakeKube) -> None:
         body,
         "10.0.0.1",
         ready=False,
-        containerStatuses=[{"name": "replica", "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}],
+        containerStatuses=[
+            {
+                "name": "replica",
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+            }
+        ],
     )
     pending = copy.deepcopy(kube.objects[("Pod", "ns", "web-server-2")])
-    pending["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available"}]}
+    pending["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes are available"}
+        ],
+    }
     out = reconcile_once(kube, FakePusher(), res, [pod_view(stuck), pod_view(pending)], NOW)
     degraded = conditions(out.status)["Degraded"]
     assert degraded["status"] == "True" and degraded["reason"] == "ImagePullBackOff"
@@ -286,7 +304,10 @@ def test_tokens_are_derived_separate_and_stable(kube: FakeKube) -> None:
     push_ = kube.objects[("Secret", "ns", "web-membership-token")]["data"]["token"]
     assert add != push_ and kube.count("apply", "Secret") == 2  # written once, then no-ops
     assert pusher.tokens[-1] == base64.b64decode(push_).decode()
-    env = {e["name"]: e for e in kube.objects[("Deployment", "ns", "web-balancer")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e
+        for e in kube.objects[("Deployment", "ns", "web-balancer")]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["RINGLB_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "web-balancer-token"
     assert env["RINGLB_MEMBERSHIP_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "web-membership-token"
     other = reconcile_once(FakeKube(), FakePusher(), resource(), [], NOW, key=b"other-key")
@@ -308,7 +329,9 @@ def test_409_from_a_balancer_raises_the_floor(kube: FakeKube) -> None:
     st = converge(kube, res, FakePusher(), balancers)
     res["spec"] = {"replicas": 2}
     held = st["ringRevision"] + 7
-    out = reconcile_once(kube, FakePusher({"b-1": PushState("b-1", False, held, "409 stale")}), res, views(kube) + balancers, NOW)
+    out = reconcile_once(
+        kube, FakePusher({"b-1": PushState("b-1", False, held, "409 stale")}), res, views(kube) + balancers, NOW
+    )
     assert out.floor == held + 1 and out.retry_in == 0.0
     pusher = FakePusher()
     reconcile_once(kube, pusher, res, views(kube) + balancers, NOW, floor=out.floor)
@@ -324,7 +347,9 @@ def test_ring_revision_rules() -> None:
     assert same.revision == 1 and not same.bumped
     other = desired.ring({"ringRevision": 1, "ringHash": first.hash}, [], s)
     assert other.revision == 2 and other.bumped
-    hashing = desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, spec.parse({"hashing": {"strategy": "ring"}}))
+    hashing = desired.ring(
+        {"ringRevision": 1, "ringHash": first.hash}, members, spec.parse({"hashing": {"strategy": "ring"}})
+    )
     assert hashing.bumped
     assert desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, s, floor=9).revision == 9
 
@@ -353,7 +378,10 @@ def test_hand_edits_are_repaired_and_deleted_children_recreated(kube: FakeKube) 
     del kube.objects[("NetworkPolicy", "ns", "web-balancer")]
     reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW)
     deploy = kube.objects[("Deployment", "ns", "web-balancer")]
-    assert deploy["spec"]["replicas"] == 2 and deploy["spec"]["template"]["spec"]["containers"][0]["image"] == c.BALANCER_IMAGE
+    assert (
+        deploy["spec"]["replicas"] == 2
+        and deploy["spec"]["template"]["spec"]["containers"][0]["image"] == c.BALANCER_IMAGE
+    )
     assert kube.objects[("Service", "ns", "web-balancer")]["spec"]["selector"] == children.balancer_selector("web")
     assert ("NetworkPolicy", "ns", "web-balancer") in kube.objects
 
@@ -388,7 +416,8 @@ def test_create_409_of_a_foreign_pod_is_a_conflict_without_false_events(kube: Fa
 
 def test_foreign_secret_is_a_conflict_and_left_alone(kube: FakeKube) -> None:
     kube.objects[("Secret", "ns", "web-membership-token")] = {
-        "apiVersion": "v1", "kind": "Secret",
+        "apiVersion": "v1",
+        "kind": "Secret",
         "metadata": {"name": "web-membership-token", "namespace": "ns", "uid": "x"},
         "data": {"token": "bWluZQ=="},
     }
@@ -455,7 +484,10 @@ def test_balancer_far_ahead_is_reset_not_followed(kube: FakeKube) -> None:
     res = resource()
     balancers = [balancer_pod("b-1", "10.1.0.1"), balancer_pod("b-2", "10.1.0.2")]
     st = converge(kube, res, FakePusher(), balancers)
-    kube.objects[("Pod", "ns", "b-1")] = {"kind": "Pod", "metadata": {"name": "b-1", "namespace": "ns", "uid": "uid-b-1"}}
+    kube.objects[("Pod", "ns", "b-1")] = {
+        "kind": "Pod",
+        "metadata": {"name": "b-1", "namespace": "ns", "uid": "uid-b-1"},
+    }
     res["spec"] = {"replicas": 2}
     poisoned = FakePusher({"b-1": PushState("b-1", False, 2**63 - 1, "409 holds revision 9223372036854775807")})
     out = reconcile_once(kube, poisoned, res, views(kube) + balancers, NOW)

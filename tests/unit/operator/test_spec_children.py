@@ -30,7 +30,11 @@ def test_hashing_defaults_are_the_balancers() -> None:
 
 @pytest.mark.parametrize(
     "raw,field",
-    [({"replicas": 57}, "spec.replicas"), ({"hashing": {"strategy": "x"}}, "spec.hashing.strategy"), ({"balancer": {"replicas": 0}}, "spec.balancer.replicas")],
+    [
+        ({"replicas": 57}, "spec.replicas"),
+        ({"hashing": {"strategy": "x"}}, "spec.hashing.strategy"),
+        ({"balancer": {"replicas": 0}}, "spec.balancer.replicas"),
+    ],
 )
 def test_parse_refuses_what_the_schema_refuses(raw: dict, field: str) -> None:
     with pytest.raises(spec.SpecError, match=field.replace(".", r"\.")):
@@ -100,7 +104,10 @@ def test_balancer_objects() -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["RINGLB_SCALER"]["value"] == "kubernetes" and env["RINGLB_RESOURCE"]["value"] == "ns/web"
     assert env["RINGLB_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "web-balancer-token", "key": "token"}
-    assert env["RINGLB_MEMBERSHIP_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "web-membership-token", "key": "token"}
+    assert env["RINGLB_MEMBERSHIP_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "web-membership-token",
+        "key": "token",
+    }
     assert env["RINGLB_ADMIN_BIND"]["value"] == "0.0.0.0:5001" and env["RINGLB_DRAIN_SECONDS"]["value"] == "7"
     assert env["RINGLB_SNAPSHOT"]["value"] == "/etc/ringlb/membership/membership.json"
     assert {"name": "admin", "containerPort": 5001, "protocol": "TCP"} in container["ports"]
@@ -111,7 +118,9 @@ def test_balancer_objects() -> None:
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(c.PRESTOP_SECONDS)]
     assert pod["terminationGracePeriodSeconds"] > c.PRESTOP_SECONDS + 7 + c.BALANCER_GRACEFUL_SECONDS
     [spread] = pod["topologySpreadConstraints"]
-    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["labelSelector"]["matchLabels"] == children.balancer_selector("web")
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["labelSelector"][
+        "matchLabels"
+    ] == children.balancer_selector("web")
     assert pod["serviceAccountName"] == "web-balancer" and deploy["spec"]["replicas"] == 3
     assert deploy["spec"]["selector"]["matchLabels"] == children.balancer_selector("web")
     assert svc["spec"]["type"] == "NodePort" and [p["port"] for p in svc["spec"]["ports"]] == [5000]  # no admin port
@@ -155,7 +164,10 @@ def test_template_fields_reach_the_pods() -> None:
     pod = children.replica_pod(OWNER, s, "Server 1")
     deploy = children.deployment(OWNER, s)
     svc = children.service(OWNER, s)
-    for meta, podspec in ((pod["metadata"], pod["spec"]), (deploy["spec"]["template"]["metadata"], deploy["spec"]["template"]["spec"])):
+    for meta, podspec in (
+        (pod["metadata"], pod["spec"]),
+        (deploy["spec"]["template"]["metadata"], deploy["spec"]["template"]["spec"]),
+    ):
         assert podspec["nodeSelector"] == {"disk": "ssd"} and podspec["tolerations"][0]["key"] == "dedicated"
         assert podspec["affinity"] == {"nodeAffinity": {}} and podspec["imagePullSecrets"] == [{"name": "regcred"}]
         assert podspec["priorityClassName"] == "high"
@@ -206,9 +218,13 @@ def test_a_field_dropped_from_the_spec_is_applied_away() -> None:
 
 def test_replica_pods_spread_over_nodes_unless_the_template_has_an_affinity() -> None:
     plain = children.replica_pod(OWNER, spec.parse({}), "Server 1")["spec"]
-    assert plain["topologySpreadConstraints"] == [{
-        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
-        "labelSelector": {"matchLabels": children.replica_selector(OWNER.name)},
-    }]
+    assert plain["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": children.replica_selector(OWNER.name)},
+        }
+    ]
     placed = spec.parse({"template": {"affinity": {"nodeAffinity": {}}}})
     assert "topologySpreadConstraints" not in children.replica_pod(OWNER, placed, "Server 1")["spec"]

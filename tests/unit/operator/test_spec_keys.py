@@ -49,8 +49,10 @@ def test_key_sources_reach_the_document(hashing, expected):
     ("hashing", "problem"),
     [
         ({"keySource": "query"}, "spec.hashing.keyQuery: required with keySource query"),
-        ({"keyFallback": [{"source": "client-ip"}, {"source": "cookie"}]},
-         "spec.hashing.keyFallback[1].name: required with source cookie"),
+        (
+            {"keyFallback": [{"source": "client-ip"}, {"source": "cookie"}]},
+            "spec.hashing.keyFallback[1].name: required with source cookie",
+        ),
     ],
 )
 def test_a_named_source_without_its_name_is_a_problem(hashing, problem):

@@ -55,18 +55,37 @@ def test_a_balancer_that_refuses_its_tls_files_is_quoted_in_degraded(kube: FakeK
     FallbackToLogsOnError keeps it in the pod's status, and Degraded quotes it."""
     container = balancer_container(children.deployment(OWNER, spec.parse(TLS_SPEC)))
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    words = ("balancer settings: /etc/ringlb/tls/tls.crt and /etc/ringlb/tls/tls.key do not load as a PEM "
-             "certificate chain and its private key: [SSL] PEM lib (_ssl.c:3905)")
-    crashing = pod_view({
-        "metadata": {"name": "web-balancer-a", "namespace": OWNER.namespace, "uid": "uid-a",
-                     "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER}},
-        "spec": {"nodeName": "w1"},
-        "status": {"phase": "Running", "podIP": "10.0.0.9", "containerStatuses": [{
-            "restartCount": 3,
-            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
-            "lastState": {"terminated": {"exitCode": 1, "message": words + "\n"}},
-        }]},
-    })
+    words = (
+        "balancer settings: /etc/ringlb/tls/tls.crt and /etc/ringlb/tls/tls.key do not load as a PEM "
+        "certificate chain and its private key: [SSL] PEM lib (_ssl.c:3905)"
+    )
+    crashing = pod_view(
+        {
+            "metadata": {
+                "name": "web-balancer-a",
+                "namespace": OWNER.namespace,
+                "uid": "uid-a",
+                "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER},
+            },
+            "spec": {"nodeName": "w1"},
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.9",
+                "containerStatuses": [
+                    {
+                        "restartCount": 3,
+                        "state": {
+                            "waiting": {
+                                "reason": "CrashLoopBackOff",
+                                "message": "back-off 40s restarting failed container",
+                            }
+                        },
+                        "lastState": {"terminated": {"exitCode": 1, "message": words + "\n"}},
+                    }
+                ],
+            },
+        }
+    )
     outcome = reconcile_once(kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC)), views(kube) + [crashing], NOW)
     degraded = conditions(outcome.status)[c.DEGRADED]
     assert degraded["status"] == "True" and degraded["reason"] == c.Reason.CRASH_LOOP
@@ -74,9 +93,19 @@ def test_a_balancer_that_refuses_its_tls_files_is_quoted_in_degraded(kube: FakeK
 
 
 def test_a_crash_loop_without_last_words_keeps_the_kubelet_message() -> None:
-    view = pod_view({"metadata": {"name": "p"}, "status": {"containerStatuses": [{
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
-        "lastState": {"terminated": {"exitCode": 137}}}]}})
+    view = pod_view(
+        {
+            "metadata": {"name": "p"},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                        "lastState": {"terminated": {"exitCode": 137}},
+                    }
+                ]
+            },
+        }
+    )
     assert view.waiting_message == "back-off 10s"
 
 
@@ -102,25 +131,42 @@ class EventsKube(FakeKube):
             return str(value or "")
 
         wanted = dict(term.split("=", 1) for term in field_selector.split(","))
-        return [e for e in self.events if field(e, "metadata.namespace") == namespace and all(field(e, k) == v for k, v in wanted.items())]
+        return [
+            e
+            for e in self.events
+            if field(e, "metadata.namespace") == namespace and all(field(e, k) == v for k, v in wanted.items())
+        ]
 
 
 def kubelet_event(pod: str, message: str, at: str = NOW, reason: str = FAILED_MOUNT) -> K8sObject:
     return {
         "metadata": {"name": f"{pod}.{len(message)}", "namespace": OWNER.namespace},
         "involvedObject": {"kind": "Pod", "name": pod, "uid": f"uid-{pod}", "namespace": OWNER.namespace},
-        "reason": reason, "type": "Warning", "message": message, "lastTimestamp": at, "count": 3,
+        "reason": reason,
+        "type": "Warning",
+        "message": message,
+        "lastTimestamp": at,
+        "count": 3,
     }
 
 
 def creating(name: str) -> PodView:
     """A balancer pod whose volumes the kubelet cannot mount: Pending, waiting with no message."""
-    return pod_view({
-        "metadata": {"name": name, "namespace": OWNER.namespace, "uid": f"uid-{name}",
-                     "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER}},
-        "spec": {"nodeName": "w1"},
-        "status": {"phase": "Pending", "containerStatuses": [{"restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]},
-    })
+    return pod_view(
+        {
+            "metadata": {
+                "name": name,
+                "namespace": OWNER.namespace,
+                "uid": f"uid-{name}",
+                "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER},
+            },
+            "spec": {"nodeName": "w1"},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [{"restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}],
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -130,14 +176,23 @@ def events_kube() -> EventsKube:
 
 def test_a_missing_secret_is_named_in_degraded_and_warned_once(events_kube: EventsKube) -> None:
     kube = events_kube
-    kube.events = [kubelet_event("web-balancer-b", MISSING), kubelet_event("web-balancer-a", MISSING),
-                   kubelet_event("web-balancer-a", 'MountVolume.SetUp failed for volume "membership" : configmap "web-membership" not found')]
+    kube.events = [
+        kubelet_event("web-balancer-b", MISSING),
+        kubelet_event("web-balancer-a", MISSING),
+        kubelet_event(
+            "web-balancer-a", 'MountVolume.SetUp failed for volume "membership" : configmap "web-membership" not found'
+        ),
+    ]
     pods = [creating("web-balancer-b"), creating("web-balancer-a")]
     created = reconcile_once(kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC)), [], NOW)  # the replica pod
     kube.event_lists.clear()
-    outcome = reconcile_once(kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC), status=created.status), views(kube) + pods, NOW)
+    outcome = reconcile_once(
+        kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC), status=created.status), views(kube) + pods, NOW
+    )
     # One list for one waiting pod (the first by name), this incarnation, FailedMount only.
-    assert kube.event_lists == ["involvedObject.kind=Pod,involvedObject.name=web-balancer-a,involvedObject.uid=uid-web-balancer-a,reason=FailedMount"]
+    assert kube.event_lists == [
+        "involvedObject.kind=Pod,involvedObject.name=web-balancer-a,involvedObject.uid=uid-web-balancer-a,reason=FailedMount"
+    ]
     degraded = conditions(outcome.status)[c.DEGRADED]
     assert degraded["status"] == "True" and degraded["reason"] == FAILED_MOUNT
     assert degraded["message"].startswith(
@@ -151,24 +206,37 @@ def test_a_missing_secret_is_named_in_degraded_and_warned_once(events_kube: Even
 
     # The next pass finds the same: nothing new to say, no second Event, no status write.
     writes = len(kube.status_patches)
-    again = reconcile_once(kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC), status=outcome.status), views(kube) + pods, LATER)
+    again = reconcile_once(
+        kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC), status=outcome.status), views(kube) + pods, LATER
+    )
     assert [e for e in again.events if e.reason == FAILED_MOUNT] == []
     assert conditions(again.status)[c.DEGRADED] == degraded and len(kube.status_patches) == writes
 
     # The Secret is created: the pods run, no Event is read, and Degraded clears.
     kube.event_lists.clear()
-    fixed = reconcile_once(kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC), status=again.status), views(kube), LATER)
+    fixed = reconcile_once(
+        kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC), status=again.status), views(kube), LATER
+    )
     assert kube.event_lists == []
     assert conditions(fixed.status)[c.DEGRADED]["status"] == "False"
 
 
 def test_the_missing_secret_comes_first_beside_other_problems(events_kube: EventsKube) -> None:
     events_kube.events = [kubelet_event("web-balancer-a", MISSING)]
-    crashing = pod_view({
-        "metadata": {"name": "web-balancer-c", "namespace": OWNER.namespace, "uid": "uid-c",
-                     "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER}},
-        "status": {"phase": "Running", "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]},
-    })
+    crashing = pod_view(
+        {
+            "metadata": {
+                "name": "web-balancer-c",
+                "namespace": OWNER.namespace,
+                "uid": "uid-c",
+                "labels": {c.LABEL_RESOURCE: OWNER.name, c.LABEL_COMPONENT: c.COMPONENT_BALANCER},
+            },
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}],
+            },
+        }
+    )
     pods = views(events_kube) + [creating("web-balancer-a"), crashing]
     outcome = reconcile_once(events_kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC)), pods, NOW)
     degraded = conditions(outcome.status)[c.DEGRADED]
@@ -179,7 +247,9 @@ def test_the_missing_secret_comes_first_beside_other_problems(events_kube: Event
 
 def test_no_event_is_read_without_tls_or_without_a_waiting_balancer_pod(events_kube: EventsKube) -> None:
     events_kube.events = [kubelet_event("web-balancer-a", MISSING)]
-    plain = reconcile_once(events_kube, FakePusher(), resource({"replicas": 1}), views(events_kube) + [creating("web-balancer-a")], NOW)
+    plain = reconcile_once(
+        events_kube, FakePusher(), resource({"replicas": 1}), views(events_kube) + [creating("web-balancer-a")], NOW
+    )
     running = reconcile_once(events_kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC)), views(events_kube), NOW)
     assert events_kube.event_lists == []
     for outcome in (plain, running):
@@ -189,11 +259,19 @@ def test_no_event_is_read_without_tls_or_without_a_waiting_balancer_pod(events_k
 def test_a_waiting_pod_without_a_failed_mount_of_the_secret_is_not_blamed_on_it(events_kube: EventsKube) -> None:
     """Pulling an image, or a mount of another volume that failed once, says nothing of TLS."""
     events_kube.events = [
-        kubelet_event("web-balancer-a", 'MountVolume.SetUp failed for volume "membership" : configmap "web-membership" not found'),
+        kubelet_event(
+            "web-balancer-a", 'MountVolume.SetUp failed for volume "membership" : configmap "web-membership" not found'
+        ),
         kubelet_event("web-balancer-a", 'secret "web-tls" not found', reason="Pulling"),
         kubelet_event("web-balancer-z", MISSING),
     ]
-    outcome = reconcile_once(events_kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC)), views(events_kube) + [creating("web-balancer-a")], NOW)
+    outcome = reconcile_once(
+        events_kube,
+        FakePusher(),
+        resource(copy.deepcopy(TLS_SPEC)),
+        views(events_kube) + [creating("web-balancer-a")],
+        NOW,
+    )
     assert len(events_kube.event_lists) == 1
     assert conditions(outcome.status)[c.DEGRADED]["reason"] != FAILED_MOUNT
     assert not [e for e in outcome.events if e.reason == FAILED_MOUNT]
@@ -201,7 +279,13 @@ def test_a_waiting_pod_without_a_failed_mount_of_the_secret_is_not_blamed_on_it(
 
 def test_events_that_cannot_be_listed_are_an_api_error(events_kube: EventsKube) -> None:
     events_kube.fail[("list", "Event")] = 403
-    outcome = reconcile_once(events_kube, FakePusher(), resource(copy.deepcopy(TLS_SPEC)), views(events_kube) + [creating("web-balancer-a")], NOW)
+    outcome = reconcile_once(
+        events_kube,
+        FakePusher(),
+        resource(copy.deepcopy(TLS_SPEC)),
+        views(events_kube) + [creating("web-balancer-a")],
+        NOW,
+    )
     degraded = conditions(outcome.status)[c.DEGRADED]
     assert degraded["reason"] == c.Reason.API_ERROR and "Events of pod web-balancer-a: 403" in degraded["message"]
     assert outcome.retry_in is not None
@@ -209,7 +293,10 @@ def test_events_that_cannot_be_listed_are_an_api_error(events_kube: EventsKube) 
 
 def test_the_newest_failed_mount_wins_and_other_failures_are_quoted() -> None:
     other = 'MountVolume.SetUp failed for volume "tls" : failed to sync secret cache: timed out waiting for the condition; secret "web-tls" unreadable'
-    events = [kubelet_event("p", MISSING, at="2025-01-01T00:00:00Z"), kubelet_event("p", other, at="2025-01-01T00:01:00Z")]
+    events = [
+        kubelet_event("p", MISSING, at="2025-01-01T00:00:00Z"),
+        kubelet_event("p", other, at="2025-01-01T00:01:00Z"),
+    ]
     assert tls_mount_problem("p", events, "ns", "web-tls") == (
         f"balancer pod p cannot start: Secret ns/web-tls (spec.balancer.tls.secretName) cannot be mounted: {other}"
     )

@@ -106,7 +106,9 @@ def test_a_failed_member_leaves_at_once() -> None:
     assert warmup.due(status, S[:3], set(S[:3]), 60, "maglev", at(1)) == warmup.Due(tuple(S[:3]))
     # A staying member fails during a scale-up: gone from both sides, the rest goes on.
     status = {**rows(S[:3]), "transition": {"from": S[:3], "to": S[:4], "startedAt": at(0)}}
-    step = warmup.due(status, ["Server 1", "Server 3", "Server 4"], {"Server 1", "Server 3", "Server 4"}, 60, "maglev", at(1))
+    step = warmup.due(
+        status, ["Server 1", "Server 3", "Server 4"], {"Server 1", "Server 3", "Server 4"}, 60, "maglev", at(1)
+    )
     assert step.ramp == warmup.Ramp(("Server 1", "Server 3"), ("Server 1", "Server 3", "Server 4"), at(0))
     assert step.names == ("Server 1", "Server 3", "Server 4")
 
@@ -170,7 +172,10 @@ def test_events_once_per_step_and_at_the_end() -> None:
     found = warmup.events(None, block, first.names, 7)
     assert [(e.type, e.reason) for e in found] == [("Normal", c.Reason.WARMING_UP), ("Normal", c.Reason.DRAINING)]
     draining = block["members"][1]["share"]
-    assert found[1].message == f"Server 4 (pod web-server-4) hands its keys over: share {draining:.1%}, step 1/5 at revision 7"
+    assert (
+        found[1].message
+        == f"Server 4 (pod web-server-4) hands its keys over: share {draining:.1%}, step 1/5 at revision 7"
+    )
     assert warmup.events(block, block, first.names, 7) == []  # the same step again: nothing
     end = warmup.events(block, None, ("Server 1", "Server 2", "Server 3", "Server 5"), 11)
     assert [e.message for e in end] == [
@@ -252,7 +257,10 @@ def test_openapi_documents_the_membership_and_status_of_issue_17() -> None:
     assert not list(openapi("Membership").iter_errors(doc))
     step = warmup.due(rows(S[:1]), S[:2], set(S), 20, "ring", at(0))
     members = [{"name": n, "address": f"10.0.0.{i}:5000"} for i, n in enumerate(step.names, start=1)]
-    warm = {"revision": 4, **membership.content(members, replace(h.HashingConfig("ring"), transition=step.transition), KeyConfig())}
+    warm = {
+        "revision": 4,
+        **membership.content(members, replace(h.HashingConfig("ring"), transition=step.transition), KeyConfig()),
+    }
     membership.parse(warm)
     assert not list(openapi("Membership").iter_errors(warm))
     for fraction in (0, 1):
@@ -263,7 +271,11 @@ def test_openapi_documents_the_membership_and_status_of_issue_17() -> None:
     baseline = h.build(S[:3], h.HashingConfig("round-robin"))
     change = model.change(ring, baseline, 5, 1.0)
     assert change["moved"] is None and not list(openapi("StatusChange").iter_errors(change))
-    state = membership.Membership(5, tuple(membership.Member(n, "10.0.0.1", 6000 + i) for i, n in enumerate(S[:3])), h.HashingConfig("round-robin"))
+    state = membership.Membership(
+        5,
+        tuple(membership.Member(n, "10.0.0.1", 6000 + i) for i, n in enumerate(S[:3])),
+        h.HashingConfig("round-robin"),
+    )
     data = model.data(state, baseline, changes=[change], hot=[("user-1", 2.0, 0.5)], now=1.0)
     assert data["hotKeys"][0]["owner"] is None and not list(openapi("StatusData").iter_errors(data))
 

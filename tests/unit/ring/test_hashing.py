@@ -219,9 +219,12 @@ def test_seed_removal_moves_only_the_removed_members_keys_unless_probing_shifted
             staying_keys = [k for k in keys if owner_name(before, k) != removed]
             moved = [k for k in h.keys_moved(before, after, keys) if owner_name(before, k) != removed]
             # Slots where a staying member's virtual server sits in one layout but not the other.
-            shifted = {s for s in range(SEED_SLOTS)
-                       if (before.occupied[s] >= 0 and before.members[before.occupied[s]] != removed)
-                       != (after.occupied[s] >= 0)}
+            shifted = {
+                s
+                for s in range(SEED_SLOTS)
+                if (before.occupied[s] >= 0 and before.members[before.occupied[s]] != removed)
+                != (after.occupied[s] >= 0)
+            }
             if not shifted:
                 assert moved == [], (n, removed, moved[:3])
             worst = max(worst, len(moved) / max(len(staying_keys), 1))
@@ -474,7 +477,10 @@ def test_bounded_choice_falls_back_to_first_in_order():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"strategy": "rendezvous"}, "unknown strategy 'rendezvous'; use one of maglev, ring, seed, round-robin, random"),
+        (
+            {"strategy": "rendezvous"},
+            "unknown strategy 'rendezvous'; use one of maglev, ring, seed, round-robin, random",
+        ),
         ({"seed_formulas": "other"}, "seed_formulas must be 'original' or 'reissue'"),
         ({"bounded_load": 0.5}, "bounded_load must be 0 (off) or between 1.0 and 10.0"),
         ({"bounded_load": 10.5}, "bounded_load must be 0 (off) or between 1.0 and 10.0"),

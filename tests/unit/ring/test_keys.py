@@ -13,8 +13,9 @@ from ringlb_ring.membership import content, parse
 IP = b"10.1.2.3"
 
 
-def extract(config: KeyConfig, target: bytes = b"/", headers: dict[bytes, bytes] | None = None,
-            ip: bytes = IP) -> bytes | None:
+def extract(
+    config: KeyConfig, target: bytes = b"/", headers: dict[bytes, bytes] | None = None, ip: bytes = IP
+) -> bytes | None:
     return KeyPlan(config).extract(target, headers or {}, ip)
 
 
@@ -81,8 +82,11 @@ def test_query_and_segment_never_raise_and_return_a_slice_of_the_target(target, 
         KeyConfig("client-ip", ""),
         KeyConfig("query", "user"),
         KeyConfig("path-segment", "", 3),
-        KeyConfig("header", "X-Session", fallback=(KeyConfig("cookie", "sid"), KeyConfig("path-segment", "", 0),
-                                                    KeyConfig("client-ip", ""))),
+        KeyConfig(
+            "header",
+            "X-Session",
+            fallback=(KeyConfig("cookie", "sid"), KeyConfig("path-segment", "", 0), KeyConfig("client-ip", "")),
+        ),
     ],
 )
 def test_document_round_trip(config):

@@ -24,7 +24,13 @@ def doc(**overrides):
             {"name": "Server 2", "address": "127.0.0.1:5002"},
             {"name": "Server 3", "address": "[::1]:5003"},
         ],
-        "hashing": {"strategy": "ring", "tableSize": 257, "vnodes": 40, "seedFormulas": "original", "boundedLoad": 1.25},
+        "hashing": {
+            "strategy": "ring",
+            "tableSize": 257,
+            "vnodes": 40,
+            "seedFormulas": "original",
+            "boundedLoad": 1.25,
+        },
         "key": {"source": "cookie", "name": "session"},
     }
     base.update(overrides)
@@ -182,7 +188,6 @@ def test_member_good_address(address, host, port):
     assert (m.members[0].host, m.members[0].port) == (host, port)
 
 
-
 @pytest.mark.parametrize(
     ("host", "port", "address"),
     [
@@ -244,7 +249,10 @@ def test_duplicate_addresses():
         ({"seedFormulas": 1}, "hashing.seedFormulas: wrong type"),
         ({"boundedLoad": "1.25"}, "hashing.boundedLoad: wrong type"),
         ({"boundedLoad": True}, "hashing.boundedLoad: wrong type"),
-        ({"strategy": "consistent"}, "hashing: unknown strategy 'consistent'; use one of maglev, ring, seed, round-robin, random"),
+        (
+            {"strategy": "consistent"},
+            "hashing: unknown strategy 'consistent'; use one of maglev, ring, seed, round-robin, random",
+        ),
         ({"tableSize": 256}, "hashing: table_size must be a prime between 257 and 1000003"),
         ({"vnodes": 0}, "hashing: vnodes must be between 1 and 1000"),
         ({"seedFormulas": "new"}, "hashing: seed_formulas must be 'original' or 'reissue'"),
@@ -292,12 +300,18 @@ SEGMENT = "key.index: an integer from 0 (the first segment) to 63"
         ({"source": "path-segment", "index": True}, SEGMENT),
         ({"source": "path-segment", "index": "1"}, SEGMENT),
         ({"source": "header", "name": "X", "fallback": {}}, "key.fallback: a list of at most 4 sources"),
-        ({"source": "header", "name": "X", "fallback": [{"source": "client-ip"}] * 5},
-         "key.fallback: a list of at most 4 sources"),
-        ({"source": "header", "name": "X", "fallback": [{"source": "cookie"}]},
-         "key.fallback[0].name: the cookie name is required"),
-        ({"source": "header", "name": "X", "fallback": [{"source": "client-ip", "fallback": []}]},
-         "key.fallback[0]: must be an object with source and name or index"),
+        (
+            {"source": "header", "name": "X", "fallback": [{"source": "client-ip"}] * 5},
+            "key.fallback: a list of at most 4 sources",
+        ),
+        (
+            {"source": "header", "name": "X", "fallback": [{"source": "cookie"}]},
+            "key.fallback[0].name: the cookie name is required",
+        ),
+        (
+            {"source": "header", "name": "X", "fallback": [{"source": "client-ip", "fallback": []}]},
+            "key.fallback[0]: must be an object with source and name or index",
+        ),
     ],
 )
 def test_bad_key(key, message):
@@ -337,7 +351,13 @@ def test_to_json_shape():
             {"name": "Server 2", "address": "127.0.0.1:5002"},
             {"name": "Server 3", "address": "[::1]:5003"},
         ],
-        "hashing": {"strategy": "ring", "tableSize": 257, "vnodes": 40, "seedFormulas": "original", "boundedLoad": 1.25},
+        "hashing": {
+            "strategy": "ring",
+            "tableSize": 257,
+            "vnodes": 40,
+            "seedFormulas": "original",
+            "boundedLoad": 1.25,
+        },
         "key": {"source": "cookie", "name": "session"},
     }
 
@@ -358,8 +378,11 @@ def test_parse_does_not_mutate_input():
 
 _name = st.from_regex(r"\A[A-Za-z0-9](?:[A-Za-z0-9 ._-]{0,8}[A-Za-z0-9])?\Z")
 # Routable unicast only: unspecified, link-local, multicast and broadcast hosts are refused.
-_ipv4 = st.tuples(st.integers(1, 223), *[st.integers(0, 255)] * 3).map(lambda t: ".".join(map(str, t))).filter(
-    lambda a: not a.startswith("169.254."))
+_ipv4 = (
+    st.tuples(st.integers(1, 223), *[st.integers(0, 255)] * 3)
+    .map(lambda t: ".".join(map(str, t)))
+    .filter(lambda a: not a.startswith("169.254."))
+)
 
 
 @settings(max_examples=100, deadline=None)

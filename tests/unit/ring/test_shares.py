@@ -101,7 +101,8 @@ def test_positions() -> None:
     hashed = f"{h.hash64(key):016x}"
     assert h.build(names(3), CONFIGS["maglev"]).position(key) == {"hash": hashed, "entry": h.hash64(key) % SMALL_TABLE}
     assert h.build(names(3), CONFIGS["ring"]).position(key) == {
-        "hash": hashed, "angle": round(360 * h.hash64(key) / 2**64, 3)
+        "hash": hashed,
+        "angle": round(360 * h.hash64(key) / 2**64, 3),
     }
     seed = h.build(names(3), CONFIGS["seed"])
     assert seed.position(key) == {"slot": seed.slot_of(key)} == {"slot": (424242**2 + 2 * 424242 + 17) % 512}

@@ -137,8 +137,10 @@ def test_a_joining_member_share_grows_by_steps_and_a_leaving_one_shrinks(kind):
     final = h.build(names + ["S6"], config).shares()[5]
     for k, share in enumerate(grow, start=1):
         assert math.isclose(share, k / 4 * final, abs_tol=0.01), (k, share, final)
-    shrink = [s.shares()[s.members.index("S3")] if "S3" in s.members else 0.0
-              for s in tables(names, ["S1", "S2", "S4", "S5"], 4, config)]
+    shrink = [
+        s.shares()[s.members.index("S3")] if "S3" in s.members else 0.0
+        for s in tables(names, ["S1", "S2", "S4", "S5"], 4, config)
+    ]
     start = h.build(names, config).shares()[2]
     for k, share in enumerate(shrink, start=1):
         assert math.isclose(share, (1 - k / 4) * start, abs_tol=0.01), (k, share, start)
@@ -174,7 +176,9 @@ def test_build_refuses_a_transition_it_cannot_blend():
     t = warmup.Transition(("A", "B"), ("A",), 0.5)
     with pytest.raises(ValueError, match="transition: only for strategies maglev, ring, not 'seed'"):
         h.build(["A", "B"], h.HashingConfig("seed", transition=t))
-    with pytest.raises(ValueError, match=r"transition: members must be exactly the members of from and to; missing \['B'\]"):
+    with pytest.raises(
+        ValueError, match=r"transition: members must be exactly the members of from and to; missing \['B'\]"
+    ):
         h.build(["A"], h.HashingConfig("ring", transition=t))
     with pytest.raises(ValueError, match="transition.fraction: strictly between 0 and 1"):
         h.build(["A", "B"], h.HashingConfig("ring", transition=replace(t, fraction=1.0)))
@@ -185,8 +189,11 @@ def doc_of(members: list[str], transition: dict | None, strategy: str = "ring") 
     hashing: dict = {"strategy": strategy}
     if transition is not None:
         hashing["transition"] = transition
-    return {"revision": 1, "members": [{"name": m, "address": f"127.0.0.1:{6000 + i}"} for i, m in enumerate(members)],
-            "hashing": hashing}
+    return {
+        "revision": 1,
+        "members": [{"name": m, "address": f"127.0.0.1:{6000 + i}"} for i, m in enumerate(members)],
+        "hashing": hashing,
+    }
 
 
 def test_document_round_trip_routes_like_the_plan():
@@ -205,18 +212,56 @@ def test_document_round_trip_routes_like_the_plan():
     ("members", "transition", "message"),
     [
         (["A", "B"], [], "hashing.transition: must be an object with exactly from, to and fraction"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["A"]}, "hashing.transition: must be an object with exactly from, to and fraction"),
-        (["A", "B"], {"from": "A", "to": ["A"], "fraction": 0.5}, "hashing.transition.from: a list of at most 56 member names"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["A", "x y!"], "fraction": 0.5}, "hashing.transition.to: <Error> invalid hostname 'x y!'"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["A"], "fraction": "0.5"}, "hashing.transition.fraction: a number strictly between 0 and 1"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["A"], "fraction": True}, "hashing.transition.fraction: a number strictly between 0 and 1"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["A"], "fraction": 0}, "hashing: transition.fraction: strictly between 0 and 1"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["A"], "fraction": 1}, "hashing: transition.fraction: strictly between 0 and 1"),
-        (["A", "B"], {"from": ["A", "B"], "to": ["B", "A"], "fraction": 0.5}, "hashing: transition: from and to are the same members"),
-        (["A"], {"from": ["A", "B"], "to": ["A"], "fraction": 0.5},
-         "hashing.transition: members must be exactly the members of from and to; missing ['B']"),
-        (["A", "B", "C"], {"from": ["A", "B"], "to": ["A"], "fraction": 0.5},
-         "hashing.transition: members must be exactly the members of from and to; not in from or to ['C']"),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["A"]},
+            "hashing.transition: must be an object with exactly from, to and fraction",
+        ),
+        (
+            ["A", "B"],
+            {"from": "A", "to": ["A"], "fraction": 0.5},
+            "hashing.transition.from: a list of at most 56 member names",
+        ),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["A", "x y!"], "fraction": 0.5},
+            "hashing.transition.to: <Error> invalid hostname 'x y!'",
+        ),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["A"], "fraction": "0.5"},
+            "hashing.transition.fraction: a number strictly between 0 and 1",
+        ),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["A"], "fraction": True},
+            "hashing.transition.fraction: a number strictly between 0 and 1",
+        ),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["A"], "fraction": 0},
+            "hashing: transition.fraction: strictly between 0 and 1",
+        ),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["A"], "fraction": 1},
+            "hashing: transition.fraction: strictly between 0 and 1",
+        ),
+        (
+            ["A", "B"],
+            {"from": ["A", "B"], "to": ["B", "A"], "fraction": 0.5},
+            "hashing: transition: from and to are the same members",
+        ),
+        (
+            ["A"],
+            {"from": ["A", "B"], "to": ["A"], "fraction": 0.5},
+            "hashing.transition: members must be exactly the members of from and to; missing ['B']",
+        ),
+        (
+            ["A", "B", "C"],
+            {"from": ["A", "B"], "to": ["A"], "fraction": 0.5},
+            "hashing.transition: members must be exactly the members of from and to; not in from or to ['C']",
+        ),
     ],
 )
 def test_document_transition_errors(members, transition, message):
