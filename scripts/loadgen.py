@@ -9,8 +9,10 @@ percentiles, and writes them as JSON (``--json``) and/or CSV (``--csv``).
 
 Every run is bounded in count (``-n``) and in time (``--max-seconds``).
 
-Importable: ``run_load(url, n, concurrency, ...) -> LoadResult`` is what scripts/analysis.py and
-the tests reuse.
+Importable: ``run_load(url, n, concurrency, ...) -> LoadResult`` is what scripts/analysis.py,
+scripts/affinity.py and the tests reuse; with ``rate`` and ``open_loop=True`` it is an open-loop
+generator (requests sent on a fixed schedule, latency counted from each one's scheduled time), and
+``zipf_keys`` draws a skewed key stream for it.
 
     .venv/bin/python scripts/loadgen.py -n 10000 -c 8 --json out.json --csv out.csv
 """
@@ -18,7 +20,9 @@ the tests reuse.
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
+import itertools
 import json
 import math
 import random
@@ -51,6 +55,7 @@ class Sample:
     replica: str | None  # who answered, None on failure
     failure: str | None  # failure kind, None on success
     key: str | None
+    cache: str | None = None  # the replica's X-Cache answer ("hit", "miss"), None without one
 
 
 @dataclass
@@ -111,6 +116,18 @@ class LoadResult:
             "stopped_by_time": self.stopped_by_time,
             "failure_examples": self.failure_examples,
         }
+
+
+def zipf_keys(count: int, keys: int, exponent: float, seed: int | None = None) -> list[str]:
+    """``count`` keys ``key-0`` .. ``key-<keys-1>`` drawn with P(key-r) proportional to
+    1 / (r + 1) ** exponent (Zipf: a few hot keys, a long tail), by inverse CDF over the
+    cumulative weights, so the stream is reproducible from ``seed`` in any process."""
+    if count < 0 or keys < 1 or not 0 <= exponent <= 10:
+        raise ValueError("count must be >= 0, keys >= 1 and exponent between 0 and 10")
+    cumulative = list(itertools.accumulate(1 / (r ** exponent) for r in range(1, keys + 1)))
+    rng = random.Random(seed)
+    total = cumulative[-1]
+    return [f"key-{bisect.bisect(cumulative, rng.random() * total)}" for _ in range(count)]
 
 
 def classify(exc: BaseException) -> str:
@@ -186,6 +203,7 @@ def run_load(
     progress: bool | None = None,
     record: bool = False,
     stop: threading.Event | None = None,
+    open_loop: bool = False,
 ) -> LoadResult:
     """Send ``n`` GETs to ``url`` from ``concurrency`` threads and count who answered.
 
@@ -194,7 +212,12 @@ def run_load(
     - ``rate`` > 0 caps the total request rate (requests/s), for "light load" runs.
     - The run stops after ``n`` requests, after ``max_seconds``, or when ``stop`` is set.
     - ``record`` keeps one ``Sample`` per request (timeline for failure analysis).
+    - ``open_loop`` (with ``rate``): request ``i`` is due at ``i / rate`` and its latency counts
+      from then, so a stall shows in the percentiles instead of slowing the sender down
+      (no coordinated omission); give enough ``concurrency`` for the requests in flight.
     """
+    if open_loop and rate <= 0:
+        raise ValueError("open_loop needs a rate")
     if n < 0 or concurrency < 1:
         raise ValueError("n must be >= 0 and concurrency >= 1")
     result = LoadResult(url=url, requested=n, concurrency=concurrency)
@@ -245,11 +268,12 @@ def run_load(
                 req_headers = dict(base_headers)
                 if key is not None:
                     req_headers[key_header] = key
-                start = time.monotonic()
-                replica = failure = None
+                start = t0 + i / rate if open_loop else time.monotonic()
+                replica = failure = cache = None
                 detail = ""
                 try:
                     response = session.get(url, headers=req_headers, timeout=timeout)
+                    cache = response.headers.get("X-Cache")
                     if response.status_code != 200:
                         failure = f"http_{response.status_code}"
                         detail = response.text[:300]
@@ -267,7 +291,7 @@ def run_load(
                     local_ok[replica] += 1
                     local_lat.append((end - start) * 1000)
                 if record:
-                    local_samples.append(Sample(start - t0, end - t0, replica, failure, key))
+                    local_samples.append(Sample(start - t0, end - t0, replica, failure, key, cache))
                 with lock:
                     done[0] += 1
                     if failure:
