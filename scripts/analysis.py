@@ -39,25 +39,24 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import requests  # noqa: E402
+import matplotlib.pyplot as plt
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
-from loadgen import LoadResult, format_summary, run_load  # noqa: E402
-
-from tests.support.proc import alive, children  # noqa: E402
-
-from ringlb_ring import hashing  # noqa: E402
-from ringlb_ring.hashing import HashingConfig, seed  # noqa: E402
+from loadgen import LoadResult, format_summary, run_load
+from ringlb_ring import hashing
+from ringlb_ring.hashing import HashingConfig, seed
+from tests.support.proc import alive, children
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("A-1", "A-2", "A-3", "A-4")
@@ -331,7 +330,7 @@ def task_a1(opts: Options, report: Report) -> None:
     for k, label in enumerate(labels):
         run = results[label][3]
         xs = [i + (k - (len(labels) - 1) / 2) * width for i in range(len(run["names"]))]
-        bars = ax.bar(xs, run["counts"], width, label=run["strategy"], color=COLORS.get(label, None))
+        bars = ax.bar(xs, run["counts"], width, label=run["strategy"], color=COLORS.get(label))
         ax.bar_label(bars, fontsize=8)
         s = stats(run["counts"])
         rows.append(
@@ -633,7 +632,7 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
             target.extra_pids.add(current.process.pid)
         if t_workers_gone is None and not any(alive(p) for p in workers):
             t_workers_gone = now - t_kill
-        back = polls and polls[-1][1] and any(not l for _, l in polls)
+        back = polls and polls[-1][1] and any(not in_ring for _, in_ring in polls)
         if back and t_respawn is not None and now - t_kill > 3:
             # keep polling a little after the return so the load sees the replica again
             deadline = min(deadline, now + 2.0)
@@ -645,8 +644,8 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
     session.close()
     offset = result.started_at - t_kill  # sample times are relative to the loader's start
     samples = [(s.start + offset, s.end + offset, s.replica, s.failure) for s in result.samples]
-    gone = next((t for t, l in polls if not l), None)
-    back_in = next((t for t, l in polls if l and gone is not None and t > gone), None)
+    gone = next((t for t, in_ring in polls if not in_ring), None)
+    back_in = next((t for t, in_ring in polls if in_ring and gone is not None and t > gone), None)
     # answers from the victim, by completion time: the last one from the killed process (before
     # it left the ring) and the first one once it is back
     victim_ends = [s[1] for s in samples if s[2] == victim]
@@ -687,7 +686,7 @@ def plot_event(ax: Any, ev: dict[str, Any], replicas: list[str], bucket: float =
     samples = ev["samples"]
     t_min = -ev["kill_after_s"]
     t_max = max((s[1] for s in samples), default=1.0)
-    nb = int(math.ceil((t_max - t_min) / bucket))
+    nb = math.ceil((t_max - t_min) / bucket)
     xs = [t_min + (i + 0.5) * bucket for i in range(nb)]
     bottom = [0.0] * nb
     for name in replicas + ["failed"]:
@@ -759,7 +758,8 @@ def task_a3(opts: Options, report: Report) -> None:
 
     text = [
         "## A-3 — every endpoint, and a replica failure\n",
-        f"Endpoints, in order, against {'a fresh local mode (maglev, N = 3, token on)' if not opts.url else opts.url}:\n",
+        "Endpoints, in order, against "
+        f"{'a fresh local mode (maglev, N = 3, token on)' if not opts.url else opts.url}:\n",
         *table,
         "",
     ]
@@ -860,19 +860,19 @@ def static_figures(keys: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     three, four = SEED_NAMES, SEED_NAMES + ["Server 4"]
     removed = ["Server 1", "Server 3", "Server 4"]  # Server 2 leaves the 4-member set
+
+    def owners(names: list[str], config: HashingConfig) -> list[str]:
+        s = hashing.build(names, config)
+        m = s.members
+        return [m[s.owner(k)] for k in keys]
+
     for label, config in STRATEGY_CONFIGS.items():
-
-        def owners(names: list[str]) -> list[str]:
-            s = hashing.build(names, config)
-            m = s.members
-            return [m[s.owner(k)] for k in keys]
-
         by_n = {}
         for n in range(2, 7):
             names = [f"Server {i}" for i in range(1, n + 1)]
-            c = Counter(owners(names))
+            c = Counter(owners(names, config))
             by_n[n] = stats([c.get(name, 0) for name in names])
-        o3, o4, o3b = owners(three), owners(four), owners(removed)
+        o3, o4, o3b = owners(three, config), owners(four, config), owners(removed, config)
         moved_add = sum(a != b for a, b in zip(o3, o4))
         needless_add = sum(a != b and b != "Server 4" for a, b in zip(o3, o4))
         moved_rm = sum(a != b for a, b in zip(o4, o3b))
@@ -1075,8 +1075,8 @@ def task_a4(opts: Options, report: Report) -> None:
         f"reaches all 512 slots, but balance is *worse* ({sr['balance'][3]:.2f} at N = 3): "
         "Φ(i, j) − Φ(1, j) = i − 1, so server i's virtual nodes sit right after server 1's "
         "(all within slots 26..167 for N ≤ 6), and clockwise lookup sends almost every slot to "
-        "server 1 (the others own one slot each per virtual node). Changing H and Φ does not fix a scheme whose server positions are not "
-        "spread out.\n"
+        "server 1 (the others own one slot each per virtual node). Changing H and Φ does not fix a "
+        "scheme whose server positions are not spread out.\n"
         f"- **ring** (ketama, 160 points per member): max/mean {r['balance'][3]:.2f}; removing a "
         f"member moves exactly its keys ({r['needless_rm']:.1%} needless), adding one moves only "
         "keys to it.\n"
@@ -1128,7 +1128,8 @@ def write_readme(opts: Options, report: Report, argv: list[str], runtime: float)
             if not opts.url
             else ".\n"
         )
-        + f"- Target: {opts.url or 'local mode started by the script (in-process supervisor, free loopback port, token on)'}; "
+        + "- Target: "
+        f"{opts.url or 'local mode started by the script (in-process supervisor, free loopback port, token on)'}; "
         f"{opts.requests:,} requests per live run, {opts.concurrency} client threads "
         "(`scripts/loadgen.py`, random 6-digit `X-Request-ID` per request, as the seed's client).\n"
         f"- Runtime of this invocation: {runtime:.0f} s.\n"

@@ -222,9 +222,8 @@ class Processes:
     def start(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, stop: int = signal.SIGTERM
     ) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "ab")
-        proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log)
-        log.close()
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child holds its own copy
+            proc = subprocess.Popen(cmd, env=dict(os.environ, **(env or {})), stdout=log, stderr=log)
         self.procs.append((name, proc, stop))
         return proc
 

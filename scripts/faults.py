@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import itertools
 import json
 import math
 import os
@@ -105,7 +106,7 @@ class Stack:
         self.seen: dict[int, int] = {}  # pid -> start ticks, every process of this stack ever seen
         self.stopped: set[int] = set()  # SIGSTOPped by us: SIGCONT before stopping the stack
         self.lock = threading.Lock()
-        self._output = open(workdir / "ringlb-dev.log", "wb")
+        self._output = open(workdir / "ringlb-dev.log", "wb")  # noqa: SIM115 - written until stop() closes it
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -269,7 +270,7 @@ class Load:
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"load-{method}")
 
-    def start(self) -> "Load":
+    def start(self) -> Load:
         self.thread.start()
         self._started.wait(10)
         return self
@@ -330,7 +331,7 @@ class Load:
                 kind = "ok"
             else:
                 kind = f"http_{status}"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             kind = "client_timeout"
         except aiohttp.ClientConnectorError as exc:
             kind = "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "connect_error"
@@ -356,7 +357,7 @@ class Monitor:
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="monitor")
 
-    def start(self) -> "Monitor":
+    def start(self) -> Monitor:
         self.thread.start()
         return self
 
@@ -557,7 +558,7 @@ def replica_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts, title: 
         if gone is not None
         else None
     )
-    out, up = ejection(monitor, t)
+    out, _up = ejection(monitor, t)
     return Outcome(
         "",
         title or f"replica SIGKILL ({VICTIM}: gunicorn master + worker)",
@@ -593,7 +594,8 @@ def replica_stop(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outc
             if out is not None
             else "never ejected",
             f"left /rep after {fmt(gone)}, back {fmt(back)} after SIGCONT" if gone is not None else "stayed in /rep",
-            "answered requests slower than 1 s: {over_1s} (sent to it before the ejection; they move to the next member when it is ejected)",
+            "answered requests slower than 1 s: {over_1s} "
+            "(sent to it before the ejection; they move to the next member when it is ejected)",
         ],
         extra={"t_fault": t},
     )
@@ -729,7 +731,7 @@ def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
         final = None
     sizes = [len(r) for (ts, _, r) in monitor.polls if ts >= t and r is not None]
     ring_polls = [(ts, r) for (ts, _, r) in monitor.polls if ts >= t and r is not None]
-    empty = sum(b[0] - a[0] for a, b in zip(ring_polls, ring_polls[1:]) if not a[1])
+    empty = sum(b[0] - a[0] for a, b in itertools.pairwise(ring_polls) if not a[1])
     refusals = {}
     for c in calls:
         if c.get("status") != 200:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.backends import MainBackend  # noqa: E402
-from tests.support.balancer import Balancer  # noqa: E402
-from tests.support.fuzzing import check_one, run_for  # noqa: E402
+from tests.backends import MainBackend
+from tests.support.balancer import Balancer
+from tests.support.fuzzing import check_one, run_for
 
 
 def main(argv: list[str] | None = None) -> int:

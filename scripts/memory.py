@@ -272,7 +272,7 @@ class Sampler:
                 return  # the worker died: what we have is what there is
             self.stopping.wait(self.interval)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self.thread.start()
         return self
 
@@ -309,20 +309,27 @@ def main() -> int:
     backend.start()
     tmp = Path(tempfile.mkdtemp(prefix="ringlb-memory-"))
     port, token = free_port(), "bench"
-    log = open(tmp / "ringlb.log", "ab")
-    balancer = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"],
-        env=dict(
-            os.environ,
-            RINGLB_BIND=f"127.0.0.1:{port}",
-            RINGLB_WORKERS="1",
-            RINGLB_MEMBERSHIP_TOKEN=token,
-            RINGLB_DRAIN_SECONDS="0",
-            RINGLB_MAX_BODY=str(2 * size),
-        ),  # 0 meant 0 before the rewrite
-        stdout=log,
-        stderr=log,
-    )
+    with open(tmp / "ringlb.log", "ab") as log:  # the balancer holds its own copy
+        balancer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:ringlb_balancer.gunicorn_conf",
+                "ringlb_balancer.wsgi:app",
+            ],
+            env=dict(
+                os.environ,
+                RINGLB_BIND=f"127.0.0.1:{port}",
+                RINGLB_WORKERS="1",
+                RINGLB_MEMBERSHIP_TOKEN=token,
+                RINGLB_DRAIN_SECONDS="0",
+                RINGLB_MAX_BODY=str(2 * size),
+            ),  # 0 meant 0 before the rewrite
+            stdout=log,
+            stderr=log,
+        )
     results: dict[str, dict[str, object]] = {}
     try:
         deadline = time.monotonic() + 30
@@ -393,7 +400,7 @@ def main() -> int:
     for phase, r in results.items():
         print(
             f"{phase:<9} {r['start_mib']:>9.1f} {r['peak_mib']:>9.1f} {r['growth_mib']:>10.1f} "
-            f"{str(r['status']):>6} {str(r['complete']):>8} {r.get('seconds', '-')!s:>7} {r['cpu_s']:>6}"
+            f"{r['status']!s:>6} {r['complete']!s:>8} {r.get('seconds', '-')!s:>7} {r['cpu_s']:>6}"
         )
         failed |= not r["complete"] or r["growth_mib"] > args.max_growth
     if args.json:

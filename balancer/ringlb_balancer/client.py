@@ -69,7 +69,7 @@ class ClientConnection(FlowControl):
         "url",
     )
 
-    def __init__(self, engine: "Engine", admin: bool) -> None:
+    def __init__(self, engine: Engine, admin: bool) -> None:
         super().__init__()
         self.engine = engine
         self.admin = admin  # the admin listener: control endpoints only
@@ -491,7 +491,7 @@ class ClientConnection(FlowControl):
         self.move(states.REFUSED)
         self.early, self.early_size = [], 0
 
-    def housekeeping(self, now: float, settings: "Settings") -> None:
+    def housekeeping(self, now: float, settings: Settings) -> None:
         """Deadlines that llhttp leaves to the application, checked once a second: every state
         has one, so no connection holds a slot forever."""
         if self.closed:

@@ -53,7 +53,7 @@ class Settings:
     drain_seconds: float = 5.0  # after SIGTERM: /readyz 503 but still serving, this long
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f"RINGLB_{f.name.upper()}")

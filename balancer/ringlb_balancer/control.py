@@ -22,14 +22,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
-from ringlb_ring import membership as membership_doc
-from ringlb_ring.naming import PlanError
-
 from ringlb_balancer import counters, framing, metrics, planning, status
 from ringlb_balancer.config import Settings
 from ringlb_balancer.routing import RoutingStore, StaleRevision
 from ringlb_balancer.scaling import Conflict, Scaler, ScalerError
 from ringlb_balancer.status import history
+from ringlb_ring import membership as membership_doc
+from ringlb_ring.naming import PlanError
 
 if TYPE_CHECKING:
     from ringlb_balancer.exchange import Exchange
@@ -110,13 +109,16 @@ def foreign(request: Request, loopback: bool) -> Reply | None:
             421,
         )
     origin = request.headers.get("origin")
-    if origin is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
-        if origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
-            return failure(
-                f"<Error> cross-origin request refused: a page on {origin} cannot change this "
-                "balancer (send it without an Origin header, as curl does)",
-                403,
-            )
+    if (
+        origin is not None
+        and request.method not in ("GET", "HEAD", "OPTIONS")
+        and origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower())
+    ):
+        return failure(
+            f"<Error> cross-origin request refused: a page on {origin} cannot change this "
+            "balancer (send it without an Origin header, as curl does)",
+            403,
+        )
     return None
 
 
@@ -170,7 +172,7 @@ class Control:
     def draining(self, value: bool) -> None:
         self.store.shared.draining = value
 
-    async def handle(self, exchange: "Exchange") -> None:
+    async def handle(self, exchange: Exchange) -> None:
         """Answer one control exchange; never raises into the event loop."""
         request = self.request_of(exchange)
         try:
@@ -194,7 +196,7 @@ class Control:
         exchange.reply(data)
 
     @staticmethod
-    def request_of(exchange: "Exchange") -> Request:
+    def request_of(exchange: Exchange) -> Request:
         path, _, query = exchange.target.decode("latin-1").partition("?")
         headers: dict[str, str] = {}
         for name, value in exchange.headers or ():

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mypy_extensions import mypyc_attr
-from ringlb_ring import hashing
-from ringlb_ring.sketch import SpaceSaving
 
 from ringlb_balancer import framing
 from ringlb_balancer.config import Settings
@@ -25,6 +23,8 @@ from ringlb_balancer.counters import HOT_KEYS, Counters
 from ringlb_balancer.routing import Routing, RoutingStore
 from ringlb_balancer.shared import HEALTH_AT, SharedState
 from ringlb_balancer.upstream import UpstreamPool
+from ringlb_ring import hashing
+from ringlb_ring.sketch import SpaceSaving
 
 if TYPE_CHECKING:
     from ringlb_balancer.client import ClientConnection
@@ -209,7 +209,7 @@ class Engine:
             log.warning("member %s ejected: %s", self.name_of(active, index), reason)
 
     # -- connections --------------------------------------------------------------------
-    def accepted(self, client: "ClientConnection") -> None:
+    def accepted(self, client: ClientConnection) -> None:
         """Register a new client. Past the cap, room is made by closing the oldest connection
         that has not sent a whole head (slowloris holds slots that way), else the oldest idle
         keep-alive one; when every slot holds a real request, the newcomer is told 503."""
@@ -245,12 +245,12 @@ class Engine:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def connect(self, pool: UpstreamPool, exchange: "Exchange") -> None:
+    def connect(self, pool: UpstreamPool, exchange: Exchange) -> None:
         """A new connection to ``pool``'s replica for ``exchange``: the one place where the
         proxy opens sockets, so the engine's unit tests override it in a subclass."""
         self.keep(self.loop.create_task(pool.open(exchange)))
 
-    def control(self, exchange: "Exchange") -> None:
+    def control(self, exchange: Exchange) -> None:
         assert self.controller is not None
         self.keep(self.loop.create_task(self.controller.handle(exchange)))
 

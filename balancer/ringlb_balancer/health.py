@@ -14,12 +14,11 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ringlb_ring.membership import Member
-
 from ringlb_balancer.config import Settings
 from ringlb_balancer.counters import Counters
 from ringlb_balancer.routing import RoutingStore
 from ringlb_balancer.status import history
+from ringlb_ring.membership import Member
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ringlb_ring import hashing
-from ringlb_ring.keys import KeyPlan
-from ringlb_ring.membership import EMPTY, Membership, MembershipError, parse
-
 from ringlb_balancer import status
 from ringlb_balancer.shared import HEALTHY, SharedState
 from ringlb_balancer.status import history
+from ringlb_ring import hashing
+from ringlb_ring.keys import KeyPlan
+from ringlb_ring.membership import EMPTY, Membership, MembershipError, parse
 
 
 class StaleRevision(Exception):
@@ -45,7 +44,7 @@ class Routing:
         self.key_header = key.name.lower().encode() if single else b""
 
     @classmethod
-    def build(cls, membership: Membership) -> "Routing":
+    def build(cls, membership: Membership) -> Routing:
         return cls(membership, hashing.build(membership.names, membership.hashing))
 
 

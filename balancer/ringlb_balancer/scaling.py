@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import requests
+
 from ringlb_ring import resource as resource_api
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class Tunnel:
     __slots__ = ("client", "client_eof", "ended", "last_io", "replica", "replica_eof")
 
-    def __init__(self, client: "ClientConnection", replica: "UpstreamConnection", now: float) -> None:
+    def __init__(self, client: ClientConnection, replica: UpstreamConnection, now: float) -> None:
         self.client = client
         self.replica = replica
         self.last_io = now

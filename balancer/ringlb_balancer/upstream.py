@@ -56,7 +56,7 @@ class UpstreamConnection(FlowControl):
         "until_close",
     )
 
-    def __init__(self, pool: "UpstreamPool") -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         super().__init__()
         self.pool = pool
         self.loop = pool.loop
@@ -306,7 +306,7 @@ class UpstreamConnection(FlowControl):
 class UpstreamPool:
     """Keep-alive connections from this worker to one replica."""
 
-    def __init__(self, name: str, host: str, port: int, engine: "Engine") -> None:
+    def __init__(self, name: str, host: str, port: int, engine: Engine) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -347,14 +347,14 @@ class UpstreamPool:
             conn.abort()
         self.idle.clear()
 
-    async def open(self, exchange: "Exchange") -> None:
+    async def open(self, exchange: Exchange) -> None:
         """Connect, then hand the connection to ``exchange`` (through ``Engine.connect``)."""
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),  # type: ignore[type-var]
                 self.engine.settings.connect_timeout,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             exchange.failed(
                 None, f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}", broken=True, refused=True
             )

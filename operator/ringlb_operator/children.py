@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from ringlb_ring.naming import dns_name
 
 from ringlb_operator import constants as c
 from ringlb_operator.spec import PodTemplate, Spec
+from ringlb_ring.naming import dns_name
 
 K8sObject = dict[str, Any]
 
@@ -540,7 +540,7 @@ def differs(desired: Any, live: Any) -> bool:
     if isinstance(desired, list):
         if not isinstance(live, list) or len(live) != len(desired):
             return True
-        return any(differs(d, l) for d, l in zip(desired, live))
+        return any(differs(d, v) for d, v in zip(desired, live))
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is not live
     return desired != live and str(desired) != str(live)

@@ -145,7 +145,8 @@ def status_schema() -> Schema:
             "nextStepAt": {"type": "string", "format": "date-time"},
             "members": {
                 "type": "array",
-                "description": "The joining and the draining members, each with its share of the key space at this step",
+                "description": "The joining and the draining members, each with its share of the key space at this "
+                "step",
                 "items": {
                     "type": "object",
                     "properties": {

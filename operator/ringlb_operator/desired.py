@@ -12,15 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ringlb_ring import membership
-from ringlb_ring.hashing import Transition
-from ringlb_ring.membership import format_address
-
 from ringlb_operator import children
 from ringlb_operator import constants as c
 from ringlb_operator.children import Owner
 from ringlb_operator.observe import NodeView, PodView
 from ringlb_operator.spec import Spec
+from ringlb_ring import membership
+from ringlb_ring.hashing import Transition
+from ringlb_ring.membership import format_address
 
 Reason = c.Reason
 
@@ -166,11 +165,11 @@ def parse_time(value: str) -> datetime.datetime | None:
         parsed = datetime.datetime.fromisoformat(value)
     except (TypeError, ValueError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def format_time(value: datetime.datetime) -> str:
-    return value.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return value.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def stranded_replicas(
@@ -248,7 +247,8 @@ def stranded_problems(
         found.append(
             (
                 Reason.NODE_UNREACHABLE,
-                f"balancer pod {pod.name}: node {node.name} {node.state} since {node.since}; the Deployment replaces it {when}",
+                f"balancer pod {pod.name}: node {node.name} {node.state} since {node.since}; the Deployment replaces "
+                f"it {when}",
             )
         )
     return found

@@ -190,7 +190,7 @@ def wake(memo: kopf.Memo, namespace: str | None, name: str | None) -> None:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 async def _sleep(stopped: kopf.DaemonStopped, wakeup: asyncio.Event, timeout: float) -> None:
@@ -247,7 +247,7 @@ async def run(
             try:
                 outcome = await loop.run_in_executor(
                     passes,
-                    lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key, where),
+                    lambda: _timed_pass(memo.kube, pusher, resource, observed, _now(), floor, owned, memo.key, where),  # noqa: B023 - awaited in this pass
                 )
             except KubeError as exc:
                 metrics.PASS_ERRORS.labels("api").inc()

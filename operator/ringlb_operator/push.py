@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from ringlb_ring.membership import format_address
 
 from ringlb_operator import constants as c
 from ringlb_operator import metrics
 from ringlb_operator.desired import PushState
 from ringlb_operator.observe import PodView
+from ringlb_ring.membership import format_address
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 
@@ -91,7 +91,7 @@ class Pusher:
                 target = running.pop(future)
                 try:
                     results[target.pod] = future.result()
-                except Exception as exc:  # a bug in push_one must not lose the other pods
+                except Exception as exc:  # noqa: BLE001 - a bug in push_one must not lose the other pods
                     results[target.pod] = PushState(target.pod, False, 0, f"error: {type(exc).__name__}")
         for target in list(running.values()) + waiting:
             results[target.pod] = PushState(target.pod, False, 0, f"deadline: no answer within {self.deadline:g}s")

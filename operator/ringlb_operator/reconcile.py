@@ -216,7 +216,8 @@ def reconcile_once(
                 Event(
                     "Warning",
                     c.Reason.BALANCER_RESET,
-                    f"balancer pod {state.pod} held revision {state.revision}, far beyond {ring.revision}; deleted it so its replacement loads the published ring",
+                    f"balancer pod {state.pod} held revision {state.revision}, far beyond {ring.revision}; deleted it "
+                    "so its replacement loads the published ring",
                 )
             )
         refused = push.highest_refused([s for s in failed if s not in poisoned])

@@ -15,13 +15,13 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ringlb_operator import constants as c
 from ringlb_ring import keys
 from ringlb_ring.hashing import HashingConfig
 from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES
 from ringlb_ring.keys import KeyConfig
 from ringlb_ring.naming import MAX_REPLICAS, NAME_PATTERN, PlanError, check_unique, desired_identities
-
-from ringlb_operator import constants as c
 
 _HASHING = HashingConfig()
 PullPolicy = Literal["IfNotPresent", "Always", "Never"]
@@ -184,7 +184,8 @@ class Hashing(_Model):
         "",
         alias="keyQuery",
         pattern=KEY_NAME_PATTERN,
-        description="Query parameter carrying the key (keySource query, which requires it), e.g. user in /cart?user=42.",
+        description="Query parameter carrying the key (keySource query, which requires it), "
+        "e.g. user in /cart?user=42.",
     )
     key_path_segment: int = Field(
         0,
@@ -279,7 +280,8 @@ class Balancer(PodTemplate):
     )
     tls: Tls | None = Field(
         None,
-        description="Serve the public port over TLS only (1.2 and 1.3, ALPN http/1.1); the admin port stays plain HTTP.",
+        description="Serve the public port over TLS only (1.2 and 1.3, ALPN http/1.1); "
+        "the admin port stays plain HTTP.",
     )
 
     @property
@@ -378,7 +380,8 @@ def problems(name: str, spec: Spec) -> list[str]:
     if spec.hashing.warmup_seconds and spec.hashing.strategy not in WARMUP_STRATEGIES:
         found.append(
             f"spec.hashing.warmupSeconds: a warm-up needs strategy {' or '.join(WARMUP_STRATEGIES)} "
-            f"(each key has one final owner to move to), not {spec.hashing.strategy!r}; set it to 0 or change the strategy"
+            f"(each key has one final owner to move to), not {spec.hashing.strategy!r}; set it to 0 or change the "
+            "strategy"
         )
     if spec.hashing.key_source == "query" and not spec.hashing.key_query:
         found.append("spec.hashing.keyQuery: required with keySource query")

@@ -20,17 +20,16 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ringlb_ring import hashing
-from ringlb_ring.hashing import HashingConfig, Transition
-from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES, plan
-from ringlb_ring.membership import format_address
-
 from ringlb_operator import children
 from ringlb_operator import constants as c
 from ringlb_operator.children import Owner
 from ringlb_operator.desired import Event, format_time, parse_time
 from ringlb_operator.observe import PodView
 from ringlb_operator.spec import Spec
+from ringlb_ring import hashing
+from ringlb_ring.hashing import HashingConfig, Transition
+from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES, plan
+from ringlb_ring.membership import format_address
 
 JOINING = "Joining"
 DRAINING = "Draining"
@@ -248,7 +247,8 @@ def events(
                 Event(
                     "Normal",
                     c.Reason.DRAINING,
-                    f"{m['name']} (pod {m['pod']}): share 0 at revision {revision}; its pod is deleted once every balancer pod holds it",
+                    f"{m['name']} (pod {m['pod']}): share 0 at revision {revision}; its pod is deleted once every "
+                    "balancer pod holds it",
                 )
             )
         elif m.get("state") == JOINING and m.get("name") in names:

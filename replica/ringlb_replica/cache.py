@@ -28,7 +28,7 @@ class CacheSettings:
     miss_cost_ms: float = 0.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "CacheSettings":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> CacheSettings:
         """From ``RINGLB_REPLICA_CACHE_SIZE`` and ``RINGLB_REPLICA_MISS_COST_MS``; a bad value
         stops the replica at start with a message naming the variable."""
         size = _number(env, "RINGLB_REPLICA_CACHE_SIZE", int, "0")

@@ -59,7 +59,7 @@ class ServerThread:
     async def _make_server(self) -> asyncio.AbstractServer:
         raise NotImplementedError
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
@@ -98,7 +98,7 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)  # type: ignore[union-attr]
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -367,8 +367,10 @@ class MainBackend(ServerThread):
             BytesMessage,
             CloseConnection,
             Ping,
-            Request as WSRequest,
             TextMessage,
+        )
+        from wsproto.events import (
+            Request as WSRequest,
         )
 
         ws = WSConnection(ConnectionType.SERVER)
@@ -451,7 +453,7 @@ class Logged:
 
 
 class _ByteLogProtocol(asyncio.Protocol):
-    def __init__(self, owner: "ByteLogBackend") -> None:
+    def __init__(self, owner: ByteLogBackend) -> None:
         self.owner = owner
         owner.counter += 1
         self.log = Logged(owner.counter)
@@ -565,7 +567,7 @@ def parse_requests(data: bytes) -> tuple[list[SeenRequest], bytes, str | None]:
 class _LenientProtocol(asyncio.Protocol):
     """Reads lines ending in LF (CR optional), a request per blank line, bodies ignored."""
 
-    def __init__(self, owner: "LenientBackend") -> None:
+    def __init__(self, owner: LenientBackend) -> None:
         self.owner = owner
         self.buffer = b""
         self.current: list[bytes] = []
@@ -686,12 +688,12 @@ class FakeScaler:
                     return False
                 return True
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self._authorized():
                     with outer.lock:
                         self._reply(200, {"replicas": outer.desired, "version": str(outer.version)})
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 doc = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 if not self._authorized():
                     return

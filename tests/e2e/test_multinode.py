@@ -158,7 +158,8 @@ def test_drain_of_a_worker_under_load_fails_no_request(web_nodeport: tuple[str, 
     result = results[0]
     moved = {p["metadata"]["name"]: node_of(p) for p in balancer_pods(namespace) + replica_pods(namespace)}
     print(
-        f"drained {target} in {drained_in:.0f}s; {result.sent} requests, {len(result.failures)} failed; pods now on {moved}"
+        f"drained {target} in {drained_in:.0f}s; {result.sent} requests, {len(result.failures)} failed; pods now on "
+        f"{moved}"
     )
     assert result.sent > 100
     assert not result.failures, (
@@ -262,7 +263,8 @@ def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web:
     finally:
         subprocess.run(["docker", "exec", node, "kill", "-CONT", pid], capture_output=True, timeout=30)
     print(
-        f"{active} frozen on {node}, its peering record due to expire in {expires_in:.0f}s; the scale converged after {took:.1f}s"
+        f"{active} frozen on {node}, its peering record due to expire in {expires_in:.0f}s; the scale converged after "
+        f"{took:.1f}s"
     )
     assert restarts == status["restartCount"], "the frozen operator was restarted first: the standby did not take over"
     wait_for(

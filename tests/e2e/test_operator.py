@@ -438,5 +438,6 @@ def test_colliding_replicasets_second_is_degraded_first_serves(namespace: str) -
     second_events = [(e["reason"], e["message"]) for e in _resource_events(namespace, "web-a")]
     assert not [m for r, m in second_events if r in ("Created", "Replaced")], second_events
     print(
-        f"web-a: {degraded['reason']}: {degraded['message']}; web: Ready, served 300 of 300; events on web: {first_events}"
+        f"web-a: {degraded['reason']}: {degraded['message']}; web: Ready, served 300 of 300; events on web: "
+        f"{first_events}"
     )

@@ -136,7 +136,7 @@ def test_the_seed_api_over_tls_and_a_replaced_secret_reaches_new_connections(nam
         try:
             wait_for(
                 f"{pod} to serve the new certificate",
-                lambda: served(forward.url, ca_file) == fingerprint(second),
+                lambda url=forward.url: served(url, ca_file) == fingerprint(second),
                 timeout=ROTATION_TIMEOUT,
                 interval=2.0,
             )

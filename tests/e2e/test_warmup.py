@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from ringlb_balancer.status.model import moved_fraction
 from ringlb_ring import hashing as h
 
@@ -187,7 +188,7 @@ def test_scale_down_with_warm_up_keeps_the_leaving_pod_until_its_share_is_0(name
             )
             worker.start()
             try:
-                patch(namespace, {"replicas": 3, "hashing": {"warmupSeconds": 60}})
+                patch(namespace, {"replicas": 3, "hashing": {"warmupSeconds": 20}})  # 5 steps: short enough for CI
                 # Draining: in status, with its share, while its pod is Ready and routed to.
                 draining = wait_for(
                     "the leaving pod to drain",

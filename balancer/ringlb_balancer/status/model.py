@@ -17,6 +17,7 @@ so a change to or from one has no moved fraction (``None``).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -164,7 +165,7 @@ def series(
             if name not in out:
                 out[name] = {"at": [], "rps": [], "errorRate": []}
     zero = (0, 0)
-    for (t0, c0), (t1, c1) in zip(samples, samples[1:]):
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
         if t1 <= t0 or t1 < now - window or t1 > now:
             continue
         for name, s in out.items():

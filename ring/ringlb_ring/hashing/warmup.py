@@ -55,7 +55,8 @@ class Transition:
             raise ValueError("transition: from and to are the same members; push the table without a transition")
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(
-                "transition.fraction: strictly between 0 and 1 (the last step is the table of 'to', without a transition)"
+                "transition.fraction: strictly between 0 and 1 "
+                "(the last step is the table of 'to', without a transition)"
             )
 
     def check_members(self, members: Sequence[str]) -> None:

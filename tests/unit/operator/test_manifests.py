@@ -20,8 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
+from ringlb_operator import children, spec
+from ringlb_operator import constants as c
 from ringlb_ring import naming
-from ringlb_operator import children, constants as c, spec
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "manifests"
@@ -219,8 +220,8 @@ def test_crd_shape() -> None:
 
 
 def test_status_the_operator_writes_fits_the_schema() -> None:
-    from .test_reconcile import FakePusher, converge
     from .conftest import FakeKube, balancer_pod, resource
+    from .test_reconcile import FakePusher, converge
 
     res = resource()
     st = converge(FakeKube(), res, FakePusher(), [balancer_pod("b-1", "10.1.0.1")])

@@ -435,7 +435,8 @@ def test_balancer_pods_on_a_lost_node_get_no_push_and_do_not_hold_ready(kube: Fa
     assert degraded["reason"] == c.Reason.NODE_UNREACHABLE and kube.deletes == []  # the Deployment's to replace
     assert (
         degraded["message"]
-        == f"balancer pod b-2: node w2 unreachable since {T0}; the Deployment replaces it once Kubernetes evicts it, 30s after {T0}"
+        == f"balancer pod b-2: node w2 unreachable since {T0}; the Deployment replaces it once Kubernetes evicts it, "
+        f"30s after {T0}"
     )
     assert push.targets([alive, lost], skip=desired.unserviceable([alive, lost], {"w2": UNREACHABLE})) == [
         push.Target("b-1", "10.1.0.1")
@@ -548,8 +549,10 @@ def test_degraded_says_what_happens_to_each_pod() -> None:
     [graceful] = desired.stranded_replicas(OWNER, s, pods[:1], {"w2": NOT_READY}, at(31))
     messages = [m for _, m in desired.stranded_problems([due, graceful], [], {}, s)]
     assert messages == [
-        f"replica pod web-server-2 ('Server 2'): node w2 unreachable since {T0}; due since {at(30)}: force-deleting it to recreate it on a healthy node",
-        f"replica pod web-server-2 ('Server 2'): node w2 not ready since {T0}; due since {at(30)}: deleting it, force-deleting it once its grace period is over",
+        f"replica pod web-server-2 ('Server 2'): node w2 unreachable since {T0}; due since {at(30)}: force-deleting "
+        "it to recreate it on a healthy node",
+        f"replica pod web-server-2 ('Server 2'): node w2 not ready since {T0}; due since {at(30)}: deleting it, "
+        "force-deleting it once its grace period is over",
     ]
     kept = spec.parse({"balancer": {"tolerations": FOREVER}})
     lost = balancer_pod("b-2", "10.1.0.2", ready=False, node="w2")

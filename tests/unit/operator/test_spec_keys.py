@@ -67,5 +67,5 @@ def test_baseline_strategies_are_accepted(strategy):
 
 
 def test_too_many_fallbacks_do_not_parse():
-    with pytest.raises(spec.SpecError, match="spec.hashing.keyFallback"):
+    with pytest.raises(spec.SpecError, match=r"spec\.hashing\.keyFallback"):
         spec.parse({"hashing": {"keyFallback": [{"source": "client-ip"}] * 5}})

@@ -30,7 +30,7 @@ def test_the_field_parses_and_is_refused_when_not_a_secret_name() -> None:
     assert spec.parse(TLS_SPEC).balancer.tls.secret_name == "web-tls"  # type: ignore[union-attr]
     assert spec.parse({}).balancer.tls is None
     for bad in ({"secretName": ""}, {"secretName": "Not_A_Name"}, {}):
-        with pytest.raises(spec.SpecError, match="spec.balancer.tls"):
+        with pytest.raises(spec.SpecError, match=r"spec\.balancer\.tls"):
             spec.parse({"balancer": {"tls": bad}})
 
 
@@ -292,7 +292,10 @@ def test_events_that_cannot_be_listed_are_an_api_error(events_kube: EventsKube) 
 
 
 def test_the_newest_failed_mount_wins_and_other_failures_are_quoted() -> None:
-    other = 'MountVolume.SetUp failed for volume "tls" : failed to sync secret cache: timed out waiting for the condition; secret "web-tls" unreadable'
+    other = (
+        'MountVolume.SetUp failed for volume "tls" : failed to sync secret cache: '
+        'timed out waiting for the condition; secret "web-tls" unreadable'
+    )
     events = [
         kubelet_event("p", MISSING, at="2025-01-01T00:00:00Z"),
         kubelet_event("p", other, at="2025-01-01T00:01:00Z"),

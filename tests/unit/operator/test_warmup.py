@@ -12,23 +12,23 @@ from typing import Any
 
 import jsonschema
 import pytest
-from ringlb_ring import hashing as h
-from ringlb_balancer.status import model
-from ringlb_ring import membership
-from ringlb_ring.hashing import Transition
-from ringlb_ring.keys import KeyConfig
 
+from ringlb_balancer.status import model
 from ringlb_operator import constants as c
 from ringlb_operator import spec as spec_mod
 from ringlb_operator import warmup
 from ringlb_operator.desired import PushState
 from ringlb_operator.reconcile import reconcile_once
+from ringlb_ring import hashing as h
+from ringlb_ring import membership
+from ringlb_ring.hashing import Transition
+from ringlb_ring.keys import KeyConfig
 
 from .conftest import OWNER, FakeKube, balancer_pod, resource, views
 from .test_manifests import SAMPLE, errors
 from .test_reconcile import FakePusher, conditions, converge
 
-T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 S = [f"Server {i}" for i in range(1, 6)]
 SMALL = h.HashingConfig("maglev", table_size=1021)  # exact shares, built quickly
 
@@ -198,7 +198,7 @@ def test_spec_field_range_and_strategy() -> None:
     assert spec_mod.parse({}).hashing.warmup_seconds == 0
     assert spec_mod.parse({"hashing": {"warmupSeconds": 3600}}).hashing.warmup_seconds == 3600
     for bad in (-1, 3601):
-        with pytest.raises(spec_mod.SpecError, match="spec.hashing.warmupSeconds"):
+        with pytest.raises(spec_mod.SpecError, match=r"spec\.hashing\.warmupSeconds"):
             spec_mod.parse({"hashing": {"warmupSeconds": bad}})
     # The CRD's schema (kubectl apply) refuses the same, and a string, naming the field.
     for bad in (-1, 3601, "10", 1.5):

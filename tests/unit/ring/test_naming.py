@@ -24,7 +24,7 @@ def test_generate_takes_the_smallest_unused_numbers():
 def test_check_unique():
     naming.check_unique(["S5", "S4", "Server 1"])
     naming.check_unique([])
-    with pytest.raises(PlanError, match="^<Error> hostname 'S5' is listed twice$"):
+    with pytest.raises(PlanError, match=r"^<Error> hostname 'S5' is listed twice$"):
         naming.check_unique(["S5", "S4", "S5"])
 
 

@@ -180,7 +180,7 @@ def test_build_refuses_a_transition_it_cannot_blend():
         ValueError, match=r"transition: members must be exactly the members of from and to; missing \['B'\]"
     ):
         h.build(["A"], h.HashingConfig("ring", transition=t))
-    with pytest.raises(ValueError, match="transition.fraction: strictly between 0 and 1"):
+    with pytest.raises(ValueError, match=r"transition\.fraction: strictly between 0 and 1"):
         h.build(["A", "B"], h.HashingConfig("ring", transition=replace(t, fraction=1.0)))
 
 
