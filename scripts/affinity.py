@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,19 +42,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import requests  # noqa: E402
+import matplotlib.pyplot as plt
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
-from loadgen import Sample, run_load, zipf_keys  # noqa: E402
-
-from tests.support.local import LocalMode  # noqa: E402
-from tests.support.net import wait_until  # noqa: E402
-from tests.support.proc import children, cmdline  # noqa: E402
-
-from ringlb_ring import hashing  # noqa: E402
-from ringlb_ring.membership import parse  # noqa: E402
+from loadgen import Sample, run_load, zipf_keys
+from ringlb_ring import hashing
+from ringlb_ring.membership import parse
+from tests.support.local import LocalMode
+from tests.support.net import wait_until
+from tests.support.proc import children, cmdline
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "analysis"
@@ -134,14 +132,17 @@ def latencies(samples: Sequence[Sample], start: float, end: float) -> list[float
 
 
 def steady_state(samples: Sequence[Sample], bins: Sequence[Bin], start: float, end: float) -> dict[str, Any]:
-    window = bins[int(start):int(end)]
+    window = bins[int(start) : int(end)]
     hits, misses = sum(b.hits for b in window), sum(b.misses for b in window)
     lat = latencies(samples, start, end)
     return {
-        "from_s": start, "to_s": end, "requests": sum(b.requests for b in window),
+        "from_s": start,
+        "to_s": end,
+        "requests": sum(b.requests for b in window),
         "hit_rate": hits / (hits + misses) if hits + misses else None,
         "misses_per_s": misses / len(window) if window else None,
-        "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
         "failed": sum(b.failed for b in window),
     }
 
@@ -151,29 +152,28 @@ def recovery(bins: Sequence[Bin], start: int, end: int, steady_hit: float) -> fl
     tolerance of ``steady_hit`` and stays there until ``end``; None if it never is."""
     back = None
     for b in range(start, end):
-        window = bins[max(start, b + 1 - SMOOTH):b + 1]
+        window = bins[max(start, b + 1 - SMOOTH) : b + 1]
         hits, misses = sum(x.hits for x in window), sum(x.misses for x in window)
         if not hits + misses:
             back = None
             continue
         rate = hits / (hits + misses)
         slack = TOLERANCE + 3 * math.sqrt(max(steady_hit * (1 - steady_hit), 1e-6) / (hits + misses))
-        if rate >= steady_hit - slack:
-            back = b + 1 - start if back is None else back
-        else:
-            back = None
+        back = (b + 1 - start if back is None else back) if rate >= steady_hit - slack else None
     return back
 
 
-def event_figures(samples: Sequence[Sample], bins: Sequence[Bin], at: float, until: float,
-                  steady: dict[str, Any]) -> dict[str, Any]:
+def event_figures(
+    samples: Sequence[Sample], bins: Sequence[Bin], at: float, until: float, steady: dict[str, Any]
+) -> dict[str, Any]:
     """Lost hits, peak miss rate, recovery, p99 and failures of the event at ``at`` (seconds
     into the run) up to ``until`` (the next event or the end)."""
     first, last = int(at), min(int(until), len(bins))
     window = bins[first:last]
     lat = latencies(samples, at, until)
     return {
-        "at_s": round(at, 2), "until_s": round(until, 2),
+        "at_s": round(at, 2),
+        "until_s": round(until, 2),
         "lost_hits": round(sum(b.misses - steady["misses_per_s"] for b in window), 1),
         "peak_miss_rate": max((b.misses for b in window), default=0),
         "back_to_steady_s": recovery(bins, first, last, steady["hit_rate"]),
@@ -196,13 +196,27 @@ def moved(before: dict[str, Any], after: dict[str, Any], keys: Sequence[str]) ->
 # ----------------------------------------------------------------------------------------------
 # I/O: a ringlb dev stack, its events, one run
 # ----------------------------------------------------------------------------------------------
+def names(doc: dict[str, Any]) -> list[str]:
+    return [m["name"] for m in doc["members"]]
+
+
 class Stack(LocalMode):
     """``ringlb dev`` as a user runs it (tests.support.local), plus the processes to signal."""
 
-    def settled(self, timeout: float = 120.0) -> dict[str, Any]:
+    def when(self, wanted: Callable[[dict[str, Any]], bool], what: str, timeout: float = 120.0) -> dict[str, Any]:
+        """The membership in force once ``wanted`` holds for it."""
+
+        def found() -> dict[str, Any] | None:
+            doc = self.membership()
+            return doc if wanted(doc) else None
+
+        doc = wait_until(found, timeout, 0.05, what=what)
+        assert doc is not None  # wait_until returns a truthy answer or raises
+        return doc
+
+    def settled(self) -> dict[str, Any]:
         """The membership once no warm-up step is in force."""
-        return wait_until(lambda: (d := self.membership()) and "transition" not in d["hashing"] and d, timeout,
-                          0.1, what="the last warm-up step")
+        return self.when(lambda d: "transition" not in d["hashing"], "the last warm-up step")
 
     def processes(self, marker: str) -> list[int]:
         return [p for p in children(self.process.pid) if marker in " ".join(cmdline(p))]
@@ -235,11 +249,29 @@ def event_actions(stack: Stack, extra: str) -> dict[str, Any]:
     }
 
 
-def run(label: str, strategy: str, bounded: float, warmup: float, events: Sequence[str], spacing: float,
-        opts: Settings, workdir: Path) -> dict[str, Any]:
+def run(
+    label: str,
+    strategy: str,
+    bounded: float,
+    warmup: float,
+    events: Sequence[str],
+    spacing: float,
+    opts: Settings,
+    workdir: Path,
+) -> dict[str, Any]:
     """One ``ringlb dev`` stack under the Zipf load, the events at fixed times; figures."""
-    args = ["--replicas", str(opts.replicas), "--strategy", strategy, "--cache-size", str(opts.cache_size),
-            "--miss-cost-ms", str(opts.miss_cost_ms), "--warmup", str(warmup)]
+    args = [
+        "--replicas",
+        str(opts.replicas),
+        "--strategy",
+        strategy,
+        "--cache-size",
+        str(opts.cache_size),
+        "--miss-cost-ms",
+        str(opts.miss_cost_ms),
+        "--warmup",
+        str(warmup),
+    ]
     if bounded:
         args += ["--bounded-load", str(bounded)]
     stack = Stack(workdir / label, *args)
@@ -257,10 +289,23 @@ def run(label: str, strategy: str, bounded: float, warmup: float, events: Sequen
             for key in keys:
                 s.get(f"{stack.url}/home", headers={"X-Request-ID": key}, timeout=30)
         stop = threading.Event()
-        load = threading.Thread(target=lambda: result.update(load=run_load(
-            f"{stack.url}/home", len(stream), opts.concurrency, timeout=10.0, max_seconds=duration + 30,
-            rate=opts.rate, key_fn=lambda rng, i: stream[i], record=True, open_loop=True, progress=False,
-            stop=stop)))
+        load = threading.Thread(
+            target=lambda: result.update(
+                load=run_load(
+                    f"{stack.url}/home",
+                    len(stream),
+                    opts.concurrency,
+                    timeout=10.0,
+                    max_seconds=duration + 30,
+                    rate=opts.rate,
+                    key_fn=lambda rng, i: stream[i],
+                    record=True,
+                    open_loop=True,
+                    progress=False,
+                    stop=stop,
+                )
+            )
+        )
         t0 = time.monotonic()
         load.start()
         actions = event_actions(stack, extra)
@@ -270,16 +315,18 @@ def run(label: str, strategy: str, bounded: float, warmup: float, events: Sequen
             t = time.monotonic()
             actions[name]()
             if name == "replica-kill":
-                during = wait_until(lambda: (d := stack.membership()) and VICTIM not in [m["name"] for m in d["members"]]
-                                    and d, 30, 0.05, what=f"{VICTIM} out of the ring")
-                after = wait_until(lambda: (d := stack.membership()) and VICTIM in [m["name"] for m in d["members"]]
-                                   and "transition" not in d["hashing"] and d, 120, 0.1, what=f"{VICTIM} back")
+                during = stack.when(lambda d: VICTIM not in names(d), f"{VICTIM} out of the ring", 30)
+                after = stack.when(lambda d: VICTIM in names(d) and "transition" not in d["hashing"], f"{VICTIM} back")
                 change = moved(before, during, keys)
             else:
                 after = stack.settled()
                 change = moved(before, after, keys)
-            marks[name] = {"t": t, "done": time.monotonic(), "keys_moved": change, "revisions": [
-                before["revision"], after["revision"]]}
+            marks[name] = {
+                "t": t,
+                "done": time.monotonic(),
+                "keys_moved": change,
+                "revisions": [before["revision"], after["revision"]],
+            }
             log(f"{label}: {name} at {t - t0:.1f} s, in force after {time.monotonic() - t:.1f} s, keys moved {change}")
         load.join(duration + 60)
         stop.set()
@@ -295,17 +342,32 @@ def run(label: str, strategy: str, bounded: float, warmup: float, events: Sequen
     for i, name in enumerate(events):
         at = marks[name]["t"] - outcome.started_at
         until = marks[events[i + 1]]["t"] - outcome.started_at if i + 1 < len(events) else duration
-        figures[name] = {"keys_moved": marks[name]["keys_moved"], "revisions": marks[name]["revisions"],
-                         "in_force_after_s": round(marks[name]["done"] - marks[name]["t"], 2),
-                         **event_figures(samples, bins, at, until, steady)}
-    log(f"{label}: steady hit rate {steady['hit_rate']:.3f}, p50 {steady['p50_ms']:.1f} ms, "
-        f"p99 {steady['p99_ms']:.1f} ms; {outcome.sent} requests, {outcome.failed} failed {dict(outcome.failures)}")
+        figures[name] = {
+            "keys_moved": marks[name]["keys_moved"],
+            "revisions": marks[name]["revisions"],
+            "in_force_after_s": round(marks[name]["done"] - marks[name]["t"], 2),
+            **event_figures(samples, bins, at, until, steady),
+        }
+    log(
+        f"{label}: steady hit rate {steady['hit_rate']:.3f}, p50 {steady['p50_ms']:.1f} ms, "
+        f"p99 {steady['p99_ms']:.1f} ms; {outcome.sent} requests, {outcome.failed} failed {dict(outcome.failures)}"
+    )
     return {
-        "label": label, "strategy": strategy, "bounded_load": bounded, "warmup_s": warmup,
-        "steady": steady, "events": figures, "requests": outcome.sent, "failed": outcome.failed,
-        "failures": dict(outcome.failures), "failure_examples": outcome.failure_examples,
-        "series": {"hit_rate": [round(b.hits / (b.hits + b.misses), 4) if b.hits + b.misses else None for b in bins],
-                   "misses": [b.misses for b in bins], "requests": [b.requests for b in bins]},
+        "label": label,
+        "strategy": strategy,
+        "bounded_load": bounded,
+        "warmup_s": warmup,
+        "steady": steady,
+        "events": figures,
+        "requests": outcome.sent,
+        "failed": outcome.failed,
+        "failures": dict(outcome.failures),
+        "failure_examples": outcome.failure_examples,
+        "series": {
+            "hit_rate": [round(b.hits / (b.hits + b.misses), 4) if b.hits + b.misses else None for b in bins],
+            "misses": [b.misses for b in bins],
+            "requests": [b.requests for b in bins],
+        },
     }
 
 
@@ -315,14 +377,19 @@ def run(label: str, strategy: str, bounded: float, warmup: float, events: Sequen
 def summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The last line's figures (None where a run was skipped)."""
     steady = {k: v["steady"]["hit_rate"] for k, v in runs.items()}
-    out: dict[str, Any] = {"hit_rate_maglev": steady.get("maglev"), "hit_rate_round_robin": steady.get("round-robin"),
-                           "warmup_peak_miss_ratio": None, "warmup_p99_ratio": None,
-                           "failed": sum(v["failed"] for v in runs.values())}
+    out: dict[str, Any] = {
+        "hit_rate_maglev": steady.get("maglev"),
+        "hit_rate_round_robin": steady.get("round-robin"),
+        "warmup_peak_miss_ratio": None,
+        "warmup_p99_ratio": None,
+        "failed": sum(v["failed"] for v in runs.values()),
+    }
     abrupt, warm = runs.get("maglev-warmup-0"), runs.get("maglev-warmup")
     if abrupt and warm:
         out["warmup_peak_miss_ratio"] = max(
             warm["events"][e]["peak_miss_rate"] / max(abrupt["events"][e]["peak_miss_rate"], 1)
-            for e in ("scale-up", "scale-down"))
+            for e in ("scale-up", "scale-down")
+        )
         p99s = [warm["events"][e]["p99_ms"] for e in ("scale-up", "scale-down")]
         out["warmup_p99_ratio"] = max(p99s) / warm["steady"]["p99_ms"]
         out["lost_hits_warmup"] = sum(warm["events"][e]["lost_hits"] for e in ("scale-up", "scale-down"))
@@ -334,9 +401,11 @@ def last_line(s: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "nan" if v is None else f"{v:.3f}"
 
-    return (f"hit_rate_maglev={f(s['hit_rate_maglev'])} hit_rate_round_robin={f(s['hit_rate_round_robin'])} "
-            f"warmup_peak_miss_ratio={f(s['warmup_peak_miss_ratio'])} warmup_p99_ratio={f(s['warmup_p99_ratio'])} "
-            f"failed={s['failed']}")
+    return (
+        f"hit_rate_maglev={f(s['hit_rate_maglev'])} hit_rate_round_robin={f(s['hit_rate_round_robin'])} "
+        f"warmup_peak_miss_ratio={f(s['warmup_peak_miss_ratio'])} warmup_p99_ratio={f(s['warmup_p99_ratio'])} "
+        f"failed={s['failed']}"
+    )
 
 
 def plot_timelines(runs: dict[str, dict[str, Any]], path: Path) -> None:
@@ -358,9 +427,14 @@ def plot_timelines(runs: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def plot_events(runs: dict[str, dict[str, Any]], path: Path) -> None:
-    metrics = [("keys_moved", "keys moved (fraction)"), ("lost_hits", "lost hits"),
-               ("peak_miss_rate", "peak misses / s"), ("back_to_steady_s", "s back to steady"),
-               ("p99_ms", "p99 during (ms)"), ("failed", "failed requests")]
+    metrics = [
+        ("keys_moved", "keys moved (fraction)"),
+        ("lost_hits", "lost hits"),
+        ("peak_miss_rate", "peak misses / s"),
+        ("back_to_steady_s", "s back to steady"),
+        ("p99_ms", "p99 during (ms)"),
+        ("failed", "failed requests"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     labels = list(runs)
     width = 0.8 / max(len(labels), 1)
@@ -381,28 +455,38 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     def f(v: Any, fmt: str = "{:.1f}") -> str:
         return "—" if v is None else fmt.format(v)
 
-    lines = ["| run | steady hit rate | p50 ms | p99 ms | event | keys moved | lost hits | peak misses/s | "
-             "back to steady s | p99 during ms | failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | steady hit rate | p50 ms | p99 ms | event | keys moved | lost hits | peak misses/s | "
+        "back to steady s | p99 during ms | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in runs.items():
         s = r["steady"]
         for i, (name, e) in enumerate(r["events"].items()):
-            head = (f"| {label} | {f(s['hit_rate'], '{:.3f}')} | {f(s['p50_ms'])} | {f(s['p99_ms'])} "
-                    if i == 0 else "| | | | ")
-            lines.append(head + f"| {name} | {f(e['keys_moved'], '{:.3f}')} | {f(e['lost_hits'], '{:.0f}')} | "
-                         f"{e['peak_miss_rate']} | {f(e['back_to_steady_s'], '{:.0f}')} | {f(e['p99_ms'])} | {e['failed']} |")
+            head = (
+                f"| {label} | {f(s['hit_rate'], '{:.3f}')} | {f(s['p50_ms'])} | {f(s['p99_ms'])} "
+                if i == 0
+                else "| | | | "
+            )
+            lines.append(
+                head + f"| {name} | {f(e['keys_moved'], '{:.3f}')} | {f(e['lost_hits'], '{:.0f}')} | "
+                f"{e['peak_miss_rate']} | {f(e['back_to_steady_s'], '{:.0f}')} | {f(e['p99_ms'])} | {e['failed']} |"
+            )
     return "\n".join(lines)
 
 
 def goals(s: dict[str, Any]) -> list[str]:
     """The issue's goals on the defaults, each with whether this run met it."""
+
     def check(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "**missed**")
 
     p, q = s["warmup_peak_miss_ratio"], s["warmup_p99_ratio"]
     lost_w, lost_a = s.get("lost_hits_warmup"), s.get("lost_hits_abrupt")
+    shown_p, shown_q = ("—" if v is None else f"{v:.3f}" for v in (p, q))
     return [
-        f"- `warmup_peak_miss_ratio` ≤ 0.33: {check(None if p is None else p <= 0.33)} ({'—' if p is None else f'{p:.3f}'})",
-        f"- `warmup_p99_ratio` ≤ 1.5: {check(None if q is None else q <= 1.5)} ({'—' if q is None else f'{q:.3f}'})",
+        f"- `warmup_peak_miss_ratio` ≤ 0.33: {check(None if p is None else p <= 0.33)} ({shown_p})",
+        f"- `warmup_p99_ratio` ≤ 1.5: {check(None if q is None else q <= 1.5)} ({shown_q})",
         f"- `failed` = 0: {check(s['failed'] == 0)} ({s['failed']})",
         f"- lost hits with warm-up ≤ without: {check(None if lost_w is None else lost_w <= lost_a)} "
         f"({'—' if lost_w is None else f'{lost_w:.0f} against {lost_a:.0f}'})",
@@ -411,53 +495,59 @@ def goals(s: dict[str, Any]) -> list[str]:
 
 def readme_section(result: dict[str, Any], command: str) -> str:
     o, s = result["settings"], result["summary"]
-    failures = [f"{label} {name}: {e['failed']}" for label, r in result["runs"].items()
-                for name, e in r["events"].items() if e["failed"]]
-    return "\n".join([
-        "## A-5 — cache affinity, membership events and warm-up",
-        "",
-        f"Generated by `scripts/affinity.py` on {time.strftime('%Y-%m-%d %H:%M %Z')}: `{command}`, "
-        f"{result['runtime_s']} s on {result['cores']} cores shared with load generator, balancer and replicas "
-        "(and with whatever else runs on the machine: latencies are the machine's as much as the balancer's). "
-        "Raw numbers: [affinity.json](affinity.json).",
-        "",
-        f"Set-up: `ringlb dev` with {o['replicas']} replicas, each caching {o['cache_size']} keys (LRU, "
-        f"`--cache-size`) and sleeping {o['miss_cost_ms']:g} ms on a miss (`--miss-cost-ms`); {o['keys']} keys "
-        f"drawn Zipf with exponent {o['exponent']:g} (`loadgen.zipf_keys`), sent open-loop at {o['rate']:g} req/s "
-        "(`loadgen.run_load(open_loop=True)`: each request leaves at its scheduled time and its latency counts "
-        "from then) by "
-        f"{o['concurrency']} threads; hit or miss from each answer's `X-Cache`. Every key is requested once "
-        f"before the load; the steady window is seconds {o['fill']:g}..{o['fill'] + o['steady']:g}; the events "
-        f"follow {o['spacing']:g} s apart: `POST /add` of Server {o['replicas'] + 1}, `DELETE /rm` of Server 1 "
-        "(a warm member), SIGKILL of Server 2's gunicorn master and worker (the supervisor respawns it), SIGHUP "
-        "to the balancer's gunicorn master (new workers, the old ones drain). The warm-up comparison runs "
-        f"maglev twice with only the scale-up and the scale-down, {o['warmup'] + o['settle']:g} s apart: "
-        f"`--warmup 0` and `--warmup {o['warmup']:g}`.",
-        "",
-        "Per event, until the next one: *keys moved* is the fraction of the keys whose owner differs between "
-        "the tables before and after (for the kill: while the replica is out); *lost hits* the misses above "
-        "the steady rate, summed; *peak misses/s* the most misses in one second; *back to steady* the seconds "
-        f"until the trailing {SMOOTH}-second hit rate is within {TOLERANCE:g} (plus 3 standard errors) of the "
-        "steady one and stays there (—: not before the next event, an empty bar in the plot); *p99 during* "
-        "the p99 latency of the requests sent.",
-        "",
-        "![hit rate over time](affinity-hit-rate.png)",
-        "",
-        "![events](affinity-events.png)",
-        "",
-        table(result["runs"]),
-        "",
-        "```",
-        last_line(s),
-        "```",
-        "",
-        "Goals (issue 17, on these defaults):",
-        "",
-        *goals(s),
-        "",
-        "Failed requests by event: " + ("; ".join(failures) if failures else "none") + ".",
-        "",
-    ])
+    failures = [
+        f"{label} {name}: {e['failed']}"
+        for label, r in result["runs"].items()
+        for name, e in r["events"].items()
+        if e["failed"]
+    ]
+    return "\n".join(
+        [
+            "## A-5 — cache affinity, membership events and warm-up",
+            "",
+            f"Generated by `scripts/affinity.py` on {time.strftime('%Y-%m-%d %H:%M %Z')}: `{command}`, "
+            f"{result['runtime_s']} s on {result['cores']} cores shared with load generator, balancer and replicas "
+            "(and with whatever else runs on the machine: latencies are the machine's as much as the balancer's). "
+            "Raw numbers: [affinity.json](affinity.json).",
+            "",
+            f"Set-up: `ringlb dev` with {o['replicas']} replicas, each caching {o['cache_size']} keys (LRU, "
+            f"`--cache-size`) and sleeping {o['miss_cost_ms']:g} ms on a miss (`--miss-cost-ms`); {o['keys']} keys "
+            f"drawn Zipf with exponent {o['exponent']:g} (`loadgen.zipf_keys`), sent open-loop at {o['rate']:g} req/s "
+            "(`loadgen.run_load(open_loop=True)`: each request leaves at its scheduled time and its latency counts "
+            "from then) by "
+            f"{o['concurrency']} threads; hit or miss from each answer's `X-Cache`. Every key is requested once "
+            f"before the load; the steady window is seconds {o['fill']:g}..{o['fill'] + o['steady']:g}; the events "
+            f"follow {o['spacing']:g} s apart: `POST /add` of Server {o['replicas'] + 1}, `DELETE /rm` of Server 1 "
+            "(a warm member), SIGKILL of Server 2's gunicorn master and worker (the supervisor respawns it), SIGHUP "
+            "to the balancer's gunicorn master (new workers, the old ones drain). The warm-up comparison runs "
+            f"maglev twice with only the scale-up and the scale-down, {o['warmup'] + o['settle']:g} s apart: "
+            f"`--warmup 0` and `--warmup {o['warmup']:g}`.",
+            "",
+            "Per event, until the next one: *keys moved* is the fraction of the keys whose owner differs between "
+            "the tables before and after (for the kill: while the replica is out); *lost hits* the misses above "
+            "the steady rate, summed; *peak misses/s* the most misses in one second; *back to steady* the seconds "
+            f"until the trailing {SMOOTH}-second hit rate is within {TOLERANCE:g} (plus 3 standard errors) of the "
+            "steady one and stays there (—: not before the next event, an empty bar in the plot); *p99 during* "
+            "the p99 latency of the requests sent.",
+            "",
+            "![hit rate over time](affinity-hit-rate.png)",
+            "",
+            "![events](affinity-events.png)",
+            "",
+            table(result["runs"]),
+            "",
+            "```",
+            last_line(s),
+            "```",
+            "",
+            "Goals (issue 17, on these defaults):",
+            "",
+            *goals(s),
+            "",
+            "Failed requests by event: " + ("; ".join(failures) if failures else "none") + ".",
+            "",
+        ]
+    )
 
 
 def write_readme(section: str, path: Path) -> None:
@@ -466,7 +556,7 @@ def write_readme(section: str, path: Path) -> None:
     head, marker, rest = text.partition("## A-5 ")
     if marker:
         following = rest.find("\n## ")
-        tail = rest[following + 1:] if following >= 0 else ""
+        tail = rest[following + 1 :] if following >= 0 else ""
     else:
         head, tail = text.rstrip() + "\n\n", ""
     path.write_text(head + section + ("\n" + tail if tail else ""))
@@ -475,7 +565,9 @@ def write_readme(section: str, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     d = Settings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated labels of the strategy runs")
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="comma-separated labels of the strategy runs"
+    )
     parser.add_argument("--no-warmup-runs", action="store_true", help="skip the two maglev warm-up comparison runs")
     for name, value in asdict(d).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
@@ -485,10 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in args.strategies.split(",") if s]
     if unknown := [s for s in chosen if s not in STRATEGIES]:
         parser.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-    if not (1 <= opts.replicas <= 20 and 1 <= opts.keys <= 1_000_000 and 0 < opts.rate <= 2000
-            and 0 < opts.spacing and 0 <= opts.warmup <= 600 and opts.fill >= 0 and opts.steady >= 1):
-        parser.error("out of range: --replicas 1..20, --keys 1..1000000, --rate 0..2000, --warmup 0..600, "
-                     "--spacing > 0, --steady >= 1")
+    if not (
+        1 <= opts.replicas <= 20
+        and 1 <= opts.keys <= 1_000_000
+        and 0 < opts.rate <= 2000
+        and opts.spacing > 0
+        and 0 <= opts.warmup <= 600
+        and opts.fill >= 0
+        and opts.steady >= 1
+    ):
+        parser.error(
+            "out of range: --replicas 1..20, --keys 1..1000000, --rate 0..2000, --warmup 0..600, "
+            "--spacing > 0, --steady >= 1"
+        )
     t_start = time.monotonic()
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ringlb-affinity-") as tmp:
@@ -497,16 +598,25 @@ def main(argv: list[str] | None = None) -> int:
             runs[label] = run(label, strategy, bounded, 0.0, EVENTS, opts.spacing, opts, Path(tmp))
         if not args.no_warmup_runs:
             for label, warmup in (("maglev-warmup-0", 0.0), ("maglev-warmup", opts.warmup)):
-                runs[label] = run(label, "maglev", 0.0, warmup, ("scale-up", "scale-down"),
-                                  opts.warmup + opts.settle, opts, Path(tmp))
-    result = {"settings": asdict(opts), "cores": os.cpu_count(), "runtime_s": round(time.monotonic() - t_start),
-              "summary": summary(runs), "runs": runs}
+                runs[label] = run(
+                    label, "maglev", 0.0, warmup, ("scale-up", "scale-down"), opts.warmup + opts.settle, opts, Path(tmp)
+                )
+    result: dict[str, Any] = {
+        "settings": asdict(opts),
+        "cores": os.cpu_count(),
+        "runtime_s": round(time.monotonic() - t_start),
+        "summary": summary(runs),
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "affinity.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_timelines(runs, args.out / "affinity-hit-rate.png")
     plot_events(runs, args.out / "affinity-events.png")
-    command = "make affinity" + (f" ARGS='{' '.join(argv if argv is not None else sys.argv[1:])}'"
-                                 if (argv if argv is not None else sys.argv[1:]) else "")
+    command = "make affinity" + (
+        f" ARGS='{' '.join(argv if argv is not None else sys.argv[1:])}'"
+        if (argv if argv is not None else sys.argv[1:])
+        else ""
+    )
     write_readme(readme_section(result, command), args.out / "README.md")
     print(table(runs))
     print(json.dumps(result["summary"]))

@@ -9,6 +9,7 @@ after the last step; no request of a steady keyed load fails.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import Counter
 from dataclasses import replace
@@ -53,8 +54,9 @@ class Load:
                 if self.done.is_set():
                     return
                 try:
-                    r = session.get(f"{self.url}/home", headers={"X-Request-ID": LOAD_KEYS[i % len(LOAD_KEYS)]},
-                                    timeout=30)
+                    r = session.get(
+                        f"{self.url}/home", headers={"X-Request-ID": LOAD_KEYS[i % len(LOAD_KEYS)]}, timeout=30
+                    )
                     if r.status_code == 200:
                         self.answers[r.json()["message"].removeprefix("Hello from Server: ")] += 1
                     else:
@@ -111,12 +113,25 @@ def expected_moves(old: list[str], new: list[str]) -> list[float]:
         hashing.build(s.members, replace(CONFIG, transition=s.transition))
         for s in plan_tables.plan(old, new, step_count(WARMUP))
     ]
-    return [moved_fraction(a, b) for a, b in zip(tables, tables[1:])]
+    return [moved_fraction(a, b) for a, b in itertools.pairwise(tables)]
 
 
 def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path: Path) -> None:
-    local = LocalMode(tmp_path, "--replicas", "3", "--warmup", str(WARMUP), "--strategy", "maglev",
-                      "--table-size", "1009", "--cache-size", "1000", "--miss-cost-ms", "1")
+    local = LocalMode(
+        tmp_path,
+        "--replicas",
+        "3",
+        "--warmup",
+        str(WARMUP),
+        "--strategy",
+        "maglev",
+        "--table-size",
+        "1009",
+        "--cache-size",
+        "1000",
+        "--miss-cost-ms",
+        "1",
+    )
     load = None
     try:
         local.wait_replicas(3)
@@ -127,16 +142,23 @@ def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path:
         added = local.session.post(f"{local.url}/add", json={"n": 1, "hostnames": ["S4"]}, timeout=60)
         assert added.status_code == 200, added.text  # S4 is in the ring: its first slice
         assert added.json()["message"]["replicas"] == NEW
-        wait_until(lambda: prober.probe() or "transition" not in local.membership()["hashing"], 60, 0.02,
-                   what="the last step of the scale-up")
+        wait_until(
+            lambda: prober.probe() or "transition" not in local.membership()["hashing"],
+            60,
+            0.02,
+            what="the last step of the scale-up",
+        )
         prober.probe()
         up = changes_after(local, before_up, step_count(WARMUP))
         s4_port = int(next(m["address"] for m in local.membership()["members"] if m["name"] == "S4").rsplit(":")[1])
 
         before_down = up[-1]["revision"]
         removal: dict = {}
-        rm = threading.Thread(target=lambda: removal.update(reply=local.session.delete(
-            f"{local.url}/rm", json={"n": 1, "hostnames": ["S4"]}, timeout=60)))
+        rm = threading.Thread(
+            target=lambda: removal.update(
+                reply=local.session.delete(f"{local.url}/rm", json={"n": 1, "hostnames": ["S4"]}, timeout=60)
+            )
+        )
         rm.start()
         wait_until(lambda: prober.probe() or not rm.is_alive(), 60, 0.02, what="/rm to return")
         rm.join()

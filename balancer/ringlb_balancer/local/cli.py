@@ -9,15 +9,14 @@ import signal
 import sys
 from typing import Any
 
+from ringlb_balancer import tls
+from ringlb_balancer.local import warmup
+from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
 from ringlb_replica.cache import MAX_MISS_COST_MS, MAX_SIZE
 from ringlb_ring import keys, naming
 from ringlb_ring.hashing import STRATEGIES, HashingConfig
 from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES
 from ringlb_ring.membership import KEY_SOURCES
-
-from ringlb_balancer import tls
-from ringlb_balancer.local import warmup
-from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

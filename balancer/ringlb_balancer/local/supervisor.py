@@ -29,12 +29,11 @@ import requests
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
+from ringlb_balancer.health import heartbeat
+from ringlb_balancer.local import warmup
 from ringlb_ring import naming
 from ringlb_ring.hashing import HashingConfig
 from ringlb_ring.membership import KeyConfig, Member, Membership
-
-from ringlb_balancer.health import heartbeat
-from ringlb_balancer.local import warmup
 
 log = logging.getLogger("ringlb.supervisor")
 

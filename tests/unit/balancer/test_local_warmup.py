@@ -53,7 +53,16 @@ def test_a_scale_up_moves_in_steps_then_ends_on_the_direct_table():
     steps = replay(OLD, UP, set(UP), seconds, times)
     assert [s.step for s in steps] == [1, 1, 2, 3, 3, 4, 4, 0, 0]
     assert [s.transition.fraction if s.transition else None for s in steps] == [
-        0.2, 0.2, 0.4, 0.6, 0.6, 0.8, 0.8, None, None]
+        0.2,
+        0.2,
+        0.4,
+        0.6,
+        0.6,
+        0.8,
+        0.8,
+        None,
+        None,
+    ]
     for s in steps[:7]:
         assert s.names == UP and s.steps == 5
         assert s.ramp == Ramp(OLD, UP, 100.0)  # one start, kept
@@ -90,7 +99,10 @@ def test_a_member_that_dies_leaves_at_once():
     # no warm-up in force: Server 3 died (neither in the target nor servable)
     alive = {"Server 1", "Server 2", "Server 4"}
     assert due(None, UP, ("Server 1", "Server 2", "Server 4"), alive, 10, "maglev", 0.0).names == (
-        "Server 1", "Server 2", "Server 4")
+        "Server 1",
+        "Server 2",
+        "Server 4",
+    )
     # a leaving member dies during its hand-over: the rest of its keys go at once
     handing_over = Ramp(UP, OLD, 0.0)
     assert due(handing_over, UP, OLD, set(OLD), 4.0, "maglev", 1.5) == Due(OLD)
