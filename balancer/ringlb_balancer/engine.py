@@ -91,13 +91,15 @@ class Engine:
         self.hot = SpaceSaving(HOT_CAPACITY)
         self.hot_since = self.now
         self.hot_draw = random.getrandbits(31)
+        self.retiring = False
         self.active = self._build(store.current(), None)
         self._adopt_key()
 
     @property
     def serving(self) -> bool:
-        """False once any worker of this balancer began draining (``SharedState.draining``)."""
-        return not self.shared.draining
+        """False once any worker of this balancer began draining (``SharedState.draining``), or
+        this worker is on its way out (``retiring``: replaced by a reload, or stopping)."""
+        return not (self.retiring or self.shared.draining)
 
     @serving.setter
     def serving(self, value: bool) -> None:
@@ -279,7 +281,7 @@ class Engine:
 
     async def drain(self, grace: float) -> None:
         """Stop taking new requests on kept-alive connections, then wait for in-flight ones."""
-        self.serving = False
+        self.retiring = True  # this worker only: after a reload its replacements serve on
         for client in list(self.clients):
             if client.idle:
                 client.close()

@@ -52,6 +52,14 @@ def when_ready(server: Any) -> None:
     _checker.start()
 
 
+def on_reload(server: Any) -> None:
+    """SIGHUP: new workers are about to replace the old ones (see ``SharedState.reloads``)."""
+    from ringlb_balancer.shared import SharedState
+
+    shared = SharedState(Settings.from_env().state_dir)
+    shared.reloads += 1
+
+
 def on_exit(server: Any) -> None:
     if _checker is not None:
         _checker.stop()

@@ -24,6 +24,7 @@ MAX_WORKERS = 32
 _REVISION = struct.Struct("<Q")
 _PID = struct.Struct("<i")
 _DRAINING_AT = 8
+_RELOADS_AT = 16
 _HEALTH_AT = HEALTH_AT = 64
 _PIDS_AT = _HEALTH_AT + MAX_REPLICAS
 _INFLIGHT_AT = _PIDS_AT + 4 * MAX_WORKERS
@@ -90,6 +91,17 @@ class SharedState:
     @draining.setter
     def draining(self, value: bool) -> None:
         self.map[_DRAINING_AT] = 1 if value else 0
+
+    @property
+    def reloads(self) -> int:
+        """How many times gunicorn's master reloaded (SIGHUP): a worker started before the last
+        reload that gets SIGTERM is being replaced, not shut down with the balancer, so its
+        drain must not mark the balancer (its new siblings) as draining."""
+        return _REVISION.unpack_from(self.map, _RELOADS_AT)[0]
+
+    @reloads.setter
+    def reloads(self, value: int) -> None:
+        _REVISION.pack_into(self.map, _RELOADS_AT, value)
 
     def ejected(self, index: int) -> bool:
         return self.map[_HEALTH_AT + index] != HEALTHY

@@ -12,6 +12,7 @@ stops accepting and lets in-flight requests finish. SIGINT and SIGQUIT stop at o
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import resource
@@ -71,7 +72,11 @@ class ProxyWorker(Worker):
         # workers, one whose loop is busy when its own SIGTERM arrives would otherwise still
         # answer keep-alive after a sibling's /readyz said 503.
         self.draining = True
-        self.control.draining = True
+        self.engine.retiring = True
+        if self.control.store.shared.reloads == self.reloads_at_start:
+            self.control.draining = True
+        # else: replaced by a reload (SIGHUP) whose new workers already serve: the balancer
+        # stays ready, and only this worker ends each connection after its answer.
 
     def _stop(self) -> None:
         self.alive = False
@@ -83,6 +88,7 @@ class ProxyWorker(Worker):
         gc.set_threshold(50_000, 20, 20)
         balancer: Balancer = self.wsgi
         settings = balancer.settings
+        self.reloads_at_start = balancer.shared.reloads
         engine = Engine(
             settings,
             balancer.shared,
@@ -115,16 +121,15 @@ class ProxyWorker(Worker):
         servers = []
         for listener in self.sockets:
             admin = listener.sock.getsockname()[1] == admin_port
-            secure: dict[str, object] = {}
-            if rotation is not None and not admin:
-                # The handshake gets the head's deadline: a client that stalls it holds a descriptor.
-                secure = {"ssl": rotation.listener, "ssl_handshake_timeout": settings.head_timeout}
+            secure = rotation.listener if rotation is not None and not admin else None
             servers.append(
                 await self.loop.create_server(
-                    lambda admin=admin: ClientConnection(engine, admin),
+                    functools.partial(ClientConnection, engine, admin),  # type: ignore[arg-type]  # a native (mypyc) class cannot subclass asyncio.Protocol: asyncio needs only its methods
                     sock=listener.sock,
                     backlog=self.cfg.backlog,
-                    **secure,  # type: ignore[arg-type]
+                    ssl=secure,
+                    # The handshake gets the head's deadline: a client that stalls it holds a descriptor.
+                    ssl_handshake_timeout=settings.head_timeout if secure is not None else None,
                 )
             )
         if rotation is not None:
