@@ -21,7 +21,7 @@ class BalancerCollector:
     def collect(self) -> Iterator[Metric]:
         shared = self.store.shared
         membership = self.store.current().membership
-        totals = counters.totals(shared.dir)
+        totals = counters.totals(shared.dir, membership.names)
         requests = CounterMetricFamily(
             "ringlb_requests", "Requests forwarded, by the member that answered and its status class",
             labels=["member", "code"],
@@ -74,5 +74,5 @@ class BalancerCollector:
 
 def render(store: RoutingStore) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(store))  # type: ignore[arg-type]
+    registry.register(BalancerCollector(store))
     return generate_latest(registry), CONTENT_TYPE_LATEST
