@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +303,7 @@ def stats(counts: list[int]) -> dict[str, float]:
 def seed_exact_shares(formulas: str, names: list[str]) -> dict[str, float]:
     """Exact share of each server over all 900,000 six-digit ids, for a seed strategy."""
     s = hashing.build(names, HashingConfig(strategy="seed", seed_formulas=formulas))
+    assert isinstance(s, seed.Seed)  # its slot tables are read below
     histogram = slot_histogram(formulas)
     shares: Counter = Counter()
     for slot, count in histogram.items():
@@ -386,8 +387,8 @@ def task_a2(opts: Options, report: Report) -> None:
     counts = [2, 3, 4, 5, 6]
     results = sweep(opts, report, counts)
     labels = list(results)
-    fig, axes = plt.subplots(1, len(labels) + 1, figsize=(5 * (len(labels) + 1), 4.6), squeeze=False)
-    axes = list(axes[0])
+    fig, grid = plt.subplots(1, len(labels) + 1, figsize=(5 * (len(labels) + 1), 4.6), squeeze=False)
+    axes = list(grid[0])
     ax2 = axes[-1]
     table = [
         "| strategy | N | mean | min | max | stdev | max/mean | scaling call |",
@@ -605,6 +606,7 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
     loader.start()
     time.sleep(before)
     proc = sup.replicas[victim].process
+    assert proc is not None, f"{victim} is not running"  # started with the stack above
     old_pid = proc.pid
     workers = children(old_pid)
     target.extra_pids.update(workers)
@@ -944,7 +946,7 @@ def task_a4(opts: Options, report: Report) -> None:
     ax.set_title(f"balance at N = 3 ({len(keys) // 1000}k keys)")
     ax = axes[1]
     width = 0.38
-    xs = range(len(labels))
+    xs: Sequence[float] = range(len(labels))  # bar positions; shifted ones below
     b1 = ax.bar(
         [x - width / 2 for x in xs],
         [figs[x]["moved_add"] * 100 for x in labels],

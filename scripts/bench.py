@@ -47,8 +47,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support, the helpers shared by the test tiers and scripts
 
-from tests.support.net import free_port  # noqa: E402
-from tests.support.proc import cpu_seconds, descendants  # noqa: E402
+from tests.support.net import free_port  # noqa: E402 - importable once the repository root is on sys.path
+from tests.support.proc import cpu_seconds, descendants  # noqa: E402 - importable once the repository root is on sys.path
 
 WRK_SCRIPT = """
 local counter = 0
@@ -191,8 +191,8 @@ def run_wrk(
         check=True,
     ).stdout
     cpu = cpu_seconds(tree) - before if tree else 0.0
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(_found(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(_found(r"(\d+) requests in", out).group(1))
     pct = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)}
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -207,8 +207,16 @@ def run_wrk(
     return result
 
 
+def _found(pattern: str, text: str) -> re.Match[str]:
+    """``pattern`` in wrk's output, which has it unless wrk failed: then the output says why."""
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"wrk's output has no {pattern!r}:\n{text}")
+    return m
+
+
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    value, unit = _found(r"^([\d.]+)(us|ms|s)", text).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 

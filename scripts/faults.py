@@ -60,8 +60,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support.net import free_port  # noqa: E402
-from tests.support.proc import alive, children, cmdline, start_ticks  # noqa: E402
+from tests.support.net import free_port  # noqa: E402 - importable once the repository root is on sys.path
+from tests.support.proc import alive, children, cmdline, start_ticks  # noqa: E402 - importable once the repository root is on sys.path
 
 VICTIM = "Server 2"
 GREETING = re.compile(r"Hello from Server: (.+)$")
@@ -732,7 +732,7 @@ def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
     sizes = [len(r) for (ts, _, r) in monitor.polls if ts >= t and r is not None]
     ring_polls = [(ts, r) for (ts, _, r) in monitor.polls if ts >= t and r is not None]
     empty = sum(b[0] - a[0] for a, b in itertools.pairwise(ring_polls) if not a[1])
-    refusals = {}
+    refusals: dict[str, Any] = {}
     for c in calls:
         if c.get("status") != 200:
             refusals.setdefault(f"{c['call']} {c['status']}", c.get("body", ""))

@@ -101,8 +101,8 @@ class ClientConnection(FlowControl):
         return self.engine.now
 
     # -- connection ---------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # a stream's (asyncio says BaseTransport)
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0].encode() if peer else b""
         self.engine.accepted(self)
@@ -147,7 +147,9 @@ class ClientConnection(FlowControl):
         if self.corked is not None:
             self.corked.append(data)
         elif not self.closed:
-            self.transport.write(data)  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None
+            transport.write(data)
 
     def cork(self) -> None:
         """Collect writes until ``uncork``: a small answer parsed from one read (head, body,
@@ -158,14 +160,18 @@ class ClientConnection(FlowControl):
     def uncork(self) -> None:
         corked, self.corked = self.corked, None
         if corked and not self.closed:
-            self.transport.write(b"".join(corked) if len(corked) > 1 else corked[0])  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None
+            transport.write(b"".join(corked) if len(corked) > 1 else corked[0])
 
     def close(self) -> None:
         if not self.closed:
             self.uncork()
             self.closed = True
             self.state = states.C_CLOSED
-            self.transport.close()  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None
+            transport.close()
             self.engine.clients.pop(self, None)  # the slot is free now, not when the loop says so
 
     def abort(self) -> None:
@@ -173,7 +179,9 @@ class ClientConnection(FlowControl):
         self.corked = None
         self.closed = True
         self.state = states.C_CLOSED
-        self.transport.abort()  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None
+        transport.abort()
         self.engine.clients.pop(self, None)
 
     def maybe_resume(self) -> None:
@@ -193,7 +201,9 @@ class ClientConnection(FlowControl):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == states.C_TUNNEL:
-            self.tunnel.from_client(data)  # type: ignore[union-attr]
+            tunnel = self.tunnel
+            assert tunnel is not None  # the state says a tunnel is open
+            tunnel.from_client(data)
             return
         if state == states.C_UPGRADE:
             self.hold_early(data)
@@ -444,9 +454,10 @@ class ClientConnection(FlowControl):
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
         exchange = self.parsing
-        if exchange.control and self.body_bytes > self.engine.control_max_body:  # type: ignore[union-attr]
+        assert exchange is not None  # llhttp calls on_body between on_headers_complete and the end
+        if exchange.control and self.body_bytes > self.engine.control_max_body:
             raise Reject(framing.error(413, f"request body exceeds {self.engine.control_max_body} bytes"))
-        exchange.client_body(body)  # type: ignore[union-attr]
+        exchange.client_body(body)
 
     def on_message_complete(self) -> None:
         # Ready for the next message here, not in an on_message_begin: one callback fewer per

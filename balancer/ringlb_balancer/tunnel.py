@@ -29,7 +29,9 @@ class Tunnel:
 
     def from_client(self, data: bytes) -> None:
         self.last_io = self.client.engine.now
-        self.replica.transport.write(data)  # type: ignore[union-attr]
+        transport = self.replica.transport
+        assert transport is not None  # the replica's connection answered 101: it is connected
+        transport.write(data)
 
     def from_replica(self, data: bytes) -> None:
         self.last_io = self.client.engine.now

@@ -86,8 +86,8 @@ class UpstreamConnection(FlowControl):
         return self.pool.engine.now
 
     # -- transport ----------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # a stream's (asyncio says BaseTransport)
+        self.transport = transport
         self.move(states.CONNECTED)
         raw = transport.get_extra_info("socket")
         if raw is not None:
@@ -103,7 +103,9 @@ class UpstreamConnection(FlowControl):
         self.awaiting_head = True
         self.head_wire = 0
         self.last_io = self.pool.engine.now
-        self.transport.write(data)  # type: ignore[union-attr]
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
 
     def sent(self) -> None:
         """The request's last byte, as framed, is written."""
@@ -163,7 +165,9 @@ class UpstreamConnection(FlowControl):
         if self.read_paused and not self.closed:
             self.read_paused = False
             self.last_io = self.pool.engine.now
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None
+            transport.resume_reading()
 
     def answered(self) -> None:
         """The answer ended as framed: back to the pool if the machine says the connection is
@@ -190,7 +194,9 @@ class UpstreamConnection(FlowControl):
             self.state = states.U_CLOSED
             self.exchange = None
             self.pool.forget(self)
-            self.transport.close()  # type: ignore[union-attr]
+            transport = self.transport
+            assert transport is not None
+            transport.close()
 
     def abort(self) -> None:
         self.closed = True
@@ -351,7 +357,7 @@ class UpstreamPool:
         """Connect, then hand the connection to ``exchange`` (through ``Engine.connect``)."""
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),  # type: ignore[type-var]
+                self.loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),  # type: ignore[type-var]  # a native (mypyc) class cannot subclass asyncio.Protocol: asyncio needs only its methods
                 self.engine.settings.connect_timeout,
             )
         except (TimeoutError, OSError) as exc:

@@ -34,8 +34,11 @@ class Owner:
     namespace: str
     uid: str
 
-    def body(self) -> dict[str, Any]:
-        return {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": self.name, "uid": self.uid}}
+    def body(self) -> kopf.Body:
+        """What ``kopf.append_owner_reference`` reads an owner reference from."""
+        return kopf.Body(
+            {"apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": self.name, "uid": self.uid}}
+        )
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -378,7 +381,7 @@ def deployment(owner: Owner, spec: Spec) -> K8sObject:
     template = b.template
     selector = balancer_selector(owner.name)
     pod_labels = _pod_labels(template, labels(owner.name, c.COMPONENT_BALANCER))
-    container = {
+    container: K8sObject = {
         "name": "balancer",
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,

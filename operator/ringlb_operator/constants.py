@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Final
 
 # The resource's names and defaults are the shared contract's; re-exported so the operator
 # spells everything through this module.
@@ -94,10 +95,10 @@ STUCK_WAITING_REASONS = (
 # --- defaults (spec.py uses them; the CRD's schema defaults are generated from spec.py) ------
 DEFAULT_BALANCER_REPLICAS = 2
 MAX_BALANCER_REPLICAS = 10
-DEFAULT_SERVICE_TYPE = "ClusterIP"
+DEFAULT_SERVICE_TYPE: Final = "ClusterIP"  # Final: the literal type spec.py's field has
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
-DEFAULT_PULL_POLICY = "IfNotPresent"
+DEFAULT_PULL_POLICY: Final = "IfNotPresent"
 KEY_SOURCES = ("header", "cookie", "client-ip")
 DEFAULT_KEY_HEADER = "X-Request-ID"
 DEFAULT_KEY_COOKIE = "ringlb-key"

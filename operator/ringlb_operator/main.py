@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -9,7 +10,7 @@ import kopf
 from ringlb_operator import constants as c
 from ringlb_operator import handlers
 
-OURS = {c.LABEL_RESOURCE: kopf.PRESENT, c.LABEL_MANAGED_BY: c.MANAGER}
+OURS: Mapping[str, Any] = {c.LABEL_RESOURCE: kopf.PRESENT, c.LABEL_MANAGED_BY: c.MANAGER}  # kopf's label filter
 
 
 @kopf.on.startup()
@@ -28,7 +29,7 @@ def ringlb_pods(body: kopf.Body, **_: Any) -> dict[handlers.Key, Any]:
 
 
 @kopf.on.event("v1", "pods", labels=OURS)
-async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     handlers.wake(memo, namespace, labels.get(c.LABEL_RESOURCE))
 
 
@@ -36,7 +37,7 @@ def _index_child(body: kopf.Body, **_: Any) -> dict[handlers.Key, Any]:
     return handlers.index_child(body)
 
 
-async def _child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def _child_changed(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     handlers.wake(memo, namespace, labels.get(c.LABEL_RESOURCE))
 
 
@@ -55,7 +56,7 @@ def ringlb_nodes(body: kopf.Body, **_: Any) -> dict[str, Any]:
     return handlers.index_node(body)
 
 
-@kopf.on.event("v1", "nodes")
+@kopf.on.event("v1", "nodes")  # type: ignore[arg-type]  # kopf passes an index by its name: WatchingFn has no parameter for it
 async def node_changed(
     body: kopf.Body, type: str | None, memo: kopf.Memo, ringlb_pods: kopf.Index[handlers.Key, Any], **_: Any
 ) -> None:
@@ -63,11 +64,11 @@ async def node_changed(
 
 
 @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
-async def resource_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def resource_changed(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     handlers.wake(memo, namespace, name)
 
 
-@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10.0)  # type: ignore[arg-type]  # kopf passes indexes by name (DaemonFn has no parameter for them); a namespaced kind's namespace, never None
 async def reconciler(
     stopped: kopf.DaemonStopped,
     body: kopf.Body,

@@ -327,7 +327,7 @@ def _degraded_first(
     combined = "; ".join(m for m in (message, others) if m)[:1000]
     previous = old_status.get("conditions") or []
     conditions[index] = desired.condition(previous, c.DEGRADED, True, reason, combined, now, generation)
-    old = next((cond for cond in previous if cond.get("type") == c.DEGRADED), {})
+    old: Mapping[str, Any] = next((cond for cond in previous if cond.get("type") == c.DEGRADED), {})
     if old.get("reason") != reason or message not in str(old.get("message") or ""):
         outcome.events.append(Event("Warning", reason, message[:1000]))
 

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ringlb_operator import constants as c
 from ringlb_ring import keys
-from ringlb_ring.hashing import HashingConfig
+from ringlb_ring.hashing import DEFAULT_STRATEGY, HashingConfig
+from ringlb_ring.hashing.seed import DEFAULT_FORMULAS
 from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES
 from ringlb_ring.keys import KeyConfig
 from ringlb_ring.naming import MAX_REPLICAS, NAME_PATTERN, PlanError, check_unique, desired_identities
@@ -41,13 +42,13 @@ class _Model(BaseModel):
 def _image(description: str) -> Any:
     """The ``image`` field: "" (absent) means the operator's default image for the component, but
     the API server refuses an explicit empty string, which would only hide a templating mistake."""
-    return Field("", description=description, json_schema_extra={"minLength": 1})
+    return Field(default="", description=description, json_schema_extra={"minLength": 1})
 
 
 def _unreachable_node_seconds(description: str) -> Any:
     """The ``unreachableNodeSeconds`` field; the replica and balancer spell it alike but describe it apart."""
     return Field(
-        c.DEFAULT_UNREACHABLE_NODE_SECONDS,
+        default=c.DEFAULT_UNREACHABLE_NODE_SECONDS,
         alias="unreachableNodeSeconds",
         ge=0,
         le=c.MAX_UNREACHABLE_NODE_SECONDS,
@@ -57,7 +58,7 @@ def _unreachable_node_seconds(description: str) -> Any:
 
 def _env(description: str) -> Any:
     """The ``env`` field; the replica and balancer spell it alike but describe it apart."""
-    return Field((), max_length=64, description=description)
+    return Field(default=(), max_length=64, description=description)
 
 
 class EnvVar(_Model):
@@ -86,7 +87,7 @@ class PodTemplate(_Model):
     """What a replica (or balancer) pod is built from, scheduling included."""
 
     image: str = _image("Replica image; default the operator's RINGLB_REPLICA_IMAGE (ringlb/replica:0.1.0).")
-    image_pull_policy: PullPolicy = Field(c.DEFAULT_PULL_POLICY, alias="imagePullPolicy")
+    image_pull_policy: PullPolicy = Field(default=c.DEFAULT_PULL_POLICY, alias="imagePullPolicy")
     env: tuple[EnvVar, ...] = _env("Extra environment variables (SERVER_ID is always set by the operator).")
     resources: Resources = Field(
         default_factory=Resources,
@@ -96,12 +97,14 @@ class PodTemplate(_Model):
         default_factory=dict, alias="nodeSelector", description="Node labels the pods must match."
     )
     # Kubernetes' own objects, kept whole: x-kubernetes-preserve-unknown-fields in the CRD.
-    tolerations: tuple[dict[str, Any], ...] = Field((), description="Pod tolerations (core/v1 Toleration objects).")
+    tolerations: tuple[dict[str, Any], ...] = Field(
+        default=(), description="Pod tolerations (core/v1 Toleration objects)."
+    )
     affinity: dict[str, Any] = Field(default_factory=dict, description="Pod affinity (core/v1 Affinity).")
     image_pull_secrets: tuple[LocalObjectReference, ...] = Field(
-        (), alias="imagePullSecrets", description="Secrets for pulling the image."
+        default=(), alias="imagePullSecrets", description="Secrets for pulling the image."
     )
-    priority_class_name: str = Field("", alias="priorityClassName", description="PriorityClass of the pods.")
+    priority_class_name: str = Field(default="", alias="priorityClassName", description="PriorityClass of the pods.")
     labels: dict[str, str] = Field(
         default_factory=dict, description="Extra pod labels (the operator's own labels win on a clash)."
     )
@@ -127,8 +130,10 @@ class KeySource(_Model):
     # A named source without its name is reported by ``problems`` (the schema cannot tie them).
 
     source: KeySourceName
-    name: str = Field("", pattern=KEY_NAME_PATTERN, description="Header, cookie or query parameter name.")
-    index: int = Field(0, ge=0, le=keys.MAX_SEGMENT, description="Path segment (source path-segment), 0 for the first.")
+    name: str = Field(default="", pattern=KEY_NAME_PATTERN, description="Header, cookie or query parameter name.")
+    index: int = Field(
+        default=0, ge=0, le=keys.MAX_SEGMENT, description="Path segment (source path-segment), 0 for the first."
+    )
 
     def config(self) -> KeyConfig:
         named = self.source in keys.NAMED_SOURCES
@@ -139,63 +144,67 @@ class Hashing(_Model):
     """The ``hashing`` object; defaults are ``HashingConfig``'s (the balancer's and ``ringlb dev``'s)."""
 
     strategy: Literal["maglev", "ring", "seed", "round-robin", "random"] = Field(
-        _HASHING.strategy,  # type: ignore[arg-type]
+        default=DEFAULT_STRATEGY,
         description=(
             "maglev (even, O(1)), ring (virtual nodes), seed (the assignment's formulas), or the non-affine "
             "baselines round-robin and random (the key chooses nothing; for comparison)."
         ),
     )
-    vnodes: int = Field(_HASHING.vnodes, ge=1, le=1000, description="Virtual nodes per replica (strategy ring).")
+    vnodes: int = Field(
+        default=_HASHING.vnodes, ge=1, le=1000, description="Virtual nodes per replica (strategy ring)."
+    )
     table_size: int = Field(
-        _HASHING.table_size,
+        default=_HASHING.table_size,
         alias="tableSize",
         ge=257,
         le=1_000_003,
         description="Maglev lookup table size; must be prime.",
     )
     seed_formulas: Literal["original", "reissue"] = Field(
-        _HASHING.seed_formulas,  # type: ignore[arg-type]
+        default=DEFAULT_FORMULAS,
         alias="seedFormulas",
         description="Which formulas the seed strategy uses.",
     )
     # The gap (0, 1) is refused by the API server here; ``problems`` reports it for older objects.
     bounded_load: float = Field(
-        _HASHING.bounded_load,
+        default=_HASHING.bounded_load,
         alias="boundedLoad",
         ge=0,
         le=10,
         description="Bounded-load factor c (1.0 to 10.0); 0 turns it off.",
         json_schema_extra={"anyOf": [{"maximum": 0}, {"minimum": 1}]},
     )
-    key_source: KeySourceName = Field("header", alias="keySource", description="Where the request key comes from.")
+    key_source: KeySourceName = Field(
+        default="header", alias="keySource", description="Where the request key comes from."
+    )
     key_header: str = Field(
-        c.DEFAULT_KEY_HEADER,
+        default=c.DEFAULT_KEY_HEADER,
         alias="keyHeader",
         pattern=r"^[A-Za-z0-9-]{1,64}$",
         description="Header carrying the key (keySource header); a random key when absent.",
     )
     key_cookie: str = Field(
-        c.DEFAULT_KEY_COOKIE,
+        default=c.DEFAULT_KEY_COOKIE,
         alias="keyCookie",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="Cookie carrying the key (keySource cookie).",
     )
     key_query: str = Field(
-        "",
+        default="",
         alias="keyQuery",
         pattern=KEY_NAME_PATTERN,
         description="Query parameter carrying the key (keySource query, which requires it), "
         "e.g. user in /cart?user=42.",
     )
     key_path_segment: int = Field(
-        0,
+        default=0,
         alias="keyPathSegment",
         ge=0,
         le=keys.MAX_SEGMENT,
         description="Path segment carrying the key (keySource path-segment): 0 is users in /users/42/cart, 1 is 42.",
     )
     key_fallback: tuple[KeySource, ...] = Field(
-        (),
+        default=(),
         alias="keyFallback",
         max_length=keys.MAX_FALLBACK,
         description=(
@@ -204,7 +213,7 @@ class Hashing(_Model):
         ),
     )
     warmup_seconds: int = Field(
-        0,
+        default=0,
         alias="warmupSeconds",
         ge=0,
         le=c.MAX_WARMUP_SECONDS,
@@ -263,23 +272,25 @@ class Balancer(PodTemplate):
         "tolerations names those keys): after this long on a lost node a pod is evicted and the "
         "Deployment starts its replacement."
     )
-    replicas: int = Field(c.DEFAULT_BALANCER_REPLICAS, ge=1, le=c.MAX_BALANCER_REPLICAS)
-    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(c.DEFAULT_SERVICE_TYPE, alias="serviceType")  # type: ignore[assignment]
-    port: int = Field(c.PORT, ge=1, le=65535, description=f"Service port (the pods always listen on {c.PORT}).")
+    replicas: int = Field(default=c.DEFAULT_BALANCER_REPLICAS, ge=1, le=c.MAX_BALANCER_REPLICAS)
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default=c.DEFAULT_SERVICE_TYPE, alias="serviceType"
+    )
+    port: int = Field(default=c.PORT, ge=1, le=65535, description=f"Service port (the pods always listen on {c.PORT}).")
     service_annotations: dict[str, str] = Field(
         default_factory=dict,
         alias="serviceAnnotations",
         description="Annotations of the balancer Service (e.g. for a cloud load balancer).",
     )
     drain_seconds: int = Field(
-        c.DEFAULT_DRAIN_SECONDS,
+        default=c.DEFAULT_DRAIN_SECONDS,
         alias="drainSeconds",
         ge=0,
         le=300,
         description="After SIGTERM a balancer pod is unready but keeps serving this long (RINGLB_DRAIN_SECONDS).",
     )
     tls: Tls | None = Field(
-        None,
+        default=None,
         description="Serve the public port over TLS only (1.2 and 1.3, ALPN http/1.1); "
         "the admin port stays plain HTTP.",
     )
@@ -296,7 +307,7 @@ class Spec(_Model):
     """What to run."""
 
     replicas: int = Field(
-        c.DEFAULT_REPLICAS,
+        default=c.DEFAULT_REPLICAS,
         ge=0,
         le=MAX_REPLICAS,
         description="Number of replica pods (ring members). kubectl scale sets it.",
@@ -304,7 +315,7 @@ class Spec(_Model):
     # Each name is checked by ``problems`` (so a bad stored name is reported, not a parse error);
     # the API server checks it against the same pattern before storing.
     hostnames: tuple[str, ...] = Field(
-        (),
+        default=(),
         max_length=MAX_REPLICAS,
         description=(
             'Ring identities, in order (seed style, e.g. "S5"). The first `replicas` are used; generated '

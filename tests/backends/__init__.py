@@ -32,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -53,18 +53,18 @@ class ServerThread:
         self.port = port
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._ready = threading.Event()
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         raise NotImplementedError
 
     def start(self) -> ServerThread:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-            self._server = self.loop.run_until_complete(self._make_server())
-            self.port = self._server.sockets[0].getsockname()[1]
+            self._server = server = self.loop.run_until_complete(self._make_server())
+            self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             self.loop.run_forever()
 
@@ -78,7 +78,13 @@ class ServerThread:
         """Run ``fn`` in the server's loop and return its result (state reads without races)."""
         done = threading.Event()
         box: list[Any] = []
-        self.loop.call_soon_threadsafe(lambda: (box.append(fn()), done.set()))  # type: ignore[union-attr]
+
+        def run() -> None:
+            box.append(fn())
+            done.set()
+
+        assert self.loop is not None, "call() before start()"
+        self.loop.call_soon_threadsafe(run)
         # Generous: the loop may be busy streaming on a loaded machine; it costs nothing otherwise.
         if not done.wait(60):
             raise AssertionError("the backend's loop did not run a call within 60 s")
@@ -88,15 +94,18 @@ class ServerThread:
         if self.loop is None:
             return
 
+        server, thread = self._server, self._thread
+        assert server is not None and thread is not None  # start() set them with the loop
+
         async def close() -> None:
-            self._server.close()  # type: ignore[union-attr]
+            server.close()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)  # type: ignore[union-attr]
+        thread.join(5)
 
     def __enter__(self) -> ServerThread:
         return self.start()
@@ -219,7 +228,7 @@ class MainBackend(ServerThread):
         }
         self.gates: dict[str, asyncio.Semaphore] = {}
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, LOOPBACK, self.port, limit=1 << 20, backlog=1024)
 
     def snapshot(self) -> dict[str, Any]:
@@ -256,7 +265,7 @@ class MainBackend(ServerThread):
             self.state["open"] -= 1
             try:
                 writer.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the peer may have broken the connection any way
                 pass
 
     # -- handlers: return True to keep the connection for another request ---------------------
@@ -394,7 +403,7 @@ class MainBackend(ServerThread):
                     try:
                         writer.write(ws.send(event.response()))
                         await writer.drain()
-                    except Exception:  # noqa: BLE001
+                    except Exception:  # noqa: BLE001 - the peer may be gone already: the close is done
                         pass
                     return False
             await writer.drain()
@@ -462,7 +471,7 @@ class _ByteLogProtocol(asyncio.Protocol):
         self.answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a TCP server's (uvloop's is no subclass)
 
     def data_received(self, data: bytes) -> None:
         self.log.data += data
@@ -488,8 +497,8 @@ class _ByteLogProtocol(asyncio.Protocol):
 
     def _answer(self, status: int, body: bytes) -> None:
         self.answered = True
-        self.transport.write(simple(status, body, "application/json", close=True))  # type: ignore[attr-defined]
-        self.transport.write_eof()  # type: ignore[attr-defined]
+        self.transport.write(simple(status, body, "application/json", close=True))
+        self.transport.write_eof()
         asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
     def eof_received(self) -> bool:
@@ -508,7 +517,7 @@ class ByteLogBackend(ServerThread):
         self.logs: list[Logged] = []
         self.counter = 0
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         return await asyncio.get_running_loop().create_server(lambda: _ByteLogProtocol(self), LOOPBACK, self.port)
 
     def clear(self) -> None:
@@ -552,9 +561,11 @@ def parse_requests(data: bytes) -> tuple[list[SeenRequest], bytes, str | None]:
                         rest[: head_end + 4] if head_end >= 0 else rest,
                     )
                 elif isinstance(event, h11.Data):
-                    request.body += bytes(event.data)  # type: ignore[union-attr]
+                    assert request is not None  # h11 gives the Request first
+                    request.body += bytes(event.data)
                 elif isinstance(event, h11.EndOfMessage):
-                    found.append(request)  # type: ignore[arg-type]
+                    assert request is not None
+                    found.append(request)
                     break
         except h11.RemoteProtocolError as exc:
             return found, rest, str(exc)
@@ -573,7 +584,7 @@ class _LenientProtocol(asyncio.Protocol):
         self.current: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a TCP server's (uvloop's is no subclass)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -589,7 +600,7 @@ class _LenientProtocol(asyncio.Protocol):
             if not request_line.startswith(b"GET /heartbeat"):
                 self.owner.seen.append(list(self.current))
             self.current = []
-            self.transport.write(simple(200, b"lenient: " + request_line[:100]))  # type: ignore[attr-defined]
+            self.transport.write(simple(200, b"lenient: " + request_line[:100]))
 
 
 class LenientBackend(ServerThread):
@@ -599,7 +610,7 @@ class LenientBackend(ServerThread):
         super().__init__(port)
         self.seen: list[list[bytes]] = []
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         return await asyncio.get_running_loop().create_server(lambda: _LenientProtocol(self), LOOPBACK, self.port)
 
     def taken(self) -> list[list[bytes]]:
@@ -615,7 +626,7 @@ class ReuseDropBackend(ServerThread):
         self.seen: list[tuple[str, str, int, bytes]] = []  # (method, target, nth on its connection, body)
         self.conns = 0
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, LOOPBACK, self.port)
 
     def received(self) -> list[tuple[str, str, int, bytes]]:
@@ -737,7 +748,7 @@ class FakeScaler:
                 elapsed = time.perf_counter() - start
                 if reply.status_code != 200:
                     self.push_failures.append(f"{reply.status_code} {reply.text[:200]}")
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any failure is recorded for the test to assert on
                 elapsed = time.perf_counter() - start
                 self.push_failures.append(repr(exc))
             self.push_times.append(elapsed)
@@ -769,7 +780,8 @@ class BackendProcess:
             stdout=subprocess.PIPE,
             env=dict(os.environ, PYTHONPATH=root),
         )
-        line = self.process.stdout.readline().decode()  # type: ignore[union-attr]
+        assert self.process.stdout is not None  # stdout=PIPE
+        line = self.process.stdout.readline().decode()
         if not line.startswith("ready "):
             self.process.kill()
             raise RuntimeError(f"backend process did not start: {line!r}")
@@ -785,7 +797,8 @@ class BackendProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process.stdout.close()  # type: ignore[union-attr]
+        if self.process.stdout is not None:  # stdout=PIPE: always
+            self.process.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> int:

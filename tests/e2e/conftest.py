@@ -103,7 +103,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     if report.when == "call":
-        item.rep_call_failed = report.failed  # type: ignore[attr-defined]
+        item.rep_call_failed = report.failed
 
 
 def resource(namespace: str, name: str = "web") -> dict[str, Any]:
@@ -294,7 +294,7 @@ def load(
                 return
             try:
                 reply = session.get(url + "/home", headers={"X-Request-ID": uuid.uuid4().hex}, timeout=10)
-                server = HELLO.search(reply.json()["message"]).group(1) if reply.ok else None  # type: ignore[union-attr]
+                server = HELLO.search(reply.json()["message"]).group(1) if reply.ok else None
                 error = None if server else f"{reply.status_code} {reply.text[:100]}"
             except (requests.RequestException, ValueError, AttributeError, KeyError) as exc:
                 server, error = None, f"{type(exc).__name__}: {exc}"[:200]

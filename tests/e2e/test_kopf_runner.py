@@ -59,7 +59,7 @@ def _pushes_through_port_forwards(namespace: str, monkeypatch: pytest.MonkeyPatc
             if pf is not None and pf.proc.poll() is None:
                 return f"{pf.url}/membership"
         if kubectl("-n", namespace, "get", "pod", target.pod, "-o", "name", check=False).returncode != 0:
-            return original.fget(target)  # type: ignore[attr-defined]  # not a pod of this test
+            return original.fget(target)  # not a pod of this test
         with lock:
             pf = forwards.get(target.pod)
             if pf is None or pf.proc.poll() is not None:

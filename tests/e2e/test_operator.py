@@ -124,7 +124,7 @@ def test_deleted_pod_comes_back_with_its_identity_and_keys_under_load(web: str, 
         stop.set()
         loader.join(200)
     result = outcome["result"]
-    assert result.failures == [], result.failures[:5]  # type: ignore[attr-defined]
+    assert result.failures == [], result.failures[:5]
     pod = next(p for p in replica_pods(web) if p["metadata"]["name"] == "web-server-2")
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["SERVER_ID"] == "Server 2" and pod["metadata"]["annotations"]["ringlb.io/identity"] == "Server 2"

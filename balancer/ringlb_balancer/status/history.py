@@ -69,7 +69,7 @@ def record_sample(state_dir: Path, names: list[str]) -> None:
         {name: (sum(row["answers"].values()), row["answers"]["5xx"]) for name, row in totals.items()},
     )
     with _locked(state_dir):
-        _write(state_dir / SAMPLES, keep_samples(samples(state_dir), sample))  # type: ignore[arg-type]
+        _write(state_dir / SAMPLES, keep_samples(samples(state_dir), sample))
 
 
 def samples(state_dir: Path) -> list[tuple[float, dict[str, tuple[int, int]]]]:

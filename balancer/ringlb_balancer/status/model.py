@@ -181,7 +181,7 @@ def series(
     return out
 
 
-def keep_samples(samples: list[Sample], sample: Sample, window: float = WINDOW) -> list[Sample]:
+def keep_samples(samples: Sequence[Sample], sample: Sample, window: float = WINDOW) -> list[Sample]:
     """``samples`` plus ``sample``, without those older than needed for ``window`` seconds of
     rates (one sample before the window is kept: the first rate needs it)."""
     kept = [s for s in samples if s[0] < sample[0]] + [sample]

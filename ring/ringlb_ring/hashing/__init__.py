@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from ringlb_ring.hashing import warmup
 from ringlb_ring.hashing.base import Strategy, hash64, is_prime
 from ringlb_ring.hashing.baseline import Random, RoundRobin
 from ringlb_ring.hashing.ketama import DEFAULT_VNODES, Ring
 from ringlb_ring.hashing.maglev import DEFAULT_MAGLEV_TABLE_SIZE, Maglev
-from ringlb_ring.hashing.seed import FORMULAS, Seed
+from ringlb_ring.hashing.seed import DEFAULT_FORMULAS, FORMULAS, Seed
 from ringlb_ring.hashing.warmup import Transition
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "keys_moved",
 ]
 
-DEFAULT_STRATEGY = "maglev"
+DEFAULT_STRATEGY: Final = "maglev"  # Final: a literal type, as the operator's spec field has
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class HashingConfig:
     strategy: str = DEFAULT_STRATEGY
     table_size: int = DEFAULT_MAGLEV_TABLE_SIZE
     vnodes: int = DEFAULT_VNODES
-    seed_formulas: str = "original"  # "original" or "reissue"
+    seed_formulas: str = DEFAULT_FORMULAS  # "original" or "reissue"
     bounded_load: float = 0.0  # 0 disables; otherwise c >= 1, e.g. 1.25
     transition: Transition | None = None  # a warm-up step in force (ringlb_ring.hashing.warmup)
 
@@ -94,7 +95,7 @@ def build(members: Sequence[str], config: HashingConfig = HashingConfig()) -> St
     direct = replace(config, transition=None)
     old = STRATEGIES[config.strategy](transition.source, direct)
     new = STRATEGIES[config.strategy](transition.target, direct)
-    return warmup.blend(members, old, new, transition.fraction)  # type: ignore[arg-type]
+    return warmup.blend(members, old, new, transition.fraction)
 
 
 def bounded_choice(preference: Iterable[int], inflight: Sequence[int], factor: float) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ringlb_ring.hashing.base import distinct, hash64
 
@@ -45,6 +45,7 @@ FORMULAS: dict[str, tuple[SlotFunction, VirtualSlotFunction]] = {
     "reissue": (reissue_request_slot, reissue_virtual_slot),
 }
 """The (H, Φ) pairs that ``HashingConfig.seed_formulas`` names."""
+DEFAULT_FORMULAS: Final = "original"
 
 _TRAILING_INT = re.compile(r"(\d+)$")
 

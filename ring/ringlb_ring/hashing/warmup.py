@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ringlb_ring.hashing.base import hash64
+from ringlb_ring.hashing.base import Strategy, hash64
 from ringlb_ring.hashing.ketama import CIRCLE, Ring
 from ringlb_ring.hashing.maglev import Maglev
 
@@ -101,7 +101,7 @@ def plan(old_members: Sequence[str], new_members: Sequence[str], steps: int) -> 
     return out
 
 
-def blend(members: Sequence[str], old: Maglev | Ring, new: Maglev | Ring, fraction: float) -> Maglev | Ring:
+def blend(members: Sequence[str], old: Strategy, new: Strategy, fraction: float) -> Maglev | Ring:
     """The intermediate table over ``members`` (old's and new's members, in the document's
     order): the first ``fraction`` of what changes owner between ``old`` and ``new`` moved."""
     if isinstance(old, Maglev) and isinstance(new, Maglev):

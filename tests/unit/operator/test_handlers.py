@@ -112,7 +112,7 @@ def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.M
                 logger=_Log(),
                 pods=LiveIndex(),
                 pusher=Pusher(),
-            )  # type: ignore[arg-type]
+            )
         )
         # A pass creates the pods one by one on a thread: wait for all three, not for the first.
         await until(lambda: len(kube.pods()) == 3, "three replica pods")
@@ -150,7 +150,7 @@ def test_daemon_survives_api_errors(kube: FakeKube, monkeypatch: pytest.MonkeyPa
                 logger=log,
                 pods={},
                 pusher=Pusher(),
-            )  # type: ignore[arg-type]
+            )
         )
         await until(lambda: any("retrying" in m for m in log.messages), "a logged retry")
         stopped.event.set()

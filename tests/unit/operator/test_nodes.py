@@ -526,11 +526,11 @@ def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(
                 namespace="ns",
                 name="web",
                 memo=memo,
-                logger=_Log(),  # type: ignore[arg-type]
+                logger=_Log(),
                 pods={("ns", "web"): pods},
                 pusher=Pusher(),
                 nodes={"w2": [UNREACHABLE]},
-            )  # type: ignore[arg-type]
+            )
         )
         # the first pass says "due in 1.25 s"; the second force-deletes
         await until(lambda: bool(kube.deletes), "a force-delete")

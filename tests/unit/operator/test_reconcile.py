@@ -393,7 +393,7 @@ def test_a_converged_pass_reads_children_from_the_index_and_writes_nothing(kube:
     owned = {(k, n): o for (k, _, n), o in kube.objects.items() if k not in ("Pod", "Secret")}
     reads: list[str] = []
     real_get = kube.get
-    kube.get = lambda kind, ns, name: reads.append(kind) or real_get(kind, ns, name)  # type: ignore[method-assign]
+    kube.get = lambda kind, ns, name: reads.append(kind) or real_get(kind, ns, name)
     writes = len(kube.writes)
     reconcile_once(kube, FakePusher(), res, views(kube) + balancers, NOW, owned=owned)
     assert reads == [] and len(kube.writes) == writes
@@ -453,8 +453,8 @@ def test_deletes_carry_the_uid_seen(kube: FakeKube) -> None:
 def test_snapshot_configmap_is_written_before_the_push(kube: FakeKube) -> None:
     order: list[str] = []
     real_create, real_apply = kube.create, kube.apply
-    kube.create = lambda obj: order.append(obj["kind"]) or real_create(obj)  # type: ignore[method-assign]
-    kube.apply = lambda obj, **kw: order.append(obj["kind"]) or real_apply(obj, **kw)  # type: ignore[method-assign]
+    kube.create = lambda obj: order.append(obj["kind"]) or real_create(obj)
+    kube.apply = lambda obj, **kw: order.append(obj["kind"]) or real_apply(obj, **kw)
 
     class Recording(FakePusher):
         def push_all(self, targets: list, document: dict[str, Any], token: str) -> list[PushState]:

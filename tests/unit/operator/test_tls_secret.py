@@ -27,7 +27,7 @@ def balancer_container(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_field_parses_and_is_refused_when_not_a_secret_name() -> None:
-    assert spec.parse(TLS_SPEC).balancer.tls.secret_name == "web-tls"  # type: ignore[union-attr]
+    assert spec.parse(TLS_SPEC).balancer.tls.secret_name == "web-tls"
     assert spec.parse({}).balancer.tls is None
     for bad in ({"secretName": ""}, {"secretName": "Not_A_Name"}, {}):
         with pytest.raises(spec.SpecError, match=r"spec\.balancer\.tls"):
