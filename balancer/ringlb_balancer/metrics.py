@@ -23,11 +23,14 @@ class BalancerCollector:
         membership = self.store.current().membership
         totals = counters.totals(shared.dir, membership.names)
         requests = CounterMetricFamily(
-            "ringlb_requests", "Requests forwarded, by the member that answered and its status class",
+            "ringlb_requests",
+            "Requests forwarded, by the member that answered and its status class",
             labels=["member", "code"],
         )
         retries = CounterMetricFamily("ringlb_retries", "Requests sent again to the next member", labels=["member"])
-        ejections = CounterMetricFamily("ringlb_ejections", "Members ejected, by who noticed", labels=["member", "reason"])
+        ejections = CounterMetricFamily(
+            "ringlb_ejections", "Members ejected, by who noticed", labels=["member", "reason"]
+        )
         for name, row in sorted(totals["members"].items()):
             for code, value in row["answers"].items():
                 requests.add_metric([name, code], value)
@@ -49,11 +52,15 @@ class BalancerCollector:
             running += value
             buckets.append((bound, running))
         yield HistogramMetricFamily(
-            "ringlb_request_duration_seconds", "Time from receiving a request to the replica's first answer byte",
-            buckets=buckets, sum_value=totals["latency_sum"],
+            "ringlb_request_duration_seconds",
+            "Time from receiving a request to the replica's first answer byte",
+            buckets=buckets,
+            sum_value=totals["latency_sum"],
         )
         yield GaugeMetricFamily("ringlb_membership_revision", "Membership revision in force", value=membership.revision)
-        up = GaugeMetricFamily("ringlb_member_up", "1 while a member is in rotation, 0 while ejected", labels=["member"])
+        up = GaugeMetricFamily(
+            "ringlb_member_up", "1 while a member is in rotation, 0 while ejected", labels=["member"]
+        )
         inflight = GaugeMetricFamily("ringlb_member_inflight", "Requests in flight per member", labels=["member"])
         loads = shared.total_inflight(len(membership.members))
         for index, member in enumerate(membership.members):
@@ -64,8 +71,10 @@ class BalancerCollector:
         reloads = tls.totals(shared.dir)
         if reloads is not None:
             tls_reloads = CounterMetricFamily(
-                "ringlb_tls_reloads", "Changed certificate files loaded, or kept out because they did not load "
-                "(the previous certificate stays in force), summed over worker processes", labels=["result"],
+                "ringlb_tls_reloads",
+                "Changed certificate files loaded, or kept out because they did not load "
+                "(the previous certificate stays in force), summed over worker processes",
+                labels=["result"],
             )
             for result, value in reloads.items():
                 tls_reloads.add_metric([result], value)
