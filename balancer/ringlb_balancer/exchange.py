@@ -395,7 +395,9 @@ class Exchange:
         """The balancer's own answer in the seed's error format."""
         self.state = DONE
         self._leave()
-        self.keep_alive = self.keep_alive and self.engine.serving
+        # Closed after it when the request body is still arriving, as after a replica's early
+        # answer: a refusal of the rest of that body would be a second answer to one request.
+        self.keep_alive = self.keep_alive and self.engine.serving and self.client_complete
         self.client.write(framing.error(status, message, self.keep_alive, http10=self.http10, head_only=self.head_only))
         self.client.finished(self)
 

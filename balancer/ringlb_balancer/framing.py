@@ -89,9 +89,12 @@ def response(
 
 
 def error(status: int, message: str, keep_alive: bool = False, extra: tuple[tuple[bytes, bytes], ...] = (),
-          http10: bool = False) -> bytes:
-    """An error answer in the seed's format: ``{"message": "<Error> ...", "status": "failure"}``."""
-    return response(status, seed_json(f"<Error> {message}", "failure"), keep_alive, extra=extra, http10=http10)
+          http10: bool = False, head_only: bool = False) -> bytes:
+    """An error answer in the seed's format: ``{"message": "<Error> ...", "status": "failure"}``;
+    ``head_only`` for a HEAD request, whose answer ends with its head (a body would be read as
+    the next answer on a kept-alive connection)."""
+    return response(status, seed_json(f"<Error> {message}", "failure"), keep_alive, extra=extra, http10=http10,
+                    head_only=head_only)
 
 
 def response_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, bool]:

@@ -117,8 +117,13 @@ class Harness:
         return conn.pool.name
 
 
-def build(state: Path, loop: asyncio.AbstractEventLoop, members: list[str] | None = None,
-          key: dict | None = None, **overrides: Any) -> Harness:
+def build(
+    state: Path,
+    loop: asyncio.AbstractEventLoop,
+    members: list[str] | None = None,
+    key: dict | None = None,
+    **overrides: Any,
+) -> Harness:
     """A Harness over a published membership of ``members`` (default: the three of NAMES)."""
     harness_of: list[Harness] = []
 
@@ -153,4 +158,3 @@ async def settle(turns: int = 5) -> None:
 
 def run(test: Callable[..., Awaitable[None]], *args: Any) -> None:
     asyncio.run(test(*args))
-
