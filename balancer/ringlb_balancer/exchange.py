@@ -61,8 +61,17 @@ class Exchange:
     headers: list[tuple[bytes, bytes]] | None = None  # kept for control endpoints only
 
     def __init__(
-        self, client: "ClientConnection", method: bytes, target: bytes, http10: bool, keep_alive: bool,
-        tail: bytes, key: bytes | None, mode: int, expect: bool, upgrade: bytes | None,
+        self,
+        client: "ClientConnection",
+        method: bytes,
+        target: bytes,
+        http10: bool,
+        keep_alive: bool,
+        tail: bytes,
+        key: bytes | None,
+        mode: int,
+        expect: bool,
+        upgrade: bytes | None,
     ) -> None:
         self.client = client
         self.engine = engine = client.engine
@@ -223,12 +232,19 @@ class Exchange:
                 self.conn = None
                 conn.abort()
                 engine.counters.failure("upstream")
-                self.answer(502, f"replica {engine.name_of(self.active, self.index)} switched protocols "  # type: ignore[arg-type]
-                                 "for a request that asked for no upgrade")
+                self.answer(
+                    502,
+                    f"replica {engine.name_of(self.active, self.index)} switched protocols "  # type: ignore[arg-type]
+                    "for a request that asked for no upgrade",
+                )
                 return
             self.state = ANSWERING
             self.response_started = True
-            self.client.write(framing.response_head(101, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False))
+            self.client.write(
+                framing.response_head(
+                    101, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False
+                )
+            )
             engine.counters.answered(self.active.rows[self.index], status, time.perf_counter() - self.since)  # type: ignore[union-attr]
             self._leave()
             self.state = DONE  # the exchange ends here; the tunnel owns both transports from now
@@ -259,8 +275,15 @@ class Exchange:
             path = unquote_to_bytes(self.target.split(b"?", 1)[0]).decode("utf-8", "replace")
             self.discard = True
             engine.counters.answered(self.active.rows[self.index], 400, time.perf_counter() - self.since)  # type: ignore[union-attr]
-            self.client.write(framing.error(400, f"'{path}' endpoint does not exist in server replicas",
-                                            self.keep_alive, http10=self.http10, head_only=self.head_only))
+            self.client.write(
+                framing.error(
+                    400,
+                    f"'{path}' endpoint does not exist in server replicas",
+                    self.keep_alive,
+                    http10=self.http10,
+                    head_only=self.head_only,
+                )
+            )
             self.response_started = True
             if self.head_only:
                 self.response_done(conn)
@@ -369,8 +392,13 @@ class Exchange:
         if conn is None:
             return
         engine = self.engine
-        if (self.state == SENDING and self.active is engine.active and self.index >= 0
-                and engine.health[HEALTH_AT + self.index] and self.can_retry()):
+        if (
+            self.state == SENDING
+            and self.active is engine.active
+            and self.index >= 0
+            and engine.health[HEALTH_AT + self.index]
+            and self.can_retry()
+        ):
             # Ejected while this request waits for its first byte (heartbeats found the replica
             # hung): the next member answers it now rather than after the first-byte timeout.
             conn.abort()

@@ -15,15 +15,28 @@ from typing import Any
 # Hop-by-hop fields (RFC 9110 §7.6.1): meaningful for one connection only.
 HOP_BY_HOP = frozenset(
     {
-        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-        b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
     }
 )
 # Rewritten by the balancer on the way to a replica, or dropped because a client could forge
 # them: replicas learn the client's address only from X-Forwarded-For, which the balancer appends.
 REQUEST_DROPPED = HOP_BY_HOP | {
-    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
-    b"forwarded", b"x-real-ip", b"x-ringlb-key",
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"forwarded",
+    b"x-real-ip",
+    b"x-ringlb-key",
 }
 RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 # Connection options that are not field names (RFC 9112 §9.6): nothing to drop for them.
@@ -75,7 +88,10 @@ def response(
 ) -> bytes:
     """One complete answer of the balancer's own (errors, control endpoints); ``head_only``
     answers HEAD: the length of the body, without it."""
-    out = [b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (status, reason(status), content_type, len(body))]
+    out = [
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        % (status, reason(status), content_type, len(body))
+    ]
     for name, value in extra:
         out.append(b"%s: %s\r\n" % (name, value))
     if not keep_alive:
@@ -88,13 +104,20 @@ def response(
     return b"".join(out)
 
 
-def error(status: int, message: str, keep_alive: bool = False, extra: tuple[tuple[bytes, bytes], ...] = (),
-          http10: bool = False, head_only: bool = False) -> bytes:
+def error(
+    status: int,
+    message: str,
+    keep_alive: bool = False,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+    http10: bool = False,
+    head_only: bool = False,
+) -> bytes:
     """An error answer in the seed's format: ``{"message": "<Error> ...", "status": "failure"}``;
     ``head_only`` for a HEAD request, whose answer ends with its head (a body would be read as
     the next answer on a kept-alive connection)."""
-    return response(status, seed_json(f"<Error> {message}", "failure"), keep_alive, extra=extra, http10=http10,
-                    head_only=head_only)
+    return response(
+        status, seed_json(f"<Error> {message}", "failure"), keep_alive, extra=extra, http10=http10, head_only=head_only
+    )
 
 
 def response_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int, bool]:
