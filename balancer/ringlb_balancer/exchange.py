@@ -40,10 +40,12 @@ DONE: Final = 3
 
 class Exchange:
     # Defaults as class attributes: an exchange sets only what its request gives it, which is
-    # measurably cheaper than setting thirty slots for every request.
-    active: "Active | None" = None
+    # measurably cheaper than setting thirty slots for every request. ``active`` is set by
+    # ``start`` before any replica is chosen: the methods of the replica side assert it (one
+    # compare, compiled) where they read it.
+    active: Active | None = None
     index = -1
-    conn: "UpstreamConnection | None" = None
+    conn: UpstreamConnection | None = None
     state = WAITING
     body_size = 0
     replayable = True
@@ -62,7 +64,7 @@ class Exchange:
 
     def __init__(
         self,
-        client: "ClientConnection",
+        client: ClientConnection,
         method: bytes,
         target: bytes,
         http10: bool,
@@ -93,7 +95,7 @@ class Exchange:
             self.control_body = []
 
     @classmethod
-    def canned(cls, client: "ClientConnection", answer: bytes) -> "Exchange":
+    def canned(cls, client: ClientConnection, answer: bytes) -> Exchange:
         """An exchange that only writes ``answer`` (a refusal) and then closes the connection."""
         exchange = cls(client, b"GET", b"/", False, False, b"", None, BODY_NONE, False, None)
         exchange.control = False
@@ -127,26 +129,29 @@ class Exchange:
     def attempt(self, index: int) -> None:
         engine = self.engine
         active = self.active
+        assert active is not None
         self.index = index
         self.tried.append(index)
         self.state = WAITING
         self.waiting_since = engine.now
         if active is engine.active:
             engine.inflight_view[engine.row_base + index] += 1
-        conn = active.pools[index].take()  # type: ignore[union-attr]
+        conn = active.pools[index].take()
         if conn is not None:
             self.attach(conn)
         else:
-            engine.connect(active.pools[index], self)  # type: ignore[union-attr]
+            engine.connect(active.pools[index], self)
 
-    def attach(self, conn: "UpstreamConnection") -> None:
+    def attach(self, conn: UpstreamConnection) -> None:
         """A connection to the chosen replica is ready: send the head and what body we have."""
         if self.state == DONE:
             conn.pool.release(conn)  # nothing was sent on it
             return
+        active = self.active
+        assert active is not None
         self.conn = conn
         conn.exchange = self
-        member = self.active.members[self.index]  # type: ignore[union-attr]
+        member = active.members[self.index]
         head = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s" % (self.method, self.target, member, self.tail)
         if self.body_log:
             head += b"".join(self.body_log)
@@ -179,7 +184,9 @@ class Exchange:
                 self.body_log = []
         conn = self.conn
         if conn is not None and self.state != WAITING:
-            conn.transport.write(framed)  # type: ignore[union-attr]
+            transport = conn.transport
+            assert transport is not None  # attach() had a connected one
+            transport.write(framed)
             if self.replayable:
                 self.body_log.append(framed)
         else:
@@ -222,9 +229,11 @@ class Exchange:
                 self.conn.resume()
 
     # -- replica side -------------------------------------------------------------------
-    def response_head(self, conn: "UpstreamConnection", status: int, fields: bytes, length: int) -> None:
+    def response_head(self, conn: UpstreamConnection, status: int, fields: bytes, length: int) -> None:
         """The replica's answer head: retry, translate (404), or relay it and stream the body."""
         engine = self.engine
+        active = self.active
+        assert active is not None
         self.status = status
         if status == 101:
             if self.upgrade is None:
@@ -234,7 +243,7 @@ class Exchange:
                 engine.counters.failure("upstream")
                 self.answer(
                     502,
-                    f"replica {engine.name_of(self.active, self.index)} switched protocols "  # type: ignore[arg-type]
+                    f"replica {engine.name_of(active, self.index)} switched protocols "
                     "for a request that asked for no upgrade",
                 )
                 return
@@ -245,7 +254,7 @@ class Exchange:
                     101, fields, b"Connection: Upgrade\r\nUpgrade: %s\r\n" % self.upgrade, False, False
                 )
             )
-            engine.counters.answered(self.active.rows[self.index], status, time.perf_counter() - self.since)  # type: ignore[union-attr]
+            engine.counters.answered(active.rows[self.index], status, time.perf_counter() - self.since)
             self._leave()
             self.state = DONE  # the exchange ends here; the tunnel owns both transports from now
             self.conn = None
@@ -256,7 +265,7 @@ class Exchange:
         if self.upgrade is not None:
             self.client.upgrade_refused()
         if status >= 500:
-            engine.note_5xx(self.active, self.index)  # type: ignore[arg-type]
+            engine.note_5xx(active, self.index)
             if engine.settings.retry_5xx and self.can_retry():
                 self.discard = True  # drained to keep the connection, or closed on its way
                 conn.exchange = None
@@ -264,7 +273,7 @@ class Exchange:
                 self.retry(f"answered {status}")
                 return
         else:
-            self.active.consecutive_5xx[self.index] = 0  # type: ignore[union-attr]
+            active.consecutive_5xx[self.index] = 0
         self.state = ANSWERING
         # Decided once, before the head: the head's Connection field and what happens to the
         # connection after the answer must agree, even if a drain begins in between.
@@ -274,7 +283,7 @@ class Exchange:
             # The seed's contract: a path no replica serves is the balancer's 400.
             path = unquote_to_bytes(self.target.split(b"?", 1)[0]).decode("utf-8", "replace")
             self.discard = True
-            engine.counters.answered(self.active.rows[self.index], 400, time.perf_counter() - self.since)  # type: ignore[union-attr]
+            engine.counters.answered(active.rows[self.index], 400, time.perf_counter() - self.since)
             self.client.write(
                 framing.error(
                     400,
@@ -303,7 +312,7 @@ class Exchange:
             self.framing_chunked = True
         self.keep_alive = keep
         self.client.write(framing.response_head(status, fields, frame, not keep, self.http10))
-        engine.counters.answered(self.active.rows[self.index], status, time.perf_counter() - self.since)  # type: ignore[union-attr]
+        engine.counters.answered(active.rows[self.index], status, time.perf_counter() - self.since)
         if self.head_only:
             self.response_done(conn)  # 204 and 304 end in llhttp's own message-complete
         elif self.client.write_paused:
@@ -314,7 +323,7 @@ class Exchange:
             return
         self.client.write(framing.chunk(data) if self.framing_chunked else data)
 
-    def response_done(self, conn: "UpstreamConnection") -> None:
+    def response_done(self, conn: UpstreamConnection) -> None:
         if self.state == DONE:
             return
         if self.framing_chunked and not self.discard:
@@ -327,7 +336,7 @@ class Exchange:
             self.keep_alive = False  # the rest of the request body is still on the wire
         self.client.finished(self)
 
-    def failed(self, conn: "UpstreamConnection | None", reason: str, broken: bool, refused: bool = False) -> None:
+    def failed(self, conn: UpstreamConnection | None, reason: str, broken: bool, refused: bool = False) -> None:
         """The replica connection failed (refused, reset, closed early, timed out, garbage)."""
         if self.state == DONE:
             return
@@ -350,10 +359,12 @@ class Exchange:
             engine.counters.failure("upstream")
             self.client.abort()
             return
+        active = self.active
+        assert active is not None
         if broken and (refused or len(self.tried) == 1):
             # Only the first member a request fails on is ejected by it: when the next one fails
             # too, the request itself may be what breaks them (heartbeats judge them instead).
-            engine.eject(self.active, self.index, "connection")  # type: ignore[arg-type]
+            engine.eject(active, self.index, "connection")
         if not refused:
             self.broken += 1
         # A request that two members failed on after it may have reached them (a reset, a close,
@@ -362,7 +373,7 @@ class Exchange:
             self.retry(reason)
             return
         engine.counters.failure("upstream")
-        name = engine.name_of(self.active, self.index)  # type: ignore[arg-type]
+        name = engine.name_of(active, self.index)
         self.answer(502, f"replica {name} failed: {reason}")
 
     def can_retry(self, refused: bool = False) -> bool:
@@ -374,14 +385,16 @@ class Exchange:
 
     def retry(self, reason: str) -> None:
         engine = self.engine
-        name = engine.name_of(self.active, self.index)  # type: ignore[arg-type]
+        active = self.active
+        assert active is not None
+        name = engine.name_of(active, self.index)
         self._leave()
-        nxt = engine.fallback(self.active, self.key, self.tried)  # type: ignore[arg-type]
+        nxt = engine.fallback(active, self.key, self.tried)
         if nxt < 0:
             engine.counters.failure("upstream")
             self.answer(502, f"replica {name} failed: {reason}; no other replica left")
             return
-        engine.counters.retried(self.active.rows[nxt])  # type: ignore[union-attr]
+        engine.counters.retried(active.rows[nxt])
         self.discard = False
         self.attempt(nxt)
 
@@ -409,9 +422,11 @@ class Exchange:
             self.conn = None
             conn.abort()
             engine.counters.failure("timeout")
+            active = self.active
+            assert active is not None
             if len(self.tried) == 1:
-                engine.eject(self.active, self.index, "connection")  # type: ignore[arg-type]
-            name = engine.name_of(self.active, self.index)  # type: ignore[arg-type]
+                engine.eject(active, self.index, "connection")
+            name = engine.name_of(active, self.index)
             self.answer(504, f"replica {name} sent no answer within {settings.first_byte_timeout:g}s")
         elif self.state == ANSWERING and not conn.read_paused and now - conn.last_io > settings.idle_timeout:
             conn.abort()
