@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 _NONE: Final[dict[bytes, bytes]] = {}
 _NO_FIELDS: Final[frozenset[bytes]] = frozenset()
 MAX_QUEUED: Final = 4  # pipelined requests parsed ahead of the one being answered
+# llhttp parses a whole read and cannot be paused (httptools): one read of pipelined heads can
+# queue more than MAX_QUEUED before reading stops. Past this many, the connection is refused.
+MAX_PIPELINED: Final = 16
 BODY_RATE_GRACE = 5.0  # seconds before the minimum body rate applies
 
 
@@ -192,6 +195,7 @@ class ClientConnection(FlowControl):
             and not self.write_paused
             and not self.closed
             and self.state != states.C_UPGRADE
+            and self.state != states.C_CLOSED
         ):
             exchange = self.parsing
             if exchange is None or exchange.conn is None or not exchange.conn.write_paused:
@@ -292,6 +296,10 @@ class ClientConnection(FlowControl):
 
     # -- llhttp callbacks ---------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
+        if self.state == states.C_IDLE:
+            # A pipelined head began inside a read: from here its deadline and size bound apply.
+            self.move(states.HEAD_BYTES)
+            self.since = self.engine.now
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -437,8 +445,8 @@ class ClientConnection(FlowControl):
         kept.append(b"\r\n")
         exchange = Exchange(self, method, target, http10, keep_alive, b"".join(kept), key, mode, expect, upgrade)
         self.requests += 1
-        if self.state == states.C_IDLE:  # a pipelined head parsed from the read that ended the last
-            self.move(states.HEAD_BYTES)
+        if len(self.queue) >= MAX_PIPELINED:
+            raise Reject(framing.error(503, f"more than {MAX_PIPELINED} pipelined requests ahead of their answers"))
         self.move(
             states.HEAD_UPGRADE if upgrade is not None else states.HEAD_BODY if mode != BODY_NONE else states.HEAD_DONE
         )
@@ -457,6 +465,9 @@ class ClientConnection(FlowControl):
         assert exchange is not None  # llhttp calls on_body between on_headers_complete and the end
         if exchange.control and self.body_bytes > self.engine.control_max_body:
             raise Reject(framing.error(413, f"request body exceeds {self.engine.control_max_body} bytes"))
+        limit = self.engine.settings.max_body
+        if limit and self.body_bytes > limit:  # here, not after the read: the body may end in it
+            raise Reject(framing.error(413, f"request body exceeds {limit} bytes (RINGLB_MAX_BODY)"))
         exchange.client_body(body)
 
     def on_message_complete(self) -> None:
@@ -478,6 +489,8 @@ class ClientConnection(FlowControl):
         """``exchange`` (the head of the queue) has written its whole answer."""
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
+        if self.closed:
+            return  # nothing more goes out: queued requests are never sent for a client gone
         if not exchange.keep_alive:  # as its head said: a drain that began since waits for the next
             self.close()
             return
@@ -532,4 +545,6 @@ class ClientConnection(FlowControl):
     @property
     def unfinished_head(self) -> bool:
         """No complete request yet: a half-sent head, or nothing since the connection opened."""
-        return self.state == states.C_HEAD or (self.state == states.C_IDLE and self.requests == 0 and not self.queue)
+        if self.queue:
+            return False  # an answer is in flight: closing would cut it
+        return self.state == states.C_HEAD or (self.state == states.C_IDLE and self.requests == 0)

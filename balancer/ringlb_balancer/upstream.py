@@ -133,7 +133,7 @@ class UpstreamConnection(FlowControl):
         if exchange is None:
             return
         self.exchange = None
-        if self.until_close and exchange.response_started:
+        if self.until_close and exchange.response_started and exc is None:
             exchange.response_done(self)  # the close is how this answer ends
         elif self.reused and not self.got_bytes:
             # The replica closed an idle connection as we used it: not a failure of the replica.

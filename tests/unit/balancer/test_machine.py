@@ -1169,22 +1169,23 @@ def test_an_error_answered_while_the_body_arrives_ends_the_connection(tmp_path: 
     on_engine(body, tmp_path, max_attempts=1)
 
 
-# Found by the machine, reported, not fixed here (client.py and upstream.py had edits under way):
-# strict xfails, so that the fix turns them into failures that ask for the marker to go.
+# Found by the machine, then fixed in the core.
 
 
-@pytest.mark.xfail(strict=True, reason="one read of N pipelined heads queues N exchanges (client.data_received)")
-def test_one_read_of_pipelined_requests_queues_at_most_max_queued_plus_one(tmp_path: Path) -> None:
+def test_one_read_of_pipelined_requests_queues_a_bounded_number_then_is_refused(tmp_path: Path) -> None:
+    """llhttp parses a whole read (httptools cannot pause it): reading stops after MAX_QUEUED,
+    and a read holding more than MAX_PIPELINED heads gets a 503 in their place and the close."""
+
     async def body(h: Harness) -> None:
-        conn, _ = h.client()
+        conn, out = h.client()
         conn.data_received(b"GET /a HTTP/1.1\r\nHost: lb\r\n\r\n" * 50)
         await settle()
-        assert len(conn.queue) <= client_module.MAX_QUEUED + 1, f"{len(conn.queue)} exchanges from one read"
+        assert len(conn.queue) <= client_module.MAX_PIPELINED + 1, f"{len(conn.queue)} exchanges from one read"
+        assert not out.reading
 
     on_engine(body, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="the body bound is checked after the read, skipped when the body ended in it")
 def test_a_chunked_body_over_max_body_is_refused_when_it_ends_in_the_same_read(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         conn, out = h.client()
@@ -1197,7 +1198,6 @@ def test_a_chunked_body_over_max_body_is_refused_when_it_ends_in_the_same_read(t
     on_engine(body, tmp_path, max_body=24)
 
 
-@pytest.mark.xfail(strict=True, reason="ClientConnection.unfinished_head ignores an answer in flight")
 def test_a_client_whose_answer_is_streaming_is_not_shed_for_its_next_half_sent_head(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         first, out = h.client()
@@ -1212,7 +1212,6 @@ def test_a_client_whose_answer_is_streaming_is_not_shed_for_its_next_half_sent_h
     on_engine(body, tmp_path, max_connections=2)
 
 
-@pytest.mark.xfail(strict=True, reason="UpstreamConnection.connection_lost ends a close-delimited answer on a reset")
 def test_a_reset_cuts_a_close_delimited_answer_short_visibly(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         conn, out = h.client()
