@@ -94,7 +94,8 @@ class LoadResult:
         """p50/p90/p99/p99.9/max in ms; None when nothing succeeded (JSON has no NaN)."""
         if not self.latencies_ms:
             return {"p50": None, "p90": None, "p99": None, "p99.9": None, "max": None}
-        return {f"p{p:g}": round(self.percentile(p), 3) for p in (50, 90, 99, 99.9)} | {
+        figures: dict[str, float | None] = {f"p{p:g}": round(self.percentile(p), 3) for p in (50, 90, 99, 99.9)}
+        return figures | {
             "max": round(max(self.latencies_ms), 3),
         }
 
@@ -124,7 +125,7 @@ def zipf_keys(count: int, keys: int, exponent: float, seed: int | None = None) -
     cumulative weights, so the stream is reproducible from ``seed`` in any process."""
     if count < 0 or keys < 1 or not 0 <= exponent <= 10:
         raise ValueError("count must be >= 0, keys >= 1 and exponent between 0 and 10")
-    cumulative = list(itertools.accumulate(1 / (r ** exponent) for r in range(1, keys + 1)))
+    cumulative = list(itertools.accumulate(1 / (r**exponent) for r in range(1, keys + 1)))
     rng = random.Random(seed)
     total = cumulative[-1]
     return [f"key-{bisect.bisect(cumulative, rng.random() * total)}" for _ in range(count)]
@@ -176,9 +177,7 @@ class _Progress:
         frac = min(done / self.total, 1.0)
         bar = "#" * int(frac * self.width)
         rate = done / (now - self.t0) if now > self.t0 else 0.0
-        sys.stderr.write(
-            f"\r[{bar:<{self.width}}] {done}/{self.total} {frac:6.1%} {rate:7.0f} req/s failed={failed}"
-        )
+        sys.stderr.write(f"\r[{bar:<{self.width}}] {done}/{self.total} {frac:6.1%} {rate:7.0f} req/s failed={failed}")
         sys.stderr.flush()
 
     def close(self, done: int, failed: int) -> None:
@@ -282,7 +281,7 @@ def run_load(
                         if replica is None:
                             failure = "bad_body"
                             detail = response.text[:300]
-                except Exception as exc:  # every failure is counted, none stops the run
+                except Exception as exc:  # noqa: BLE001 - every failure is counted, none stops the run
                     failure = classify(exc)
                     detail = f"{type(exc).__name__}: {exc}"[:300]
                 end = time.monotonic()
@@ -310,8 +309,7 @@ def run_load(
                 result.samples.extend(local_samples)
 
     threads = [
-        threading.Thread(target=worker, args=(s,), name=f"loadgen-{k}", daemon=True)
-        for k, s in enumerate(thread_seeds)
+        threading.Thread(target=worker, args=(s,), name=f"loadgen-{k}", daemon=True) for k, s in enumerate(thread_seeds)
     ]
     for t in threads:
         t.start()
@@ -376,10 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 0 or args.concurrency < 1 or args.max_seconds <= 0:
         parser.error("--requests must be >= 0, --concurrency >= 1, --max-seconds > 0")
     result = run_load(
-        args.url, args.requests, args.concurrency,
-        timeout=args.timeout, max_seconds=args.max_seconds, rate=args.rate,
-        key_header=args.key_header, key_fn=(lambda rng, i: None) if args.no_key else None,
-        seed=args.seed, progress=False if args.quiet else None,
+        args.url,
+        args.requests,
+        args.concurrency,
+        timeout=args.timeout,
+        max_seconds=args.max_seconds,
+        rate=args.rate,
+        key_header=args.key_header,
+        key_fn=(lambda rng, i: None) if args.no_key else None,
+        seed=args.seed,
+        progress=False if args.quiet else None,
     )
     print(format_summary(result))
     if args.json:

@@ -19,5 +19,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     for shim in BALANCER.glob("*.so"):
         source = BALANCER / f"{shim.name.split('.', 1)[0]}.py"
         if source.exists() and source.stat().st_mtime > library.stat().st_mtime:
-            pytest.exit(f"{source.name} changed after the balancer's hot modules were compiled: run "
-                        "`make venv` to recompile (or delete balancer/ringlb_balancer/*.so)", returncode=4)
+            pytest.exit(
+                f"{source.name} changed after the balancer's hot modules were compiled: run "
+                "`make venv` to recompile (or delete balancer/ringlb_balancer/*.so)",
+                returncode=4,
+            )

@@ -84,8 +84,11 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode]:
             with requests.Session() as session:
                 while not stop.wait(0.05):
                     try:
-                        session.get(f"{mode.url}/home", timeout=2,
-                                    headers={"X-Request-ID": str(random.randint(100_000, 999_999))})
+                        session.get(
+                            f"{mode.url}/home",
+                            timeout=2,
+                            headers={"X-Request-ID": str(random.randint(100_000, 999_999))},
+                        )
                     except requests.RequestException:
                         pass
 
@@ -124,7 +127,7 @@ def reached(local: LocalMode, key: str) -> str:
     body = requests.get(f"{local.url}/home", headers={"X-Request-ID": key}, timeout=WAIT).json()
     prefix = "Hello from Server: "
     assert body["message"].startswith(prefix), body
-    return body["message"][len(prefix):]
+    return body["message"][len(prefix) :]
 
 
 def shares_on_page(page: Page) -> dict[str, float]:

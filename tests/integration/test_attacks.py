@@ -91,10 +91,17 @@ def limits(tmp_path: Path) -> Iterator[Balancer]:
     """Small deadlines for the one thing each test waits for; the others made long, so that no
     other deadline ends what the test expects one bound to end. One per test: a connection one
     test leaves behind must not hold a slot in the next."""
-    process = Balancer(tmp_path, env={
-        "RINGLB_MAX_CONNECTIONS": "20", "RINGLB_SEND_TIMEOUT": "1", "RINGLB_TUNNEL_IDLE_TIMEOUT": "1",
-        "RINGLB_HEAD_TIMEOUT": "120", "RINGLB_IDLE_TIMEOUT": "120", "RINGLB_FIRST_BYTE_TIMEOUT": "120",
-    })
+    process = Balancer(
+        tmp_path,
+        env={
+            "RINGLB_MAX_CONNECTIONS": "20",
+            "RINGLB_SEND_TIMEOUT": "1",
+            "RINGLB_TUNNEL_IDLE_TIMEOUT": "1",
+            "RINGLB_HEAD_TIMEOUT": "120",
+            "RINGLB_IDLE_TIMEOUT": "120",
+            "RINGLB_FIRST_BYTE_TIMEOUT": "120",
+        },
+    )
     try:
         yield process
         process.assert_workers_unchanged()
@@ -120,8 +127,15 @@ def tcp_table() -> list[tuple[int, int, str, int, str]]:
     rows = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        rows.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), fields[3],
-                     int(fields[4].split(":")[1], 16), fields[9]))
+        rows.append(
+            (
+                int(fields[1].rsplit(":", 1)[1], 16),
+                int(fields[2].rsplit(":", 1)[1], 16),
+                fields[3],
+                int(fields[4].split(":")[1], 16),
+                fields[9],
+            )
+        )
     return rows
 
 
@@ -134,8 +148,11 @@ def held_sockets(pid: int, port: int, peer_port: int | None = None) -> int:
     """How many connections of the local ``port`` (from ``peer_port`` only, if given) process
     ``pid`` holds a descriptor of: a balancer worker's client slots. One the worker has let go
     is not counted, whatever the kernel still does with it (a FIN waiting behind unread bytes)."""
-    inodes = {f"socket:[{inode}]" for local, remote, state, _, inode in tcp_table()
-              if local == port and state != "0A" and peer_port in (None, remote)}
+    inodes = {
+        f"socket:[{inode}]"
+        for local, remote, state, _, inode in tcp_table()
+        if local == port and state != "0A" and peer_port in (None, remote)
+    }
     held = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -160,11 +177,14 @@ def forwarded_head_length(balancer: Balancer, recorder: RecordingBackend, carrie
 
 
 def upgrade_with_body(target: str, length: int) -> bytes:
-    return request_bytes("GET", target, {**UPGRADE, "X-Request-ID": "attacker", "Content-Length": str(length)},
-                         body=b"a" * length)
+    return request_bytes(
+        "GET", target, {**UPGRADE, "X-Request-ID": "attacker", "Content-Length": str(length)}, body=b"a" * length
+    )
 
 
-def attack_then_victims(balancer: Balancer, attack: bytes, carrier: bytes, after: bytes) -> tuple[Answer, Answer, Answer]:
+def attack_then_victims(
+    balancer: Balancer, attack: bytes, carrier: bytes, after: bytes
+) -> tuple[Answer, Answer, Answer]:
     """The attacker's Upgrade request, then a victim's request on another connection (the one
     whose first bytes a replica would take as the attacker's body), then the next request."""
     answers, data, _ = exchange(balancer.port, attack, 1, WAIT)
@@ -178,18 +198,24 @@ def attack_then_victims(balancer: Balancer, attack: bytes, carrier: bytes, after
     return results[0], results[1], results[2]
 
 
-def test_upgrade_with_a_body_smuggles_nothing_past_a_recording_backend(balancer: Balancer, recorder: RecordingBackend) -> None:
+def test_upgrade_with_a_body_smuggles_nothing_past_a_recording_backend(
+    balancer: Balancer, recorder: RecordingBackend
+) -> None:
     """The recording backend answers as soon as a head is in, as gunicorn does: a body the
     balancer announced but never sent would be read from the next request on that connection."""
     balancer.push([(fresh("smuggle"), recorder.port)])
     carrier = request_bytes("POST", "/carrier", {"X-Request-ID": "victim"}, body=SMUGGLED)
     length = forwarded_head_length(balancer, recorder, carrier)
     attack = upgrade_with_body("/attack", length)
-    first, second, third = attack_then_victims(balancer, attack, carrier, request_bytes("GET", "/next", {"X-Request-ID": "next"}))
+    first, second, third = attack_then_victims(
+        balancer, attack, carrier, request_bytes("GET", "/next", {"X-Request-ID": "next"})
+    )
 
     seen = recorder.received()
     summary = [(r.method, r.target, len(r.body)) for r in seen]
-    assert not recorder.protocol_errors(), f"the backend read bytes that are no request: {recorder.protocol_errors()}; requests {summary}"
+    assert not recorder.protocol_errors(), (
+        f"the backend read bytes that are no request: {recorder.protocol_errors()}; requests {summary}"
+    )
     assert not [r for r in seen if b"SMUGGLED" in r.head], f"a smuggled request reached the backend: {summary}"
     refused = 400 <= first.status < 500
     expected = [("POST", "/carrier", SMUGGLED), ("GET", "/next", b"")]
@@ -199,8 +225,12 @@ def test_upgrade_with_a_body_smuggles_nothing_past_a_recording_backend(balancer:
     # every client has the answer to its own request
     if not refused:
         assert first.status == 200 and first.json()["target"] == "/attack", first
-    assert second.status == 200 and second.json()["target"] == "/carrier", f"the victim got another's answer: {second.body!r}"
-    assert third.status == 200 and third.json()["target"] == "/next", f"the next request got another's answer: {third.body!r}"
+    assert second.status == 200 and second.json()["target"] == "/carrier", (
+        f"the victim got another's answer: {second.body!r}"
+    )
+    assert third.status == 200 and third.json()["target"] == "/next", (
+        f"the next request got another's answer: {third.body!r}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +243,35 @@ def flask_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[in
     log = tmp / "access.log"
     with open(tmp / "replica.log", "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread",
-             "--threads", "4", "--keep-alive", "30", "--no-control-socket", "--access-logfile", str(log),
-             "--access-logformat", "%(r)s", "ringlb_replica.wsgi:app"],
-            env=dict(os.environ, SERVER_ID="Smuggle Target"), stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "4",
+                "--keep-alive",
+                "30",
+                "--no-control-socket",
+                "--access-logfile",
+                str(log),
+                "--access-logformat",
+                "%(r)s",
+                "ringlb_replica.wsgi:app",
+            ],
+            env=dict(os.environ, SERVER_ID="Smuggle Target"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/heartbeat", timeout=2).status_code == 200, 60,
-                   what="the replica's /heartbeat")
+        wait_until(
+            lambda: requests.get(f"http://127.0.0.1:{port}/heartbeat", timeout=2).status_code == 200,
+            60,
+            what="the replica's /heartbeat",
+        )
         yield port, log
     finally:
         process.terminate()
@@ -231,7 +283,8 @@ def flask_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[in
 
 
 def test_upgrade_with_a_body_smuggles_nothing_past_the_flask_replica(
-        balancer: Balancer, recorder: RecordingBackend, flask_replica: tuple[int, Path]) -> None:
+    balancer: Balancer, recorder: RecordingBackend, flask_replica: tuple[int, Path]
+) -> None:
     port, access_log = flask_replica
     name = fresh("victim")
     carrier = request_bytes("POST", "/carrier-path", {"X-Request-ID": "victim"}, body=SMUGGLED)
@@ -239,15 +292,22 @@ def test_upgrade_with_a_body_smuggles_nothing_past_the_flask_replica(
     length = forwarded_head_length(balancer, recorder, carrier)
     balancer.push([(name, port)])
     lines_before = len(access_log.read_text().splitlines())
-    first, second, third = attack_then_victims(balancer, upgrade_with_body("/home", length), carrier,
-                                               request_bytes("GET", "/next-path", {"X-Request-ID": "next"}))
+    first, second, third = attack_then_victims(
+        balancer,
+        upgrade_with_body("/home", length),
+        carrier,
+        request_bytes("GET", "/next-path", {"X-Request-ID": "next"}),
+    )
 
     def served() -> list[str]:
         lines = access_log.read_text().splitlines()[lines_before:]
         return [line for line in lines if not line.startswith("GET /heartbeat ")]
 
-    lines = wait_until(lambda: (s := served()) and s[-1].startswith("GET /next-path ") and s, WAIT,
-                       what="the replica's access log line for the last request")
+    lines = wait_until(
+        lambda: (s := served()) and s[-1].startswith("GET /next-path ") and s,
+        WAIT,
+        what="the replica's access log line for the last request",
+    )
     assert not [line for line in lines if "SMUGGLED" in line], f"the replica served a smuggled request: {lines}"
     expected = ["POST /carrier-path HTTP/1.1", "GET /next-path HTTP/1.1"]
     if first.status == 200:
@@ -255,8 +315,12 @@ def test_upgrade_with_a_body_smuggles_nothing_past_the_flask_replica(
     assert lines == expected
     # Flask answers an unknown path 404, which the balancer turns into the seed's 400 naming it.
     assert first.status == 400 or first.body.startswith(b'{"message": "Hello from Server: Smuggle Target"'), first
-    assert second.status == 400 and b"'/carrier-path'" in second.body, f"the victim got another's answer: {second.status} {second.body!r}"
-    assert third.status == 400 and b"'/next-path'" in third.body, f"the next request got another's answer: {third.status} {third.body!r}"
+    assert second.status == 400 and b"'/carrier-path'" in second.body, (
+        f"the victim got another's answer: {second.status} {second.body!r}"
+    )
+    assert third.status == 400 and b"'/next-path'" in third.body, (
+        f"the next request got another's answer: {third.status} {third.body!r}"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,13 +381,21 @@ def test_every_ended_tunnel_closes_both_sides_and_frees_its_slot(tunnels: Balanc
                     # The replica sends no more, but the client's direction still flows to it.
                     after = b"after the half-close %d" % i
                     sock.sendall(after)
-                    wait_until(lambda after=after: after in backend.snapshot().tunnel_bytes, WAIT,
-                               what="bytes sent after the replica's half-close to reach it")
+                    wait_until(
+                        lambda after=after: after in backend.snapshot().tunnel_bytes,
+                        WAIT,
+                        what="bytes sent after the replica's half-close to reach it",
+                    )
                     sock.shutdown(socket.SHUT_WR)
         wait_until(lambda: backend.snapshot().tunnels_open == 0, WAIT, what="every tunnel's replica side closed")
-        wait_until(lambda: open_fds(worker) <= baseline, WAIT,
-                   what=f"the worker's descriptors back to {baseline} (leaked tunnel transports)")
-        answers, data, _ = exchange(tunnels.port, request_bytes("GET", "/ok?close=1", {"X-Request-ID": "fresh"}), 1, WAIT)
+        wait_until(
+            lambda: open_fds(worker) <= baseline,
+            WAIT,
+            what=f"the worker's descriptors back to {baseline} (leaked tunnel transports)",
+        )
+        answers, data, _ = exchange(
+            tunnels.port, request_bytes("GET", "/ok?close=1", {"X-Request-ID": "fresh"}), 1, WAIT
+        )
         assert answers and answers[0].status == 200, f"a fresh client after 12 tunnels: {data[:300]!r}"
     finally:
         backend.stop()
@@ -380,7 +452,9 @@ def test_bytes_sent_before_the_101_are_bounded(limits: Balancer) -> None:
             sample()
         growth = peak[0] - baseline
         print(f"\nearly data: {sent / MIB:.1f} MiB sent before '{outcome}'; worker RSS +{growth / MIB:.1f} MiB")
-        assert growth < EARLY_RSS_LIMIT, f"the worker held {growth / MIB:.0f} MiB of early bytes ({sent / MIB:.0f} MiB sent)"
+        assert growth < EARLY_RSS_LIMIT, (
+            f"the worker held {growth / MIB:.0f} MiB of early bytes ({sent / MIB:.0f} MiB sent)"
+        )
         assert outcome in ("blocked", "closed"), f"the balancer kept reading: {sent / MIB:.0f} MiB taken ({outcome})"
         answers, data, _ = get(limits, "/ok", "after-early")
         assert answers and answers[0].status == 200, data[:300]
@@ -402,10 +476,13 @@ def test_a_new_client_is_answered_when_slowloris_holds_every_slot(limits: Balanc
         wait_until(lambda: accept_queue(limits.port) == 0, WAIT, what="the worker to accept the 20 slow clients")
         for i in range(3):
             answers, data, closed = get(limits, f"/ok?new={i}", f"new{i}")
-            assert answers, f"new client {i} was accepted and closed without an answer: {data[:300]!r} (closed={closed})"
+            assert answers, (
+                f"new client {i} was accepted and closed without an answer: {data[:300]!r} (closed={closed})"
+            )
             status = answers[0].status
-            assert status == 200 or (status == 503 and answers[0].header("Retry-After")), \
+            assert status == 200 or (status == 503 and answers[0].header("Retry-After")), (
                 f"new client {i}: {status} {answers[0].headers}"
+            )
     finally:
         for sock in slow:
             sock.close()
@@ -423,9 +500,14 @@ def test_a_client_that_never_reads_is_closed_after_the_send_timeout(limits: Bala
         # client may not hear of it (a FIN waits behind the unread bytes): the worker's side is
         # what must be let go.
         worker, client_port = limits.worker(), sock.getsockname()[1]
-        wait_until(lambda: held_sockets(worker, limits.port, client_port) == 1, WAIT, what="the worker to take the client")
-        wait_until(lambda: held_sockets(worker, limits.port, client_port) == 0, 15,
-                   what="the balancer to let go of a client that stopped reading")
+        wait_until(
+            lambda: held_sockets(worker, limits.port, client_port) == 1, WAIT, what="the worker to take the client"
+        )
+        wait_until(
+            lambda: held_sockets(worker, limits.port, client_port) == 0,
+            15,
+            what="the balancer to let go of a client that stopped reading",
+        )
     finally:
         sock.close()
     answers, data, _ = get(limits, "/ok", "after-unread")
@@ -466,13 +548,18 @@ def stopped(pid: int) -> Iterator[None]:
 
 def unread(local: int | None = None, remote: int | None = None) -> int:
     """Bytes waiting in the receive queues of the connections matching these ports."""
-    return sum(queue for lport, rport, state, queue, _ in tcp_table()
-               if state != "0A" and local in (None, lport) and remote in (None, rport))
+    return sum(
+        queue
+        for lport, rport, state, queue, _ in tcp_table()
+        if state != "0A" and local in (None, lport) and remote in (None, rport)
+    )
 
 
 @pytest.mark.parametrize("when", ["same", "late"])
 @pytest.mark.parametrize("kind", ["head", "204", "length"])
-def test_stray_replica_bytes_never_reach_the_next_client(balancer: Balancer, raws: list[RawBackend], kind: str, when: str) -> None:
+def test_stray_replica_bytes_never_reach_the_next_client(
+    balancer: Balancer, raws: list[RawBackend], kind: str, when: str
+) -> None:
     """The stray bytes are a whole fake answer (``STRAY!``): after a HEAD answer, after a 204,
     or past a Content-Length; in the answer's own write, or in a later one on the idle
     connection. In the same write, a request pipelined behind the trigger is queued when the
@@ -504,7 +591,11 @@ def test_stray_replica_bytes_never_reach_the_next_client(balancer: Balancer, raw
         else:
             with stopped(balancer.worker()):
                 sock.sendall(following)
-                wait_until(lambda: unread(balancer.port, sock.getsockname()[1]), WAIT, what="the request in the worker's socket")
+                wait_until(
+                    lambda: unread(balancer.port, sock.getsockname()[1]),
+                    WAIT,
+                    what="the request in the worker's socket",
+                )
                 raw.release_stray()
                 peer = raw.snapshot().stray_peer
                 wait_until(lambda: unread(peer, raw.port), WAIT, what="the stray bytes in the worker's socket")
@@ -547,11 +638,23 @@ def one_bad_request(balancer: Balancer, raws: list[RawBackend], path: str) -> tu
     after = owners(balancer, keys)
     # The counters reach /metrics at each worker's flush: once the requests just served are
     # counted, so is everything before them (ejections included).
-    wait_until(lambda: sum(v for n, labels, v in metric_samples(balancer)
-                           if n == "ringlb_requests_total" and labels["member"] in names and labels["code"] == "2xx")
-               >= 2 * len(keys), WAIT, what="the worker's counters flushed")
-    ejected = {labels["member"] for n, labels, v in metric_samples(balancer)
-               if n == "ringlb_ejections_total" and labels["member"] in names and v > 0}
+    wait_until(
+        lambda: (
+            sum(
+                v
+                for n, labels, v in metric_samples(balancer)
+                if n == "ringlb_requests_total" and labels["member"] in names and labels["code"] == "2xx"
+            )
+            >= 2 * len(keys)
+        ),
+        WAIT,
+        what="the worker's counters flushed",
+    )
+    ejected = {
+        labels["member"]
+        for n, labels, v in metric_samples(balancer)
+        if n == "ringlb_ejections_total" and labels["member"] in names and v > 0
+    }
     assert after == before, "one request moved other keys off their own members"
     return answers[0].status, sum(r.snapshot().hits[path] for r in raws) - hits, ejected
 
@@ -560,12 +663,17 @@ def test_a_101_to_a_plain_request_is_a_502_and_ejects_no_one(balancer: Balancer,
     status, _, ejected = one_bad_request(balancer, raws, "/switch")
     assert status == 502
     assert len(ejected) < 3, f"one request's 101 ejected every member: {ejected}"
-    wait_until(lambda: all(r.snapshot().switched_open == 0 for r in raws), WAIT,
-               what="every switched replica connection closed")
+    wait_until(
+        lambda: all(r.snapshot().switched_open == 0 for r in raws),
+        WAIT,
+        what="every switched replica connection closed",
+    )
 
 
 @pytest.mark.parametrize("path, status", [("/fail", 500), ("/reset", 502)])
-def test_one_failing_get_is_not_sent_to_every_member(balancer: Balancer, raws: list[RawBackend], path: str, status: int) -> None:
+def test_one_failing_get_is_not_sent_to_every_member(
+    balancer: Balancer, raws: list[RawBackend], path: str, status: int
+) -> None:
     got, hits, ejected = one_bad_request(balancer, raws, path)
     assert got == status
     assert hits < 3, f"one GET of {path} was sent to every member ({hits} times)"
@@ -607,8 +715,14 @@ def test_per_member_series_follow_the_membership(balancer: Balancer, raws: list[
     last = set(names)
 
     def counted() -> bool:
-        return sum(v for n, labels, v in metric_samples(balancer)
-                   if n == "ringlb_requests_total" and labels["member"] in last) >= 1
+        return (
+            sum(
+                v
+                for n, labels, v in metric_samples(balancer)
+                if n == "ringlb_requests_total" and labels["member"] in last
+            )
+            >= 1
+        )
 
     wait_until(counted, WAIT, what="the last request counted")
     assert member_labels() == last
@@ -616,21 +730,37 @@ def test_per_member_series_follow_the_membership(balancer: Balancer, raws: list[
 
 def test_control_endpoints_refuse_other_origins_and_foreign_hosts(local: LocalMode) -> None:
     evil = json.dumps({"n": 1, "hostnames": ["Evil"]})
-    calls = [("POST", "/add", evil), ("DELETE", "/rm", json.dumps({"n": 1, "hostnames": ["Server 1"]})),
-             ("PUT", "/membership", json.dumps({"revision": 99, "members": []}))]
+    calls = [
+        ("POST", "/add", evil),
+        ("DELETE", "/rm", json.dumps({"n": 1, "hostnames": ["Server 1"]})),
+        ("PUT", "/membership", json.dumps({"revision": 99, "members": []})),
+    ]
     for method, path, body in calls:
-        reply = requests.request(method, local.url + path, data=body, timeout=WAIT,
-                                 headers={"Origin": "http://evil.example", "Content-Type": "application/json"})
+        reply = requests.request(
+            method,
+            local.url + path,
+            data=body,
+            timeout=WAIT,
+            headers={"Origin": "http://evil.example", "Content-Type": "application/json"},
+        )
         assert reply.status_code == 403, f"{method} {path} from another origin: {reply.status_code} {reply.text}"
-        reply = requests.request(method, local.url + path, data=body, timeout=WAIT,
-                                 headers={"Host": "attacker.example", "Content-Type": "application/json"})
-        assert reply.status_code in (421, 403), f"{method} {path} for Host attacker.example: {reply.status_code} {reply.text}"
+        reply = requests.request(
+            method,
+            local.url + path,
+            data=body,
+            timeout=WAIT,
+            headers={"Host": "attacker.example", "Content-Type": "application/json"},
+        )
+        assert reply.status_code in (421, 403), (
+            f"{method} {path} for Host attacker.example: {reply.status_code} {reply.text}"
+        )
     assert local.rep() == {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]}
     # curl -d: no Origin, Host 127.0.0.1:<port> or localhost:<port>; a page of the balancer's own origin
     reply = requests.post(local.url + "/add", data=json.dumps({"n": 1, "hostnames": ["S5"]}), timeout=WAIT)
     assert reply.status_code == 200, reply.text
     own = f"http://localhost:{local.port}"
-    reply = requests.delete(own + "/rm", data=json.dumps({"n": 1, "hostnames": ["S5"]}), timeout=WAIT,
-                            headers={"Origin": own})
+    reply = requests.delete(
+        own + "/rm", data=json.dumps({"n": 1, "hostnames": ["S5"]}), timeout=WAIT, headers={"Origin": own}
+    )
     assert reply.status_code == 200, reply.text
     assert local.rep() == {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]}

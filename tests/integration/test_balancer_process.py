@@ -9,8 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,12 +48,15 @@ class Echo(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        payload = json.dumps({
-            "server": self.server.name,  # type: ignore[attr-defined]
-            "method": self.command, "path": self.path,
-            "headers": {k.lower(): v for k, v in self.headers.items()},
-            "body": body.decode("latin-1"),
-        }).encode()
+        payload = json.dumps(
+            {
+                "server": self.server.name,
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode("latin-1"),
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -75,7 +78,7 @@ class EchoServer(ThreadingHTTPServer):
 
 def start_echo(name: str) -> ThreadingHTTPServer:
     server = EchoServer(("127.0.0.1", 0), Echo)
-    server.name = name  # type: ignore[attr-defined]
+    server.name = name
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -84,26 +87,50 @@ class BalancerProcess:
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp / "balancer.log", "wb")
+        self.log = open(tmp / "balancer.log", "wb")  # noqa: SIM115 - open until stop(), which closes it
         env = dict(
-            os.environ, RINGLB_BIND=f"127.0.0.1:{self.port}", RINGLB_WORKERS=str(WORKERS),
-            RINGLB_MEMBERSHIP_TOKEN=TOKEN, RINGLB_HEALTH_INTERVAL="0.2", RINGLB_MAX_BODY="4096",
+            os.environ,
+            RINGLB_BIND=f"127.0.0.1:{self.port}",
+            RINGLB_WORKERS=str(WORKERS),
+            RINGLB_MEMBERSHIP_TOKEN=TOKEN,
+            RINGLB_HEALTH_INTERVAL="0.2",
+            RINGLB_MAX_BODY="4096",
             RINGLB_DRAIN_SECONDS="0",
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:ringlb_balancer.gunicorn_conf",
+                "ringlb_balancer.wsgi:app",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         # Up, or gone (then say so at once rather than wait out the deadline).
-        wait_until(lambda: self.process.poll() is not None or requests.get(f"{self.url}/healthz", timeout=WAIT).ok,
-                   60, what="balancer up")
-        assert self.process.poll() is None, f"balancer exited with {self.process.returncode}; see {tmp / 'balancer.log'}"
+        wait_until(
+            lambda: self.process.poll() is not None or requests.get(f"{self.url}/healthz", timeout=WAIT).ok,
+            60,
+            what="balancer up",
+        )
+        assert self.process.poll() is None, (
+            f"balancer exited with {self.process.returncode}; see {tmp / 'balancer.log'}"
+        )
         self.revision = 0
 
     def push(self, members: list[tuple[str, int]], **extra: object) -> requests.Response:
         self.revision += 1
-        doc = {"revision": self.revision, "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members], **extra}
-        return requests.put(f"{self.url}/membership", json=doc, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=WAIT)
+        doc = {
+            "revision": self.revision,
+            "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members],
+            **extra,
+        }
+        return requests.put(
+            f"{self.url}/membership", json=doc, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=WAIT
+        )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -123,7 +150,7 @@ def echoes() -> Iterator[list[ThreadingHTTPServer]]:
 @pytest.fixture
 def balancer(tmp_path: Path, echoes: list[ThreadingHTTPServer]) -> Iterator[BalancerProcess]:
     process = BalancerProcess(tmp_path)
-    reply = process.push([(s.name, s.server_address[1]) for s in echoes])  # type: ignore[attr-defined]
+    reply = process.push([(s.name, s.server_address[1]) for s in echoes])
     assert reply.status_code == 200, reply.text
     yield process
     process.stop()
@@ -171,8 +198,13 @@ def test_stale_malformed_and_unauthorized_pushes_change_nothing(balancer, echoes
 
 def test_every_method_query_and_body_is_forwarded(balancer) -> None:
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
-        reply = requests.request(method, f"{balancer.url}/some/path?a=1&b=%20x", data=b"payload" if method != "GET" else None,
-                                 headers={"X-Request-ID": "k1", "X-Custom": "kept"}, timeout=WAIT)
+        reply = requests.request(
+            method,
+            f"{balancer.url}/some/path?a=1&b=%20x",
+            data=b"payload" if method != "GET" else None,
+            headers={"X-Request-ID": "k1", "X-Custom": "kept"},
+            timeout=WAIT,
+        )
         assert reply.status_code == 200, (method, reply.text)
         seen = reply.json()
         assert seen["method"] == method
@@ -187,8 +219,13 @@ def test_every_method_query_and_body_is_forwarded(balancer) -> None:
 def test_hop_by_hop_headers_are_stripped_and_forwarding_headers_added(balancer) -> None:
     reply = requests.get(
         f"{balancer.url}/h",
-        headers={"X-Request-ID": "k2", "Connection": "keep-alive, X-Secret", "X-Secret": "drop me",
-                 "Keep-Alive": "timeout=5", "X-Forwarded-For": "203.0.113.9"},
+        headers={
+            "X-Request-ID": "k2",
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "drop me",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-For": "203.0.113.9",
+        },
         timeout=WAIT,
     )
     seen = reply.json()["headers"]
@@ -267,8 +304,10 @@ def hot_key_spread(balancer: BalancerProcess) -> set[str]:
 
     def burst(_: int) -> set[str]:
         with requests.Session() as session:
-            return {session.get(f"{balancer.url}/slow", headers={"X-Request-ID": "hot"}, timeout=WAIT).json()["server"]
-                    for _ in range(20)}
+            return {
+                session.get(f"{balancer.url}/slow", headers={"X-Request-ID": "hot"}, timeout=WAIT).json()["server"]
+                for _ in range(20)
+            }
 
     with ThreadPoolExecutor(16) as pool:
         return set().union(*pool.map(burst, range(16)))

@@ -47,11 +47,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.nginx]
 
 WAIT = 10.0  # an answer or a close comes at once on loopback; generous for a loaded machine
 INSTALL = "apt-get install -y nginx-light"
-OWNED = frozenset({
-    "host", "via", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "x-ringlb-key",
-    "connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection", "expect",
-    "content-length", "transfer-encoding",
-})
+OWNED = frozenset(
+    {
+        "host",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-ringlb-key",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "expect",
+        "content-length",
+        "transfer-encoding",
+    }
+)
 EARLY_EOF = "peer closed connection without sending complete message body"  # a request cut short, on purpose
 
 NGINX_CONF = """
@@ -106,11 +121,20 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, backend=backend.port, port=port))
     with open(tmp / "nginx.out", "wb") as out:
-        process = subprocess.Popen([binary, "-e", str(tmp / "error.log"), "-c", str(conf), "-g", "daemon off;"],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [binary, "-e", str(tmp / "error.log"), "-c", str(conf), "-g", "daemon off;"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_until(lambda: process.poll() is None and requests.get(f"http://127.0.0.1:{port}/up", timeout=2).ok
-                   or process.poll() is not None, 30, what="nginx to answer")
+        wait_until(
+            lambda: (
+                (process.poll() is None and requests.get(f"http://127.0.0.1:{port}/up", timeout=2).ok)
+                or process.poll() is not None
+            ),
+            30,
+            what="nginx to answer",
+        )
         if process.poll() is not None:
             pytest.fail(f"nginx exited {process.returncode}: {(tmp / 'error.log').read_text(errors='replace')[-2000:]}")
         yield Proxy("nginx", port, backend)
@@ -188,8 +212,13 @@ def _spoiled(template: str) -> Callable[[str], bytes]:
 
 # Refused by both proxies (400, 501) and forwarded by neither.
 SPOILED = {
-    "bad-chunk-size": _spoiled("POST /d/{ident} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nxx\r\n0\r\n\r\n"),
-    "length-and-chunked": _spoiled("POST /d/{ident} HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    "bad-chunk-size": _spoiled(
+        "POST /d/{ident} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nxx\r\n0\r\n\r\n"
+    ),
+    "length-and-chunked": _spoiled(
+        "POST /d/{ident} HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\nabc\r\n0\r\n\r\n"
+    ),
     "no-host": _spoiled("GET /d/{ident} HTTP/1.1\r\nX-Test: 1\r\n\r\n"),
     "two-hosts": _spoiled("GET /d/{ident} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
     "length-not-a-number": _spoiled("POST /d/{ident} HTTP/1.1\r\nHost: t\r\nContent-Length: 3a\r\n\r\nabc"),
@@ -201,7 +230,9 @@ SPOILED = {
     "lower-case-method": _spoiled("get /d/{ident} HTTP/1.1\r\nHost: t\r\n\r\n"),
     # A coding neither proxy decodes: nginx answers 501; forwarding the body as plain chunked
     # would hand the replica gzip bytes it was not told about.
-    "gzip-then-chunked": _spoiled("POST /d/{ident} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    "gzip-then-chunked": _spoiled(
+        "POST /d/{ident} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ),
 }
 RINGLB_REFUSES = frozenset({"two-request-ids", "upgrade-with-body", "absolute-form", "bare-lf"})  # see the docstring
 KINDS = ["valid"] * 12 + ["upgrade"] + sorted(RINGLB_REFUSES) + sorted(SPOILED)
@@ -209,8 +240,18 @@ KINDS = ["valid"] * 12 + ["upgrade"] + sorted(RINGLB_REFUSES) + sorted(SPOILED)
 # nginx refuses a second Authorization or If-None-Match (and other single fields) that ringlb
 # forwards: only fields that are lists by definition repeat here.
 REPEATABLE = {"X-Test", "Cookie"}
-FIELD_NAMES = ["Accept", "Accept-Language", "User-Agent", "Cookie", "Cache-Control", "If-None-Match",
-               "Authorization", "X-Test", "X-Other", "Dnt"]
+FIELD_NAMES = [
+    "Accept",
+    "Accept-Language",
+    "User-Agent",
+    "Cookie",
+    "Cache-Control",
+    "If-None-Match",
+    "Authorization",
+    "X-Test",
+    "X-Other",
+    "Dnt",
+]
 VALUE = st.from_regex(r"[!-~]([ !-~]{0,20}[!-~])?", fullmatch=True)
 TOKEN = st.from_regex(r"[A-Za-z0-9._~-]{1,12}", fullmatch=True)
 
@@ -221,8 +262,13 @@ def requests_(draw: st.DrawFn) -> Request:
     method = draw(st.sampled_from(["GET", "GET", "HEAD", "DELETE", "OPTIONS", "POST", "POST", "PUT", "PATCH"]))
     if kind.startswith("upgrade"):
         method = "GET"
-    fields = draw(st.lists(st.tuples(st.sampled_from(FIELD_NAMES), VALUE), max_size=5,
-                           unique_by=lambda f: f[0] if f[0] not in REPEATABLE else object()))
+    fields = draw(
+        st.lists(
+            st.tuples(st.sampled_from(FIELD_NAMES), VALUE),
+            max_size=5,
+            unique_by=lambda f: f[0] if f[0] not in REPEATABLE else object(),
+        )
+    )
     if draw(st.booleans()):
         fields.insert(draw(st.integers(0, len(fields))), ("X-Request-ID", draw(TOKEN)))
     query = draw(st.sampled_from(["", "", f"?q={draw(TOKEN)}", f"?a={draw(TOKEN)}&b={draw(TOKEN)}"]))
@@ -336,19 +382,28 @@ def describe(stream: list[Connection], only: int | None = None) -> str:
     for c, conn in enumerate(stream):
         if only is not None and c != only:
             continue
-        lines.append(f"connection {c} ({'pipelined' if conn.pipelined else 'one by one'}"
-                     f"{f', then {conn.cut} bytes and close' if conn.cut else ''}):")
+        lines.append(
+            f"connection {c} ({'pipelined' if conn.pipelined else 'one by one'}"
+            f"{f', then {conn.cut} bytes and close' if conn.cut else ''}):"
+        )
         lines += [f"  {r.wire(f'{c}-{i}')[:160]!r}" for i, r in enumerate(conn.requests)]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------
-@settings(max_examples=40, derandomize=True, database=None, deadline=None,
-          phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure names its stream below
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=40,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure names its stream below
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(stream=STREAMS)
 @example(stream=every_kind())
-def test_backends_behind_nginx_and_ringlb_receive_the_same_requests(nginx: Proxy, ringlb: Proxy, stream: list[Connection]) -> None:
+def test_backends_behind_nginx_and_ringlb_receive_the_same_requests(
+    nginx: Proxy, ringlb: Proxy, stream: list[Connection]
+) -> None:
     for proxy in (nginx, ringlb):
         proxy.backend.clear()
     clients = {proxy.name: replay(proxy, stream) for proxy in (nginx, ringlb)}
@@ -363,12 +418,12 @@ def test_backends_behind_nginx_and_ringlb_receive_the_same_requests(nginx: Proxy
     got = [comparable(r) for r in saw["ringlb"]]
     if got != expected:
         first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
-        differing = (got[first:first + 1] or expected[first:first + 1])[0][1]
+        differing = (got[first : first + 1] or expected[first : first + 1])[0][1]
         c = int(differing.split("/")[2].split("-")[0])
         raise AssertionError(
-            f"the backends' requests differ at #{first}:\n  ringlb forwarded {got[first:first + 1]}\n"
-            f"  expected (nginx's, less ringlb's deliberate refusals) {expected[first:first + 1]}\n"
+            f"the backends' requests differ at #{first}:\n  ringlb forwarded {got[first : first + 1]}\n"
+            f"  expected (nginx's, less ringlb's deliberate refusals) {expected[first : first + 1]}\n"
             f"ringlb targets {[g[1] for g in got]}\nexpected      {[e[1] for e in expected]}\n"
             f"the clients of connection {c} saw: nginx {clients['nginx'][c]}; ringlb {clients['ringlb'][c]}\n"
-            f"{describe(stream, only=c)}")
-
+            f"{describe(stream, only=c)}"
+        )

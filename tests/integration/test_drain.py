@@ -38,8 +38,11 @@ def test_sigterm_turns_readyz_503_keeps_serving_then_exits(tmp_path: Path, backe
 
         sent = time.monotonic()
         balancer.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: session.get(f"{balancer.admin_url}/readyz", timeout=30).status_code == 503,
-                   30, what="/readyz 503 after SIGTERM")
+        wait_until(
+            lambda: session.get(f"{balancer.admin_url}/readyz", timeout=30).status_code == 503,
+            30,
+            what="/readyz 503 after SIGTERM",
+        )
         # Within the drain window requests are still answered, by whichever worker takes them,
         # and each connection ends after its answer, so a client moves on to a pod that stays.
         for served in range(ANSWERS_IN_WINDOW):
@@ -59,8 +62,11 @@ def test_sighup_replaces_the_workers_and_the_balancer_stays_ready(tmp_path: Path
         assert balancer.push([("main", backend.port)]).status_code == 200
         old = balancer.worker_pids()
         balancer.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: len(balancer.worker_pids() - old) == 2 and not balancer.worker_pids() & old, 60,
-                   what="two new workers, the old ones gone")
+        wait_until(
+            lambda: len(balancer.worker_pids() - old) == 2 and not balancer.worker_pids() & old,
+            60,
+            what="two new workers, the old ones gone",
+        )
         for _ in range(4):  # a new connection each time: each worker answers some of them
             assert requests.get(f"{balancer.admin_url}/readyz", timeout=30).status_code == 200
             reply = requests.get(f"{balancer.url}/home", headers={"X-Request-ID": "k"}, timeout=30)

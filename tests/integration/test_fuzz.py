@@ -23,8 +23,10 @@ BUDGET_S = float(os.environ.get("RINGLB_FUZZ_SECONDS", "12"))
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
     backend = MainBackend().start()
-    process = Balancer(tmp_path_factory.mktemp("fuzz"), env={"RINGLB_HEAD_TIMEOUT": "2", "RINGLB_FIRST_BYTE_TIMEOUT": "2",
-                                                              "RINGLB_MAX_BODY": "4096"})
+    process = Balancer(
+        tmp_path_factory.mktemp("fuzz"),
+        env={"RINGLB_HEAD_TIMEOUT": "2", "RINGLB_FIRST_BYTE_TIMEOUT": "2", "RINGLB_MAX_BODY": "4096"},
+    )
     process.push([("fuzz", backend.port)])
     yield process
     process.stop()

@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backends import BackendProcess, ByteLogBackend, FakeScaler, LenientBackend, MainBackend, ReuseDropBackend, parse_requests
+from tests.backends import (
+    BackendProcess,
+    ByteLogBackend,
+    FakeScaler,
+    LenientBackend,
+    MainBackend,
+    ReuseDropBackend,
+    parse_requests,
+)
 from tests.support.balancer import Balancer, membership_doc
 from tests.support.net import Answer, connect, exchange, read_answers, request_bytes
 
@@ -28,7 +36,7 @@ MAX_BODY = 65536
 INSTANCE = "hostiletest"
 WAIT = 30.0  # a deadline for an answer that comes: generous, it costs nothing when things are fast
 FIRST_BYTE_TIMEOUT = 5  # the stopped replica's requests end after it; long enough that a loaded
-                        # machine does not end ordinary ones
+# machine does not end ordinary ones
 
 
 # ------------------------------------------------------------------------------------------
@@ -57,12 +65,15 @@ def lenient() -> Iterator[LenientBackend]:
 
 @pytest.fixture(scope="module")
 def balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
-    process = Balancer(tmp_path_factory.mktemp("hostile"), env={
-        "RINGLB_MAX_BODY": str(MAX_BODY),
-        "RINGLB_FIRST_BYTE_TIMEOUT": str(FIRST_BYTE_TIMEOUT),
-        "RINGLB_HEAD_TIMEOUT": "3",
-        "RINGLB_TOKEN": "add-token",  # for /add and /rm: must never open /membership
-    })
+    process = Balancer(
+        tmp_path_factory.mktemp("hostile"),
+        env={
+            "RINGLB_MAX_BODY": str(MAX_BODY),
+            "RINGLB_FIRST_BYTE_TIMEOUT": str(FIRST_BYTE_TIMEOUT),
+            "RINGLB_HEAD_TIMEOUT": "3",
+            "RINGLB_TOKEN": "add-token",  # for /add and /rm: must never open /membership
+        },
+    )
     yield process
     process.stop()
 
@@ -93,44 +104,96 @@ REFUSE_OR_TOO_BIG = {400, 413}
 # name -> (raw request, statuses that refuse it, None if it must be refused, else what the replica
 # must then receive when the balancer forwards it instead: [(target, body)])
 CORPUS: dict[str, tuple[bytes, set[int], list[tuple[bytes, bytes]] | None]] = {
-    "cl-and-te": (b"POST /smug-clte HTTP/1.1\r\nHost: test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"0\r\n\r\n" + SMUGGLED, REFUSE, None),
-    "te-and-cl": (b"POST /smug-tecl HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n"
-                  b"0\r\n\r\n" + SMUGGLED, REFUSE, None),
-    "duplicate-cl": (b"POST /smug-dupcl HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nContent-Length: 43\r\n\r\n"
-                     b"hello" + SMUGGLED, REFUSE, None),
-    "te-chunked-identity": (b"POST /smug-ci HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
-                            b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, REFUSE, None),
-    "te-two-fields": (b"POST /smug-te2 HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n"
-                      b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, REFUSE, None),
-    "te-xchunked": (b"POST /smug-x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: xchunked\r\n\r\n"
-                    b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, REFUSE, None),
-    "te-gzip-no-length": (b"POST /smug-gz HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n" + SMUGGLED,
-                          REFUSE, None),
+    "cl-and-te": (
+        b"POST /smug-clte HTTP/1.1\r\nHost: test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "te-and-cl": (
+        b"POST /smug-tecl HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n"
+        b"0\r\n\r\n" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "duplicate-cl": (
+        b"POST /smug-dupcl HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\nContent-Length: 43\r\n\r\nhello" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "te-chunked-identity": (
+        b"POST /smug-ci HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked, identity\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "te-two-fields": (
+        b"POST /smug-te2 HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "te-xchunked": (
+        b"POST /smug-x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "te-gzip-no-length": (
+        b"POST /smug-gz HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip\r\n\r\n" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
     "cl-negative": (b"POST /smug-neg HTTP/1.1\r\nHost: test\r\nContent-Length: -1\r\n\r\n" + SMUGGLED, REFUSE, None),
-    "cl-plus-sign": (b"POST /smug-plus HTTP/1.1\r\nHost: test\r\nContent-Length: +5\r\n\r\nhello" + SMUGGLED, REFUSE, None),
-    "space-before-colon": (b"POST /smug-sp HTTP/1.1\r\nHost: test\r\nContent-Length : 5\r\n\r\nhello" + SMUGGLED,
-                           REFUSE, None),
+    "cl-plus-sign": (
+        b"POST /smug-plus HTTP/1.1\r\nHost: test\r\nContent-Length: +5\r\n\r\nhello" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
+    "space-before-colon": (
+        b"POST /smug-sp HTTP/1.1\r\nHost: test\r\nContent-Length : 5\r\n\r\nhello" + SMUGGLED,
+        REFUSE,
+        None,
+    ),
     "two-hosts": (b"GET /smug-hosts HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", REFUSE, None),
     "no-host-http11": (b"GET /smug-nohost HTTP/1.1\r\nX-Request-ID: k\r\n\r\n", REFUSE, None),
-    "huge-chunk-size": (b"POST /smug-huge HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                        b"fffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n" + SMUGGLED, REFUSE_OR_TOO_BIG, None),
-    "chunk-size-wraps-64-bits": (b"POST /smug-wrap HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                 b"10000000000000005\r\nhello\r\n0\r\n\r\n" + SMUGGLED, REFUSE_OR_TOO_BIG, None),
+    "huge-chunk-size": (
+        b"POST /smug-huge HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"fffffffffffffffffffffff\r\nhello\r\n0\r\n\r\n" + SMUGGLED,
+        REFUSE_OR_TOO_BIG,
+        None,
+    ),
+    "chunk-size-wraps-64-bits": (
+        b"POST /smug-wrap HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"10000000000000005\r\nhello\r\n0\r\n\r\n" + SMUGGLED,
+        REFUSE_OR_TOO_BIG,
+        None,
+    ),
     # RFC 9112 allows either a 400 or forwarding with the fold replaced / the line ending fixed /
     # the NUL refused: what reaches the replica is then checked byte for byte.
-    "obs-fold": (b"GET /smug-fold HTTP/1.1\r\nHost: test\r\nX-Folded: a\r\n b\r\n\r\n", REFUSE,
-                 [(b"/smug-fold", b"")]),
-    "obs-fold-te": (b"POST /smug-foldte HTTP/1.1\r\nHost: test\r\nTransfer-Encoding:\r\n chunked\r\n\r\n"
-                    b"5\r\nhello\r\n0\r\n\r\n", REFUSE, [(b"/smug-foldte", b"hello")]),
+    "obs-fold": (b"GET /smug-fold HTTP/1.1\r\nHost: test\r\nX-Folded: a\r\n b\r\n\r\n", REFUSE, [(b"/smug-fold", b"")]),
+    "obs-fold-te": (
+        b"POST /smug-foldte HTTP/1.1\r\nHost: test\r\nTransfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        REFUSE,
+        [(b"/smug-foldte", b"hello")],
+    ),
     "bare-lf": (b"GET /smug-lf HTTP/1.1\nHost: test\nX-Request-ID: k\n\n", REFUSE, [(b"/smug-lf", b"")]),
     "nul-in-value": (b"GET /smug-nul HTTP/1.1\r\nHost: test\r\nX-Nul: a\x00b\r\n\r\n", REFUSE, [(b"/smug-nul", b"")]),
-    "chunk-extensions": (b"POST /smug-ext HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"5;name=value;other=\"quoted\"\r\nhello\r\n0;last\r\n\r\n", REFUSE, [(b"/smug-ext", b"hello")]),
-    "chunk-bare-lf": (b"POST /smug-clf HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
-                      b"5\nhello\n0\n\n", REFUSE, [(b"/smug-clf", b"hello")]),
-    "cl-list-same": (b"POST /smug-cl55 HTTP/1.1\r\nHost: test\r\nContent-Length: 5, 5\r\n\r\nhello", REFUSE,
-                     [(b"/smug-cl55", b"hello")]),
+    "chunk-extensions": (
+        b"POST /smug-ext HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5;name=value;other="quoted"\r\nhello\r\n0;last\r\n\r\n',
+        REFUSE,
+        [(b"/smug-ext", b"hello")],
+    ),
+    "chunk-bare-lf": (
+        b"POST /smug-clf HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+        REFUSE,
+        [(b"/smug-clf", b"hello")],
+    ),
+    "cl-list-same": (
+        b"POST /smug-cl55 HTTP/1.1\r\nHost: test\r\nContent-Length: 5, 5\r\n\r\nhello",
+        REFUSE,
+        [(b"/smug-cl55", b"hello")],
+    ),
 }
 
 
@@ -164,7 +227,9 @@ def test_smuggling_corpus(balancer: Balancer, bytelog: ByteLogBackend, case: str
         seen.append((requests_, rest, error))
     complete = [r for reqs, _, _ in seen for r in reqs]
     assert answers, f"{case}: no answer within {WAIT:g} s (closed={closed}, bytes={data[:200]!r})"
-    assert all(b"/smuggled" not in conn for conn in received), f"{case}: a smuggled request reached the replica: {received}"
+    assert all(b"/smuggled" not in conn for conn in received), (
+        f"{case}: a smuggled request reached the replica: {received}"
+    )
     status = answers[0].status
     if forwarded is None or status in refusals:
         assert status in refusals, f"{case}: answered {status}, must be refused with {sorted(refusals)}: {data[:300]!r}"
@@ -174,7 +239,9 @@ def test_smuggling_corpus(balancer: Balancer, bytelog: ByteLogBackend, case: str
     # forwarded: exactly the expected requests, each framed so that a strict server reads them whole
     assert status == 200, f"{case}: answered {status}: {data[:300]!r}"
     for reqs, rest, error in seen:
-        assert error is None and rest == b"", f"{case}: the replica received bytes it cannot read: {error}: {rest[:200]!r}"
+        assert error is None and rest == b"", (
+            f"{case}: the replica received bytes it cannot read: {error}: {rest[:200]!r}"
+        )
         for r in reqs:
             check_forwarded_head(r.head)
     assert [(r.target, r.body) for r in complete] == forwarded, f"{case}: replica received {received}"
@@ -196,10 +263,11 @@ INJECTIONS = {
 
 @pytest.mark.parametrize("case", sorted(INJECTIONS))
 def test_cr_lf_nul_tab_in_request_target_get_400_and_reach_no_replica(
-        balancer: Balancer, lenient: LenientBackend, case: str) -> None:
+    balancer: Balancer, lenient: LenientBackend, case: str
+) -> None:
     behind(balancer, lenient.port, "lenient")
     before = len(lenient.taken())
-    answers, data, closed = exchange(balancer.port, INJECTIONS[case], timeout=WAIT)
+    answers, data, _closed = exchange(balancer.port, INJECTIONS[case], timeout=WAIT)
     time.sleep(0.2)
     taken = lenient.taken()[before:]
     assert not taken, f"{case}: the lenient replica ran {taken}"
@@ -221,11 +289,15 @@ def send_in_background(sock: socket.socket, payload: bytes) -> threading.Thread:
 def test_trailer_section_has_a_size_limit(balancer: Balancer, echo: MainBackend) -> None:
     behind(balancer, echo.port)
     trailers = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"v" * 40) for i in range(20_000))  # ~1 MB
-    payload = (request_bytes("POST", "/echo", {"Transfer-Encoding": "chunked", "X-Request-ID": "t"})
-               + b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n")
+    payload = (
+        request_bytes("POST", "/echo", {"Transfer-Encoding": "chunked", "X-Request-ID": "t"})
+        + b"5\r\nhello\r\n0\r\n"
+        + trailers
+        + b"\r\n"
+    )
     with connect(balancer.port, timeout=WAIT) as sock:
         sender = send_in_background(sock, payload)
-        answers, data, closed = read_answers(sock, timeout=WAIT)
+        answers, data, _closed = read_answers(sock, timeout=WAIT)
         sender.join(5)
     assert status_of(answers) in {400, 413, 431}, f"1 MB of trailer fields answered: {data[:300]!r}"
 
@@ -236,15 +308,18 @@ def test_chunk_extension_bytes_count_against_the_limits(balancer: Balancer, echo
     behind(balancer, echo.port)
     extension = b";" + b"e" * 4096
     chunks = b"".join(b"1" + extension + b"\r\nx\r\n" for _ in range(1000))
-    payload = request_bytes("POST", "/echo", {"Transfer-Encoding": "chunked", "X-Request-ID": "ext"}) + chunks + b"0\r\n\r\n"
+    payload = (
+        request_bytes("POST", "/echo", {"Transfer-Encoding": "chunked", "X-Request-ID": "ext"}) + chunks + b"0\r\n\r\n"
+    )
     rss0 = balancer.rss()
     with connect(balancer.port, timeout=WAIT) as sock:
         sender = send_in_background(sock, payload)
-        answers, data, closed = read_answers(sock, timeout=WAIT)
+        answers, _data, _closed = read_answers(sock, timeout=WAIT)
         sender.join(5)
     growth = balancer.rss() - rss0
     assert status_of(answers) in {400, 413, 431}, (
-        f"{len(payload) >> 20} MB of chunk extensions for a 1,000-byte body answered {status_of(answers)}")
+        f"{len(payload) >> 20} MB of chunk extensions for a 1,000-byte body answered {status_of(answers)}"
+    )
     assert growth < 32 << 20, f"worker RSS grew {growth >> 20} MiB"
 
 
@@ -254,7 +329,7 @@ def test_16000_repetitions_of_one_header_cost_linear_time(balancer: Balancer, ec
     timings, statuses = [], []
     for _ in range(5):
         start = time.perf_counter()
-        answers, data, closed = exchange(balancer.port, head, timeout=WAIT)
+        answers, _data, _closed = exchange(balancer.port, head, timeout=WAIT)
         timings.append(time.perf_counter() - start)
         statuses.append(status_of(answers))
     assert all(s is not None for s in statuses), f"no answer: {statuses}"
@@ -267,16 +342,17 @@ def test_16000_repetitions_of_one_header_cost_linear_time(balancer: Balancer, ec
 def test_expect_100_continue_gets_100_then_the_answer(balancer: Balancer, echo: MainBackend) -> None:
     behind(balancer, echo.port)
     with connect(balancer.port, timeout=WAIT) as sock:
-        sock.sendall(request_bytes("POST", "/echo", {"X-Request-ID": "exp", "Expect": "100-continue",
-                                                     "Content-Length": "5"}))
+        sock.sendall(
+            request_bytes("POST", "/echo", {"X-Request-ID": "exp", "Expect": "100-continue", "Content-Length": "5"})
+        )
         sock.settimeout(WAIT)
         try:
             first = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             first = b""
         assert first.startswith(b"HTTP/1.1 100 "), f"no 100 Continue within {WAIT:g} s (got {first[:200]!r})"
         sock.sendall(b"hello")
-        answers, data, closed = read_answers(sock, timeout=WAIT)
+        answers, data, _closed = read_answers(sock, timeout=WAIT)
         answers_all = answers
     final = answers_all[0]
     assert final.status == 200 and final.complete, data[:300]
@@ -288,7 +364,7 @@ def test_half_closed_client_gets_its_answer(balancer: Balancer, echo: MainBacken
     with connect(balancer.port, timeout=WAIT) as sock:
         sock.sendall(request_bytes("GET", "/echo?half", {"X-Request-ID": "half"}))
         sock.shutdown(socket.SHUT_WR)
-        answers, data, closed = read_answers(sock, timeout=WAIT)
+        answers, data, _closed = read_answers(sock, timeout=WAIT)
     assert status_of(answers) == 200 and answers[0].complete, f"half-closed client got {data[:200]!r}"
     assert answers[0].json()["target"] == "/echo?half"
 
@@ -304,15 +380,26 @@ def test_http10_keep_alive_answers_carry_connection_keep_alive(balancer: Balance
             assert not closed, f"{target}: connection closed after a keep-alive answer"
 
 
-@pytest.mark.parametrize("method,path,admin", [
-    ("POST", "/healthz", False), ("PUT", "/readyz", False), ("POST", "/rep", False), ("GET", "/add", False),
-    ("GET", "/rm", False), ("DELETE", "/membership", True), ("POST", "/metrics", True),
-])
+@pytest.mark.parametrize(
+    "method,path,admin",
+    [
+        ("POST", "/healthz", False),
+        ("PUT", "/readyz", False),
+        ("POST", "/rep", False),
+        ("GET", "/add", False),
+        ("GET", "/rm", False),
+        ("DELETE", "/membership", True),
+        ("POST", "/metrics", True),
+    ],
+)
 def test_405_carries_allow(balancer: Balancer, method: str, path: str, admin: bool) -> None:
     port = balancer.admin_port if admin else balancer.port
     # Host: localhost, as a loopback listener's control endpoints require (421 for a foreign name).
-    answers, data, _ = exchange(port, request_bytes(method, path, {"Content-Length": "0"} if method != "GET" else {},
-                                                    host="localhost"), timeout=WAIT)
+    answers, data, _ = exchange(
+        port,
+        request_bytes(method, path, {"Content-Length": "0"} if method != "GET" else {}, host="localhost"),
+        timeout=WAIT,
+    )
     assert status_of(answers) == 405, data[:300]
     allow = answers[0].header("Allow")
     assert allow, f"405 without Allow: {answers[0].headers}"
@@ -321,9 +408,16 @@ def test_405_carries_allow(balancer: Balancer, method: str, path: str, admin: bo
 
 def test_forwarded_and_x_real_ip_are_stripped_and_xff_appended(balancer: Balancer, echo: MainBackend) -> None:
     behind(balancer, echo.port)
-    reply = requests.get(f"{balancer.url}/echo", timeout=WAIT, headers={
-        "X-Request-ID": "fwd", "Forwarded": "for=198.51.100.7;proto=https", "X-Real-IP": "198.51.100.7",
-        "X-Forwarded-For": "203.0.113.9"})
+    reply = requests.get(
+        f"{balancer.url}/echo",
+        timeout=WAIT,
+        headers={
+            "X-Request-ID": "fwd",
+            "Forwarded": "for=198.51.100.7;proto=https",
+            "X-Real-IP": "198.51.100.7",
+            "X-Forwarded-For": "203.0.113.9",
+        },
+    )
     seen = {k.lower(): v for k, v in reply.json()["headers"]}
     assert "forwarded" not in seen and "x-real-ip" not in seen, seen
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
@@ -339,10 +433,16 @@ def test_json_nested_30000_deep_to_membership_is_a_400_json_answer(balancer: Bal
 
 @pytest.mark.parametrize("method,path", [("POST", "/add"), ("DELETE", "/rm")])
 def test_json_nested_30000_deep_to_add_and_rm_is_a_400_json_answer(
-        scaled: tuple[Balancer, FakeScaler], method: str, path: str) -> None:
+    scaled: tuple[Balancer, FakeScaler], method: str, path: str
+) -> None:
     balancer, _ = scaled
-    reply = requests.request(method, f"{balancer.url}{path}", data=b"[" * 30_000 + b"]" * 30_000,
-                             headers={"Content-Type": "application/json"}, timeout=WAIT)
+    reply = requests.request(
+        method,
+        f"{balancer.url}{path}",
+        data=b"[" * 30_000 + b"]" * 30_000,
+        headers={"Content-Type": "application/json"},
+        timeout=WAIT,
+    )
     assert reply.status_code == 400, reply.text[:300]
     assert reply.headers.get("Content-Type", "").startswith("application/json"), reply.headers
     assert reply.json()["status"] == "failure"
@@ -350,14 +450,19 @@ def test_json_nested_30000_deep_to_add_and_rm_is_a_400_json_answer(
 
 def test_a_request_carrying_our_hop_marker_is_a_loop_508(balancer: Balancer, echo: MainBackend) -> None:
     behind(balancer, echo.port)
-    seen = {k.lower(): v for k, v in requests.get(f"{balancer.url}/echo", headers={"X-Request-ID": "via"},
-                                                  timeout=WAIT).json()["headers"]}
+    seen = {
+        k.lower(): v
+        for k, v in requests.get(f"{balancer.url}/echo", headers={"X-Request-ID": "via"}, timeout=WAIT).json()[
+            "headers"
+        ]
+    }
     via = seen.get("via")
     assert via, f"the balancer adds no hop header (Via) to forwarded requests: {seen}"
     reply = requests.get(f"{balancer.url}/echo", headers={"X-Request-ID": "via", "Via": via}, timeout=WAIT)
     assert reply.status_code == 508, reply.text[:300]
-    other = requests.get(f"{balancer.url}/echo", headers={"X-Request-ID": "via", "Via": "1.1 some-other-proxy"},
-                         timeout=WAIT)
+    other = requests.get(
+        f"{balancer.url}/echo", headers={"X-Request-ID": "via", "Via": "1.1 some-other-proxy"}, timeout=WAIT
+    )
     assert other.status_code == 200, "a Via from another proxy is not a loop"
 
 
@@ -371,15 +476,18 @@ def test_post_is_never_sent_twice_when_a_reused_connection_closes_unanswered(bal
         outcomes = []
         with requests.Session() as session:
             for i in range(6):
-                reply = session.post(f"{balancer.url}/post-{i}", data=b"pay-%d" % i,
-                                     headers={"X-Request-ID": "dup"}, timeout=WAIT)
+                reply = session.post(
+                    f"{balancer.url}/post-{i}", data=b"pay-%d" % i, headers={"X-Request-ID": "dup"}, timeout=WAIT
+                )
                 outcomes.append(reply.status_code)
         received = backend.received()
     finally:
         backend.stop()
     targets = [t for _, t, _, _ in received]
     for i in range(6):
-        assert targets.count(f"/post-{i}") == 1, f"POST /post-{i} reached the replica {targets.count(f'/post-{i}')} times: {received}"
+        assert targets.count(f"/post-{i}") == 1, (
+            f"POST /post-{i} reached the replica {targets.count(f'/post-{i}')} times: {received}"
+        )
     dropped = [t for _, t, nth, _ in received if nth > 1]
     assert dropped, f"the balancer never reused a replica connection (test inconclusive): {received}"
     for _, target, nth, _ in received:
@@ -392,7 +500,7 @@ def test_early_hints_then_the_final_answer(balancer: Balancer, echo: MainBackend
     behind(balancer, echo.port)
     with connect(balancer.port, timeout=WAIT) as sock:
         sock.sendall(request_bytes("GET", "/early-hints", {"X-Request-ID": "103"}))
-        answers, data, closed = read_answers(sock, timeout=WAIT)
+        answers, data, _closed = read_answers(sock, timeout=WAIT)
     assert answers, data[:300]
     final = answers[0]
     assert final.status == 200 and final.body == b"the final answer", data[:400]
@@ -406,8 +514,11 @@ def test_sigstopped_replica_ends_in_flight_requests_after_the_first_byte_timeout
         assert requests.get(f"{balancer.url}/echo", headers={"X-Request-ID": "s"}, timeout=WAIT).status_code == 200
         os.kill(replica.pid, signal.SIGSTOP)
         # The replica stays stopped until the end: without the first-byte timeout no answer comes.
-        answers, data, closed = exchange(balancer.port, request_bytes("GET", "/echo?stopped", {"X-Request-ID": "s"}),
-                                         timeout=FIRST_BYTE_TIMEOUT + 2 * WAIT)
+        answers, data, closed = exchange(
+            balancer.port,
+            request_bytes("GET", "/echo?stopped", {"X-Request-ID": "s"}),
+            timeout=FIRST_BYTE_TIMEOUT + 2 * WAIT,
+        )
     finally:
         replica.stop()
     assert answers or closed, f"no answer and no close within {FIRST_BYTE_TIMEOUT + 2 * WAIT:g} s"
@@ -438,10 +549,20 @@ def test_readyz_is_503_without_a_membership(tokenless: Balancer) -> None:
         assert reply.status_code == 503, (url, reply.status_code, reply.text)
 
 
-@pytest.mark.parametrize("address", [
-    "0.0.0.0:8080", "[::]:8080", "169.254.169.254:80", "[fe80::1]:80", "224.0.0.1:80", "[ff02::1]:80",
-    "255.255.255.255:80", "own-public", "own-admin",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "0.0.0.0:8080",
+        "[::]:8080",
+        "169.254.169.254:80",
+        "[fe80::1]:80",
+        "224.0.0.1:80",
+        "[ff02::1]:80",
+        "255.255.255.255:80",
+        "own-public",
+        "own-admin",
+    ],
+)
 def test_membership_refuses_addresses_that_are_not_replicas(balancer: Balancer, address: str) -> None:
     if address == "own-public":
         address = f"127.0.0.1:{balancer.port}"
@@ -472,8 +593,9 @@ def scaled(tmp_path_factory: pytest.TempPathFactory, echo: MainBackend) -> Itera
     # the scaler needs the balancer's admin URL, the balancer the scaler's URL: start the scaler
     # against a placeholder, then point it at the balancer.
     scaler = FakeScaler("http://127.0.0.1:9", "push-token", ["S1", "S2", "S3"], echo.port, token=scaler_token)
-    process = Balancer(tmp, env={"RINGLB_SCALER": scaler.url, "RINGLB_SCALER_TOKEN": scaler_token,
-                                 "RINGLB_SCALE_TIMEOUT": "30"})
+    process = Balancer(
+        tmp, env={"RINGLB_SCALER": scaler.url, "RINGLB_SCALER_TOKEN": scaler_token, "RINGLB_SCALE_TIMEOUT": "30"}
+    )
     scaler.push_url = process.admin_url + "/membership"
     assert requests.get(f"{process.admin_url}/readyz", timeout=WAIT).status_code == 503
     scaler.push_now()
@@ -519,9 +641,11 @@ def test_control_endpoints_answer_during_50_concurrent_scale_calls(scaled: tuple
         for future in futures:
             future.result(timeout=90)
     storm = time.perf_counter() - started
-    print(f"\n/healthz {[round(t * 1000, 1) for t in healthz]} ms, push {[round(t * 1000, 1) for t in pushes]} ms "
-          f"under 50 concurrent /add+/rm lasting {storm:.1f} s, {pending} of them unanswered after each "
-          f"(a push alone: {quiet_push * 1000:.1f} ms)")
+    print(
+        f"\n/healthz {[round(t * 1000, 1) for t in healthz]} ms, push {[round(t * 1000, 1) for t in pushes]} ms "
+        f"under 50 concurrent /add+/rm lasting {storm:.1f} s, {pending} of them unanswered after each "
+        f"(a push alone: {quiet_push * 1000:.1f} ms)"
+    )
     assert not scaler.push_failures, scaler.push_failures
     # Not a timing figure (make faults measures those): each control answer came while most of
     # the storm still waited for its own, so it did not queue behind the scale calls.
@@ -533,7 +657,8 @@ def test_control_endpoints_answer_during_50_concurrent_scale_calls(scaled: tuple
 # file descriptors run out
 # ------------------------------------------------------------------------------------------
 def test_new_clients_are_served_when_slow_connections_exceed_the_descriptor_limit(
-        tmp_path: Path, echo: MainBackend) -> None:
+    tmp_path: Path, echo: MainBackend
+) -> None:
     with Balancer(tmp_path, nofile=256, env={"RINGLB_HEAD_TIMEOUT": "2"}) as balancer:
         behind(balancer, echo.port)
         slow = []
@@ -548,8 +673,11 @@ def test_new_clients_are_served_when_slow_connections_exceed_the_descriptor_limi
                 deadline = time.monotonic() + 2 * WAIT  # the head deadline (2 s) frees descriptors
                 while time.monotonic() < deadline:
                     try:
-                        answers, _, _ = exchange(balancer.port, request_bytes("GET", f"/echo?new={i}", {"X-Request-ID": str(i)}),
-                                                 timeout=max(0.5, deadline - time.monotonic()))
+                        answers, _, _ = exchange(
+                            balancer.port,
+                            request_bytes("GET", f"/echo?new={i}", {"X-Request-ID": str(i)}),
+                            timeout=max(0.5, deadline - time.monotonic()),
+                        )
                         if status_of(answers) == 200:
                             return 200
                     except OSError:

@@ -32,8 +32,7 @@ def test_rep_is_the_seed_answer_byte_for_byte(local: LocalMode) -> None:
 
 def test_home_is_forwarded_to_the_owner_of_the_key(local: LocalMode) -> None:
     answers = {
-        requests.get(f"{local.url}/home", headers={"X-Request-ID": "424242"}, timeout=WAIT).content
-        for _ in range(20)
+        requests.get(f"{local.url}/home", headers={"X-Request-ID": "424242"}, timeout=WAIT).content for _ in range(20)
     }
     assert len(answers) == 1, "one key must always reach the same replica"
     (body,) = answers
@@ -126,10 +125,20 @@ def test_add_and_rm_follow_the_seed_contract(own_local: LocalMode) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "message"),
     [
-        ("post", "/add", {"n": 1, "hostnames": ["A", "B"]}, 400,
-         "<Error> Length of hostname list is more than newly added instances"),
-        ("delete", "/rm", {"n": 1, "hostnames": ["Server 1", "Server 2"]}, 400,
-         "<Error> Length of hostname list is more than removable instances"),
+        (
+            "post",
+            "/add",
+            {"n": 1, "hostnames": ["A", "B"]},
+            400,
+            "<Error> Length of hostname list is more than newly added instances",
+        ),
+        (
+            "delete",
+            "/rm",
+            {"n": 1, "hostnames": ["Server 1", "Server 2"]},
+            400,
+            "<Error> Length of hostname list is more than removable instances",
+        ),
         ("post", "/add", {"n": 1, "hostnames": ["Server 1"]}, 400, "<Error> hostname(s) already in use: Server 1"),
         ("delete", "/rm", {"n": 1, "hostnames": ["Nope"]}, 400, "<Error> not a current replica: Nope"),
         ("delete", "/rm", {"n": 4}, 400, "<Error> cannot remove 4 replicas: only 3 exist"),
@@ -139,7 +148,9 @@ def test_add_and_rm_follow_the_seed_contract(own_local: LocalMode) -> None:
         ("post", "/add", [1, 2], 400, '<Error> body must be a JSON object like {"n": 1, "hostnames": []}'),
     ],
 )
-def test_bad_scaling_requests_are_refused_and_change_nothing(local: LocalMode, method, path, body, status, message) -> None:
+def test_bad_scaling_requests_are_refused_and_change_nothing(
+    local: LocalMode, method, path, body, status, message
+) -> None:
     reply = getattr(requests, method)(f"{local.url}{path}", json=body, timeout=WAIT)
     assert reply.status_code == status
     assert reply.json() == {"message": message, "status": "failure"}
@@ -188,7 +199,9 @@ def test_killed_replica_costs_no_retriable_get_and_comes_back(local: LocalMode) 
             deadline = time.monotonic() + 300  # a bound; the test stops the load long before
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
-                    reply = session.get(f"{local.url}/home", headers={"X-Request-ID": str(random.randint(100000, 999999))}, timeout=WAIT)
+                    reply = session.get(
+                        f"{local.url}/home", headers={"X-Request-ID": str(random.randint(100000, 999999))}, timeout=WAIT
+                    )
                     outcome = reply.json()["message"] if reply.status_code == 200 else f"HTTP {reply.status_code}"
                 except requests.RequestException as exc:
                     outcome = f"error {type(exc).__name__}"
@@ -211,9 +224,7 @@ def test_killed_replica_costs_no_retriable_get_and_comes_back(local: LocalMode) 
         print(f"\n{victim['name']} back in the ring {time.monotonic() - killed_at:.1f} s after the kill")
         with lock:
             before = results[f"Hello from Server: {victim['name']}"]
-        wait_until(
-            lambda: results[f"Hello from Server: {victim['name']}"] > before, 60, what="victim serving again"
-        )
+        wait_until(lambda: results[f"Hello from Server: {victim['name']}"] > before, 60, what="victim serving again")
         wait_until(lambda: total() > 200, 60, what="200 answers under the kill")
     finally:
         stop.set()

@@ -38,7 +38,7 @@ def test_affine_routing_keeps_a_keys_cache_warm(tmp_path: Path) -> None:
     finally:
         leftovers = local.stop()
     assert not leftovers, f"processes outlived ringlb dev: {leftovers}"
-    first, later = answers[: len(KEYS)], answers[len(KEYS):]
+    first, later = answers[: len(KEYS)], answers[len(KEYS) :]
     assert [c for _, _, c in first] == ["miss"] * len(KEYS)
     assert [c for _, _, c in later] == ["hit"] * len(later), later
     owners = {key: owner for key, owner, _ in first}

@@ -20,7 +20,15 @@ import pytest
 from tests.backends import BLOCK, PATTERN16, MainBackend
 from tests.support.balancer import Balancer
 from tests.support.net import (
-    Malformed, connect, dechunk, one_answer, parse_responses, read_all, request_bytes, split_answer, wait_until,
+    Malformed,
+    connect,
+    dechunk,
+    one_answer,
+    parse_responses,
+    read_all,
+    request_bytes,
+    split_answer,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -44,10 +52,13 @@ def backend() -> Iterator[MainBackend]:
 
 @pytest.fixture(scope="module")
 def balancer(tmp_path_factory: pytest.TempPathFactory, backend: MainBackend) -> Iterator[Balancer]:
-    process = Balancer(tmp_path_factory.mktemp("streaming"), env={
-        "RINGLB_MAX_BODY": "0",  # the 1 GiB upload
-        "RINGLB_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
-    })
+    process = Balancer(
+        tmp_path_factory.mktemp("streaming"),
+        env={
+            "RINGLB_MAX_BODY": "0",  # the 1 GiB upload
+            "RINGLB_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
+        },
+    )
     process.push([("main", backend.port)])
     yield process
     process.stop()
@@ -73,7 +84,7 @@ class RssSampler(threading.Thread):
         while not self.stopping.wait(0.05):
             self.peak = max(self.peak, self.balancer.rss())
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self.start()
         return self
 
@@ -115,7 +126,8 @@ def test_sse_events_arrive_one_by_one(balancer: Balancer, backend: MainBackend) 
             while b"data: event %d\n" % i not in data:
                 assert time.monotonic() < deadline, (
                     f"event {i} not relayed within {WAIT:g} s, the next one held back until it is; "
-                    f"bytes: {data[:500]!r}")
+                    f"bytes: {data[:500]!r}"
+                )
                 sock.settimeout(max(deadline - time.monotonic(), 0.01))
                 chunk = sock.recv(65536)
                 assert chunk, f"connection closed before event {i}: {data[:500]!r}"
@@ -159,8 +171,10 @@ def test_download_of_1gib_streams_with_bounded_memory(balancer: Balancer) -> Non
             body, complete, _ = dechunk(first + data)
             got, mismatch = (len(body) if complete else -len(body)), None
         elapsed = time.monotonic() - start
-    print(f"\ndownload {n / MIB:.0f} MiB in {elapsed:.1f} s ({n / MIB / elapsed:.0f} MiB/s); "
-          f"balancer RSS {rss.baseline / MIB:.1f} -> peak {rss.peak / MIB:.1f} MiB")
+    print(
+        f"\ndownload {n / MIB:.0f} MiB in {elapsed:.1f} s ({n / MIB / elapsed:.0f} MiB/s); "
+        f"balancer RSS {rss.baseline / MIB:.1f} -> peak {rss.peak / MIB:.1f} MiB"
+    )
     assert got == n, f"received {got} of {n} bytes in {elapsed:.1f} s"
     assert mismatch is None, f"content differs at byte {mismatch}"
     assert rss.growth < RSS_GROWTH_LIMIT, f"worker RSS grew {rss.growth / MIB:.1f} MiB streaming {n / MIB:.0f} MiB"
@@ -183,8 +197,10 @@ def test_chunked_upload_of_1gib_streams_with_bounded_memory(balancer: Balancer, 
             pass
         data, _ = read_all(sock, timeout=WAIT, limit=1 << 16)
         elapsed = time.monotonic() - start
-    print(f"\nupload {n / MIB:.0f} MiB in {elapsed:.1f} s ({n / MIB / elapsed:.0f} MiB/s); "
-          f"balancer RSS {rss.baseline / MIB:.1f} -> peak {rss.peak / MIB:.1f} MiB")
+    print(
+        f"\nupload {n / MIB:.0f} MiB in {elapsed:.1f} s ({n / MIB / elapsed:.0f} MiB/s); "
+        f"balancer RSS {rss.baseline / MIB:.1f} -> peak {rss.peak / MIB:.1f} MiB"
+    )
     answer = one_answer(data, closed=False)
     assert answer.status == 200, (answer.status, answer.body[:300])
     assert answer.json()["bytes"] == n
@@ -208,7 +224,7 @@ def test_websocket_echo_through_the_balancer(balancer: Balancer, backend: MainBa
                 sock.settimeout(max(deadline - time.monotonic(), 0.01))
                 try:
                     data = sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 ws.receive_data(data or None)
                 events.extend(ws.events())
@@ -229,10 +245,17 @@ def test_websocket_echo_through_the_balancer(balancer: Balancer, backend: MainBa
 
 
 def test_replica_refusing_an_upgrade_gets_its_answer_relayed(balancer: Balancer) -> None:
-    request = request_bytes("GET", "/ws-refuse", {
-        "X-Request-ID": "ws", "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-    })
+    request = request_bytes(
+        "GET",
+        "/ws-refuse",
+        {
+            "X-Request-ID": "ws",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     with connect(balancer.port, timeout=WAIT) as sock:
         sock.sendall(request)
         data, closed = read_all(sock, timeout=WAIT)
@@ -264,8 +287,11 @@ def test_client_leaving_mid_download_closes_the_replica_connection(balancer: Bal
             assert chunk, "balancer closed the download"
             got += len(chunk)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
-    record = wait_until(lambda: (r := backend.snapshot()["downloads"]["cut"])["closed"] and r, WAIT,
-                        what="the replica connection of the abandoned download to close")
+    record = wait_until(
+        lambda: (r := backend.snapshot()["downloads"]["cut"])["closed"] and r,
+        WAIT,
+        what="the replica connection of the abandoned download to close",
+    )
     assert not record["finished"] and record["sent"] < n, record
 
 
@@ -277,13 +303,14 @@ def test_replica_dying_mid_response_closes_the_client_connection(balancer: Balan
     assert closed, f"client connection still open {WAIT:g} s after the replica died ({len(data)} bytes received)"
     assert data.startswith(b"HTTP/1.1 "), data[:200]
     try:
-        answers, rest = parse_responses(data, closed=True)
+        answers, _rest = parse_responses(data, closed=True)
     except Malformed:
         return  # cut short: a strict client sees the body is incomplete
     # Only acceptable as a complete message: the balancer's own error, nothing of the replica's.
     assert answers and answers[0].status >= 500, (
         f"a body cut by the replica's death was presented as complete: {answers[0].status}, "
-        f"{len(answers[0].body)} bytes")
+        f"{len(answers[0].body)} bytes"
+    )
 
 
 def test_slowloris_head_is_cut_off_by_a_total_deadline(balancer: Balancer) -> None:
@@ -305,7 +332,7 @@ def test_slowloris_head_is_cut_off_by_a_total_deadline(balancer: Balancer) -> No
                 if sock.recv(65536) == b"":
                     closed_at = time.monotonic() - start
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except ConnectionResetError:
                 closed_at = time.monotonic() - start
@@ -333,7 +360,7 @@ def test_slowloris_body_is_cut_off_by_a_minimum_rate(balancer: Balancer) -> None
                 if data == b"" or data.startswith(b"HTTP/1.1 4"):
                     closed_at = time.monotonic() - start
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except ConnectionResetError:
                 closed_at = time.monotonic() - start
@@ -343,10 +370,12 @@ def test_slowloris_body_is_cut_off_by_a_minimum_rate(balancer: Balancer) -> None
 
 
 def test_pipelined_requests_are_answered_in_order(balancer: Balancer) -> None:
-    requests_ = (request_bytes("GET", "/slow?ms=300&n=1", {"X-Request-ID": "p"})
-                 + request_bytes("GET", "/echo?n=2", {"X-Request-ID": "p"})
-                 + request_bytes("POST", "/slow?ms=50&n=3", {"X-Request-ID": "p"}, body=b"third")
-                 + request_bytes("GET", "/echo?n=4", {"X-Request-ID": "p", "Connection": "close"}))
+    requests_ = (
+        request_bytes("GET", "/slow?ms=300&n=1", {"X-Request-ID": "p"})
+        + request_bytes("GET", "/echo?n=2", {"X-Request-ID": "p"})
+        + request_bytes("POST", "/slow?ms=50&n=3", {"X-Request-ID": "p"}, body=b"third")
+        + request_bytes("GET", "/echo?n=4", {"X-Request-ID": "p", "Connection": "close"})
+    )
     with connect(balancer.port, timeout=WAIT) as sock:
         sock.sendall(requests_)
         data, closed = read_all(sock, timeout=WAIT)
@@ -357,7 +386,9 @@ def test_pipelined_requests_are_answered_in_order(balancer: Balancer) -> None:
     assert rest == b""
 
 
-def test_client_that_never_reads_pipelined_answers_is_not_read_further(balancer: Balancer, backend: MainBackend) -> None:
+def test_client_that_never_reads_pipelined_answers_is_not_read_further(
+    balancer: Balancer, backend: MainBackend
+) -> None:
     """Pipelined GETs of 4 MiB answers, never read: the balancer must stop reading the client
     (its sends block) and hold a bounded amount of memory for it."""
     one = request_bytes("GET", "/big?n=4194304", {"X-Request-ID": "nr"})
@@ -372,13 +403,15 @@ def test_client_that_never_reads_pipelined_answers_is_not_read_further(balancer:
         view = memoryview(payload)
         while sent < len(payload) and time.monotonic() < deadline:
             try:
-                sent += sock.send(view[sent: sent + 65536])
+                sent += sock.send(view[sent : sent + 65536])
             except BlockingIOError:
                 time.sleep(0.01)
         time.sleep(0.3)
     served = backend.snapshot()["requests"].get("/big", 0) - before
-    print(f"\nnever-reading client: {sent / MIB:.1f} of {len(payload) / MIB:.0f} MiB of requests accepted, "
-          f"{served} answers of 4 MiB fetched from the replica, RSS +{rss.growth / MIB:.1f} MiB")
+    print(
+        f"\nnever-reading client: {sent / MIB:.1f} of {len(payload) / MIB:.0f} MiB of requests accepted, "
+        f"{served} answers of 4 MiB fetched from the replica, RSS +{rss.growth / MIB:.1f} MiB"
+    )
     assert sent < len(payload), "the balancer read 20 MiB of pipelined requests from a client that reads nothing"
     assert rss.growth < RSS_GROWTH_LIMIT, f"worker RSS grew {rss.growth / MIB:.1f} MiB for a client that does not read"
     assert served <= 16, f"{served} answers of 4 MiB were fetched for a client that reads none"

@@ -69,12 +69,13 @@ class Certs:
 class TlsBalancer(Balancer):
     """The balancer process with ``RINGLB_TLS_CERT``/``KEY``: its public URL is https."""
 
-    def __init__(self, tmp: Path, certs: Certs, env: dict[str, str] | None = None, workers: int = 1,
-                 **kwargs: object) -> None:
+    def __init__(
+        self, tmp: Path, certs: Certs, env: dict[str, str] | None = None, workers: int = 1, **kwargs: object
+    ) -> None:
         self.certs = certs
         self.workers = workers
         tls_env = {"RINGLB_TLS_CERT": str(certs.cert), "RINGLB_TLS_KEY": str(certs.key), **(env or {})}
-        super().__init__(tmp, env=tls_env, workers=workers, **kwargs)  # type: ignore[arg-type]
+        super().__init__(tmp, env=tls_env, workers=workers, **kwargs)
 
     @property
     def https(self) -> str:
@@ -125,9 +126,15 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 
 @pytest.fixture(scope="module")
 def balancer(tmp_path_factory: pytest.TempPathFactory, certs: Certs, backend: MainBackend) -> Iterator[TlsBalancer]:
-    process = TlsBalancer(tmp_path_factory.mktemp("tls"), certs, workers=2, env={
-        "RINGLB_MAX_BODY": "0", "RINGLB_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
-    })
+    process = TlsBalancer(
+        tmp_path_factory.mktemp("tls"),
+        certs,
+        workers=2,
+        env={
+            "RINGLB_MAX_BODY": "0",
+            "RINGLB_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
+        },
+    )
     process.push([("main", backend.port)])
     yield process
     process.stop()
@@ -187,7 +194,7 @@ def test_plain_http_on_the_public_port_gets_no_answer_and_the_admin_port_stays_p
 def test_a_stalled_handshake_is_closed_by_the_head_deadline(balancer: TlsBalancer) -> None:
     with socket.create_connection((LOOPBACK, balancer.port), timeout=WAIT) as sock:
         sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
-        data, closed = read_all(sock, timeout=WAIT)
+        _data, closed = read_all(sock, timeout=WAIT)
     assert closed, f"a handshake stalled {WAIT:g} s was still open (RINGLB_HEAD_TIMEOUT={HEAD_TIMEOUT})"
 
 
@@ -227,6 +234,7 @@ def test_websocket_over_wss(balancer: TlsBalancer) -> None:
     ws = WSConnection(ConnectionType.CLIENT)
     events: list[object] = []
     with balancer.connect() as sock:
+
         def pump(until: type, size: int = 1) -> None:
             """Read until ``size`` bytes of ``until`` messages came (a message may come in parts)."""
             deadline = time.monotonic() + WAIT
@@ -265,8 +273,11 @@ def test_rotation_reaches_new_connections_and_open_ones_continue(balancer: TlsBa
         new_ca = trustme.CA()
         new_sha = certs.issue(new_ca)
         # Two workers poll on their own: wait until several new connections in a row see it.
-        wait_until(lambda: all(balancer.served_sha() == new_sha for _ in range(6)), WAIT,
-                   what="new connections shown the new certificate")
+        wait_until(
+            lambda: all(balancer.served_sha() == new_sha for _ in range(6)),
+            WAIT,
+            what="new connections shown the new certificate",
+        )
         with balancer.connect(certs.client(new_ca)) as sock:
             sock.sendall(request_bytes("GET", "/rep", {"Connection": "close"}, host=LOOPBACK))
             assert read_answers(sock, timeout=WAIT)[0][0].status == 200
@@ -275,8 +286,11 @@ def test_rotation_reaches_new_connections_and_open_ones_continue(balancer: TlsBa
         assert read_answers(kept, timeout=WAIT)[0][0].status == 200
     finally:
         kept.close()
-    wait_until(lambda: balancer.metric('ringlb_tls_reloads_total{result="loaded"}') >= loaded_before + 2, WAIT,
-               what="both workers counted a reload")
+    wait_until(
+        lambda: balancer.metric('ringlb_tls_reloads_total{result="loaded"}') >= loaded_before + 2,
+        WAIT,
+        what="both workers counted a reload",
+    )
     assert balancer.metric('ringlb_tls_reloads_total{result="failed"}') == failed_before
     certs.trust(new_ca)  # later tests trust the CA in force
     certs.sha = new_sha
@@ -287,15 +301,19 @@ def test_a_malformed_certificate_keeps_the_old_one_and_is_counted(balancer: TlsB
     failed_before = balancer.metric('ringlb_tls_reloads_total{result="failed"}')
     certs.cert.write_text("-----BEGIN CERTIFICATE-----\nthis is not a certificate\n-----END CERTIFICATE-----\n")
     try:
-        wait_until(lambda: balancer.metric('ringlb_tls_reloads_total{result="failed"}') >= failed_before + 2, WAIT,
-                   what="both workers counted the failed reload")
+        wait_until(
+            lambda: balancer.metric('ringlb_tls_reloads_total{result="failed"}') >= failed_before + 2,
+            WAIT,
+            what="both workers counted the failed reload",
+        )
         assert "TLS certificate not reloaded, still serving sha256 " + certs.sha in balancer.log_path.read_text()
         assert all(balancer.served_sha() == certs.sha for _ in range(4))
         assert balancer.get("/rep").status_code == 200
     finally:
         certs.sha = certs.issue(certs.ca)
-    wait_until(lambda: all(balancer.served_sha() == certs.sha for _ in range(4)), WAIT,
-               what="the repaired files served")
+    wait_until(
+        lambda: all(balancer.served_sha() == certs.sha for _ in range(4)), WAIT, what="the repaired files served"
+    )
 
 
 def test_status_page_metrics_and_pushes_on_a_single_tls_listener(tmp_path: Path, backend: MainBackend) -> None:
@@ -303,8 +321,11 @@ def test_status_page_metrics_and_pushes_on_a_single_tls_listener(tmp_path: Path,
     certs = Certs(tmp_path / "certs")
     with TlsBalancer(tmp_path / "one", certs, admin=False) as process:
         push = process.session.put(
-            f"{process.https}/membership", json=membership_doc(1, [("main", backend.port)]),
-            headers={"Authorization": f"Bearer {process.token}"}, timeout=WAIT, verify=str(certs.ca_file),
+            f"{process.https}/membership",
+            json=membership_doc(1, [("main", backend.port)]),
+            headers={"Authorization": f"Bearer {process.token}"},
+            timeout=WAIT,
+            verify=str(certs.ca_file),
         )
         assert push.status_code == 200, push.text
         page = process.get("/status")
@@ -330,12 +351,18 @@ def test_ringlb_dev_with_tls(tmp_path: Path) -> None:
     try:
         url = f"https://127.0.0.1:{mode.port}"
         ca = str(certs.ca_file)
-        wait_until(lambda: requests.get(f"{url}/rep", timeout=10, verify=ca).json()["message"]["N"] == 3, WAIT,
-                   what="three replicas behind the TLS port")
+        wait_until(
+            lambda: requests.get(f"{url}/rep", timeout=10, verify=ca).json()["message"]["N"] == 3,
+            WAIT,
+            what="three replicas behind the TLS port",
+        )
         home = requests.get(f"{url}/home", headers={"X-Request-ID": "424242"}, timeout=WAIT, verify=ca)
         assert home.status_code == 200 and home.json()["message"].startswith("Hello from Server: ")
-        printed = wait_until(lambda: "balancer on https://" in (p := mode.printed()) and p, WAIT,
-                             what="ringlb dev saying where the balancer is")
+        printed = wait_until(
+            lambda: "balancer on https://" in (p := mode.printed()) and p,
+            WAIT,
+            what="ringlb dev saying where the balancer is",
+        )
         status = re.search(r"status page (http://127\.0\.0\.1:\d+/status)", printed)
         assert status, printed
         assert requests.get(status.group(1), timeout=WAIT).status_code == 200
@@ -345,6 +372,10 @@ def test_ringlb_dev_with_tls(tmp_path: Path) -> None:
 
 
 def test_ringlb_dev_refuses_half_a_pair() -> None:
-    done = subprocess.run([sys.executable, "-m", "ringlb_balancer.local.cli", "dev", "--tls-cert", "x.pem"],
-                          capture_output=True, text=True, timeout=WAIT)
+    done = subprocess.run(
+        [sys.executable, "-m", "ringlb_balancer.local.cli", "dev", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert done.returncode != 0 and "--tls-cert and --tls-key go together" in done.stderr

@@ -10,4 +10,4 @@
 from tests.support.net import free_port, wait_until
 from tests.support.proc import cpu_seconds, descendants, pids_listening, rss_bytes
 
-__all__ = ["free_port", "wait_until", "cpu_seconds", "descendants", "pids_listening", "rss_bytes"]
+__all__ = ["cpu_seconds", "descendants", "free_port", "pids_listening", "rss_bytes", "wait_until"]

@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from tests.support import proc
-from tests.support.net import LOOPBACK, free_port, wait_until  # noqa: F401 (re-exported)
+from tests.support.net import LOOPBACK, free_port, wait_until
 
 TOKEN = "push-token"
 COMMAND = [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"]
@@ -27,7 +27,9 @@ def member(name: str, port: int, host: str = LOOPBACK) -> dict[str, str]:
     return {"name": name, "address": f"{host}:{port}"}
 
 
-def membership_doc(revision: int, members: Iterable[Mapping[str, str] | tuple[str, int]], **extra: Any) -> dict[str, Any]:
+def membership_doc(
+    revision: int, members: Iterable[Mapping[str, str] | tuple[str, int]], **extra: Any
+) -> dict[str, Any]:
     """The ``PUT /membership`` document, built by hand (the format of ringlb_ring.membership):
     members as {name, address} or (name, port) on loopback; ``extra`` adds hashing / key."""
     items = [dict(m) if isinstance(m, Mapping) else member(*m) for m in members]
@@ -38,8 +40,17 @@ class Balancer:
     """One balancer process. ``admin=True`` gives it its own admin listener (as the image does);
     ``token=""`` starts it without a membership token. ``nofile`` lowers RLIMIT_NOFILE for it."""
 
-    def __init__(self, tmp: Path, *, token: str = TOKEN, admin: bool = True, workers: int = 1,
-                 env: Mapping[str, str] | None = None, nofile: int | None = None, name: str = "balancer") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        token: str = TOKEN,
+        admin: bool = True,
+        workers: int = 1,
+        env: Mapping[str, str] | None = None,
+        nofile: int | None = None,
+        name: str = "balancer",
+    ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.admin_port = free_port() if admin else None
@@ -62,20 +73,27 @@ class Balancer:
             PYTHONUNBUFFERED="1",
         )
         full_env.update(env or {})
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open until stop(), which closes it
 
         def limit() -> None:
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.process = subprocess.Popen(COMMAND, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        preexec_fn=limit if nofile is not None else None)
+        self.process = subprocess.Popen(
+            COMMAND,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=limit if nofile is not None else None,
+        )
         self.session = requests.Session()
         deadline = time.monotonic() + 60  # generous: a loaded machine starts gunicorn slowly
         while not self._up():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"balancer did not start (exit {self.process.returncode}); log:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"balancer did not start (exit {self.process.returncode}); log:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
         self.workers0 = self.worker_pids()
 
@@ -93,8 +111,12 @@ class Balancer:
         token = self.token if token is None else token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         data = doc if isinstance(doc, (bytes, str)) else json.dumps(doc)
-        return self.session.put(f"{url or self.admin_url}/membership", data=data,
-                                headers=headers | {"Content-Type": "application/json"}, timeout=10)
+        return self.session.put(
+            f"{url or self.admin_url}/membership",
+            data=data,
+            headers=headers | {"Content-Type": "application/json"},
+            timeout=10,
+        )
 
     def push(self, members: Iterable[Mapping[str, str] | tuple[str, int]], **extra: Any) -> requests.Response:
         """Push the next revision with these members; asserts it was accepted."""
@@ -153,7 +175,7 @@ class Balancer:
                 self.process.wait()
         self._log.close()
 
-    def __enter__(self) -> "Balancer":
+    def __enter__(self) -> Balancer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -161,8 +183,9 @@ class Balancer:
 
 
 def wait_ready(balancer: Balancer, timeout: float = 10.0) -> None:
-    wait_until(lambda: requests.get(f"{balancer.admin_url}/readyz", timeout=1).status_code == 200, timeout,
-               what="/readyz 200")
+    wait_until(
+        lambda: requests.get(f"{balancer.admin_url}/readyz", timeout=1).status_code == 200, timeout, what="/readyz 200"
+    )
 
 
 def timed(call: Any) -> tuple[float, Any]:

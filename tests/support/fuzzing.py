@@ -14,17 +14,83 @@ from hypothesis import strategies as st
 
 from tests.support.net import Malformed, connect, parse_responses
 
-METHODS = ["GET"] * 4 + ["POST"] * 3 + ["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "G\x00T", "get", ""]
-TARGETS = ["/echo"] * 6 + ["/", "/echo", "/echo?a=1&b=%20", "/slow?ms=10", "/rep", "/healthz", "/readyz", "http://x/", "*",
-           "/a b", "/\x7f", "/%00", "/../../etc", "/" + "a" * 300, "/die?n=10"]
-VERSIONS = ["HTTP/1.1"] * 8 + ["HTTP/1.0"] * 2 + ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.11", "http/1.1", "HTTP/1", ""]
-NAMES = ["Host", "Content-Length", "Transfer-Encoding", "Connection", "Expect", "Upgrade", "X-Request-ID",
-         "Trailer", "TE", "Via", "X-Forwarded-For", "Cookie", "Keep-Alive", "X-A", "", " X", "X ", "X\x00"]
-VALUES = ["x", "0", "5", "-1", "18446744073709551621", "chunked", "identity", "chunked, identity", "gzip, chunked",
-          "close", "keep-alive", "100-continue", "websocket", "\x00", " ", "a\tb", "5, 5", "", "h2c"]
+METHODS = (
+    ["GET"] * 4
+    + ["POST"] * 3
+    + ["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "G\x00T", "get", ""]
+)
+TARGETS = ["/echo"] * 6 + [
+    "/",
+    "/echo",
+    "/echo?a=1&b=%20",
+    "/slow?ms=10",
+    "/rep",
+    "/healthz",
+    "/readyz",
+    "http://x/",
+    "*",
+    "/a b",
+    "/\x7f",
+    "/%00",
+    "/../../etc",
+    "/" + "a" * 300,
+    "/die?n=10",
+]
+VERSIONS = (
+    ["HTTP/1.1"] * 8 + ["HTTP/1.0"] * 2 + ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.11", "http/1.1", "HTTP/1", ""]
+)
+NAMES = [
+    "Host",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Expect",
+    "Upgrade",
+    "X-Request-ID",
+    "Trailer",
+    "TE",
+    "Via",
+    "X-Forwarded-For",
+    "Cookie",
+    "Keep-Alive",
+    "X-A",
+    "",
+    " X",
+    "X ",
+    "X\x00",
+]
+VALUES = [
+    "x",
+    "0",
+    "5",
+    "-1",
+    "18446744073709551621",
+    "chunked",
+    "identity",
+    "chunked, identity",
+    "gzip, chunked",
+    "close",
+    "keep-alive",
+    "100-continue",
+    "websocket",
+    "\x00",
+    " ",
+    "a\tb",
+    "5, 5",
+    "",
+    "h2c",
+]
 LINE_ENDS = [b"\r\n"] * 8 + [b"\n", b"\r", b"\r\r\n", b" \r\n"]
-BODIES = [b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b"0\r\n\r\n", b"5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n",
-          b"ffffffffffffffffff\r\n", b"5\r\nhelloXX0\r\n\r\n", b"G" * 100]
+BODIES = [
+    b"",
+    b"hello",
+    b"5\r\nhello\r\n0\r\n\r\n",
+    b"0\r\n\r\n",
+    b"5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n",
+    b"ffffffffffffffffff\r\n",
+    b"5\r\nhelloXX0\r\n\r\n",
+    b"G" * 100,
+]
 
 
 @st.composite
@@ -52,13 +118,13 @@ def connection_bytes(draw: st.DrawFn) -> bytes:
         at = draw(st.integers(0, len(data) - 1))
         kind = draw(st.sampled_from(["flip", "insert", "delete", "dup"]))
         if kind == "flip":
-            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1 :]
         elif kind == "insert":
             data = data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at:]
         elif kind == "delete":
-            data = data[:at] + data[at + draw(st.integers(1, 8)):]
+            data = data[:at] + data[at + draw(st.integers(1, 8)) :]
         else:
-            data = data[:at] + data[at:at + 16] + data[at:]
+            data = data[:at] + data[at : at + 16] + data[at:]
     return data
 
 
@@ -85,7 +151,7 @@ def check_one(port: int, data: bytes, splits: list[int], timeout: float = 30.0) 
             sock.settimeout(max(deadline - time.monotonic(), 0.01))
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             except ConnectionResetError:
                 closed = True
@@ -94,12 +160,14 @@ def check_one(port: int, data: bytes, splits: list[int], timeout: float = 30.0) 
                 closed = True
                 break
             received += chunk
-    assert closed, f"hang: connection still open {timeout} s after a half-close; sent {data[:200]!r}, got {received[:200]!r}"
+    assert closed, (
+        f"hang: connection still open {timeout} s after a half-close; sent {data[:200]!r}, got {received[:200]!r}"
+    )
     if not received:
         return "closed without an answer"
     methods = ["HEAD" if data.startswith(b"HEAD") else "GET"] * 8
     try:
-        answers, rest = parse_responses(received, methods, closed=True)
+        answers, _rest = parse_responses(received, methods, closed=True)
     except Malformed as exc:
         # A replica's answer cut by the replica (/die) is cut on purpose: the balancer must close
         # the connection (it did), so only the last answer may be incomplete, and only then.
@@ -110,8 +178,9 @@ def check_one(port: int, data: bytes, splits: list[int], timeout: float = 30.0) 
     return " ".join(str(a.status) for a in answers)
 
 
-def run_for(seconds: float, example: "Callable[[bytes, list[int]], None]", batch: int = 100,
-            max_examples: int = 1_000_000) -> int:
+def run_for(
+    seconds: float, example: Callable[[bytes, list[int]], None], batch: int = 100, max_examples: int = 1_000_000
+) -> int:
     """Run ``example(data, splits)`` on hypothesis-generated inputs in batches of ``batch``
     until ``seconds`` or ``max_examples`` are spent (hypothesis has no time budget of its own).
     A failing example is shrunk and raised by hypothesis as usual. Returns the examples run."""

@@ -30,12 +30,23 @@ class LocalMode:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = tmp / "logs"
         self.output_path = tmp / "ringlb-dev.log"
-        self.output = open(self.output_path, "wb")
+        self.output = open(self.output_path, "wb")  # noqa: SIM115 - open until stop(), which closes it
         self.tag = secrets.token_hex(8)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ringlb_balancer.local.cli", "dev", "--port", str(self.port),
-             "--log-dir", str(self.log_dir), *args],
-            stdout=self.output, stderr=subprocess.STDOUT, env=dict(os.environ, **{TAG: self.tag}),
+            [
+                sys.executable,
+                "-m",
+                "ringlb_balancer.local.cli",
+                "dev",
+                "--port",
+                str(self.port),
+                "--log-dir",
+                str(self.log_dir),
+                *args,
+            ],
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, **{TAG: self.tag}),
             start_new_session=True,
         )
         self.session = requests.Session()

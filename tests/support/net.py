@@ -55,7 +55,7 @@ def read_all(sock: socket.socket, timeout: float = 5.0, limit: int = 64 << 20) -
         sock.settimeout(left)
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return b"".join(chunks), False
         except ConnectionResetError:
             return b"".join(chunks), True
@@ -95,7 +95,7 @@ class Answer:
             self._parts.append(self.body_)
 
     @property
-    def body(self) -> bytes:  # type: ignore[no-redef]
+    def body(self) -> bytes:
         if len(self._parts) > 1:
             self._parts[:] = [b"".join(self._parts)]
         return self._parts[0] if self._parts else b""
@@ -125,7 +125,7 @@ def parse_responses(data: bytes, methods: list[str] | None = None, closed: bool 
     rest = data
     index = 0
     while rest:
-        method = (methods[index] if methods and index < len(methods) else "GET")
+        method = methods[index] if methods and index < len(methods) else "GET"
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1 << 20)
         conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
         conn.send(h11.EndOfMessage())
@@ -150,10 +150,12 @@ def parse_responses(data: bytes, methods: list[str] | None = None, closed: bool 
             elif isinstance(event, h11.Response):
                 answer = Answer(event.status_code, list(event.headers), informational=informational)
             elif isinstance(event, h11.Data):
-                answer._parts.append(bytes(event.data))  # type: ignore[union-attr]
+                assert answer is not None  # h11 sends Data only after a Response
+                answer._parts.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
-                answer.complete = True  # type: ignore[union-attr]
-                answers.append(answer)  # type: ignore[arg-type]
+                assert answer is not None
+                answer.complete = True
+                answers.append(answer)
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 if answer is not None:
@@ -167,14 +169,20 @@ def parse_responses(data: bytes, methods: list[str] | None = None, closed: bool 
 
 
 def one_answer(data: bytes, method: str = "GET", closed: bool = True) -> Answer:
-    answers, rest = parse_responses(data, [method], closed)
+    answers, _rest = parse_responses(data, [method], closed)
     if not answers:
         raise Malformed(f"no complete HTTP response in {data[:300]!r}")
     return answers[0]
 
 
-def request_bytes(method: str, target: str, headers: dict[str, str] | list[tuple[str, str]] | None = None,
-                  body: bytes = b"", version: str = "HTTP/1.1", host: str | None = "test") -> bytes:
+def request_bytes(
+    method: str,
+    target: str,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    version: str = "HTTP/1.1",
+    host: str | None = "test",
+) -> bytes:
     """A request as bytes (Content-Length added for a body unless a framing header is given)."""
     items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
     names = {n.lower() for n, _ in items}
@@ -190,7 +198,7 @@ def dechunk(data: bytes) -> tuple[bytes, bool, bytes]:
     """Decode a chunked body fast (h11 takes seconds for 200,000 tiny chunks): returns
     (payload, complete, bytes after the last chunk and trailers). Strict: CRLF after every
     chunk, hex sizes; raises ``Malformed`` otherwise."""
-    parts = []
+    parts: list[bytes] = []
     pos = 0
     end = len(data)
     while True:
@@ -205,17 +213,17 @@ def dechunk(data: bytes) -> tuple[bytes, bool, bytes]:
         start = eol + 2
         if size == 0:
             trailer_end = data.find(b"\r\n\r\n", eol)
-            if data[start:start + 2] == b"\r\n":
-                return b"".join(parts), True, data[start + 2:]
+            if data[start : start + 2] == b"\r\n":
+                return b"".join(parts), True, data[start + 2 :]
             if trailer_end < 0:
                 return b"".join(parts), False, b""
-            return b"".join(parts), True, data[trailer_end + 4:]
+            return b"".join(parts), True, data[trailer_end + 4 :]
         if start + size + 2 > end:
-            parts.append(data[start:start + size])
+            parts.append(data[start : start + size])
             return b"".join(parts), False, b""
-        if data[start + size:start + size + 2] != b"\r\n":
+        if data[start + size : start + size + 2] != b"\r\n":
             raise Malformed(f"chunk of {size} bytes at {start} not followed by CRLF")
-        parts.append(data[start:start + size])
+        parts.append(data[start : start + size])
         pos = start + size + 2
 
 
@@ -237,7 +245,7 @@ def split_answer(data: bytes, closed: bool = True) -> tuple[Answer, bytes]:
     if not isinstance(event, h11.Response):
         raise Malformed(f"no final answer head in {head[:300]!r}")
     answer = Answer(event.status_code, list(event.headers))
-    rest = data[end + 4:]
+    rest = data[end + 4 :]
     te = (answer.header("Transfer-Encoding") or "").lower()
     if "chunked" in te:
         body, complete, rest = dechunk(rest)
@@ -251,8 +259,9 @@ def split_answer(data: bytes, closed: bool = True) -> tuple[Answer, bytes]:
     return answer, rest
 
 
-def read_answers(sock: socket.socket, count: int = 1, timeout: float = 5.0, methods: list[str] | None = None
-                 ) -> tuple[list[Answer], bytes, bool]:
+def read_answers(
+    sock: socket.socket, count: int = 1, timeout: float = 5.0, methods: list[str] | None = None
+) -> tuple[list[Answer], bytes, bool]:
     """Read until ``count`` complete answers arrived, the peer closed, or ``timeout``.
     Returns (answers, raw bytes, closed). Raises ``Malformed`` on bytes that are not HTTP/1.1."""
     deadline = time.monotonic() + timeout
@@ -269,7 +278,7 @@ def read_answers(sock: socket.socket, count: int = 1, timeout: float = 5.0, meth
         sock.settimeout(left)
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except ConnectionResetError:
             chunk = b""
@@ -278,8 +287,9 @@ def read_answers(sock: socket.socket, count: int = 1, timeout: float = 5.0, meth
         data += chunk
 
 
-def exchange(port: int, data: bytes, count: int = 1, timeout: float = 5.0, methods: list[str] | None = None
-             ) -> tuple[list[Answer], bytes, bool]:
+def exchange(
+    port: int, data: bytes, count: int = 1, timeout: float = 5.0, methods: list[str] | None = None
+) -> tuple[list[Answer], bytes, bool]:
     """Send ``data`` on a new connection, then ``read_answers``."""
     with connect(port, timeout) as sock:
         try:

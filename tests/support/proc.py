@@ -140,7 +140,7 @@ def _socket_inodes(port: int, states: set[str], local: bool = True) -> set[str]:
 
 
 def _holders(inodes: set[str]) -> set[int]:
-    pids = set()
+    pids: set[int] = set()
     if not inodes:
         return pids
     for pid in filter(str.isdigit, os.listdir("/proc")):

@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 import h11
 
@@ -55,7 +56,7 @@ class _RecordingProtocol(asyncio.Protocol):
         self.answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are no asyncio.Transport instances
 
     def data_received(self, data: bytes) -> None:
         self.h11.receive_data(data)
@@ -82,16 +83,21 @@ class _RecordingProtocol(asyncio.Protocol):
                     self.nth += 1
                     self.answered = False
                     self.current = Recorded(
-                        self.conn, self.nth, event.method.decode("latin-1"), event.target.decode("latin-1"),
+                        self.conn,
+                        self.nth,
+                        event.method.decode("latin-1"),
+                        event.target.decode("latin-1"),
                         [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()],
                     )
                     if self.owner.eager:
                         self._answer()  # as gunicorn does for an app that never reads the body
                 elif isinstance(event, h11.Data):
-                    self.current.body += bytes(event.data)  # type: ignore[union-attr]
+                    assert self.current is not None  # h11 sends Data only after a Request
+                    self.current.body += bytes(event.data)
                 elif isinstance(event, h11.EndOfMessage):
-                    if self.current.target != "/heartbeat":  # type: ignore[union-attr]
-                        self.owner.requests.append(self.current)  # type: ignore[arg-type]
+                    assert self.current is not None
+                    if self.current.target != "/heartbeat":
+                        self.owner.requests.append(self.current)
                     if not self.answered:
                         self._answer()
                     self.current = None
@@ -109,8 +115,15 @@ class _RecordingProtocol(asyncio.Protocol):
         request = self.current
         assert request is not None
         self.answered = True
-        body = json.dumps({"name": self.owner.name, "conn": self.conn, "nth": request.nth,
-                           "method": request.method, "target": request.target}).encode()
+        body = json.dumps(
+            {
+                "name": self.owner.name,
+                "conn": self.conn,
+                "nth": request.nth,
+                "method": request.method,
+                "target": request.target,
+            }
+        ).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         data = self.h11.send(h11.Response(status_code=200, headers=headers))
         if request.method != "HEAD":
@@ -196,8 +209,16 @@ class RawBackend(ServerThread):
     def snapshot(self) -> RawState:
         def copy() -> RawState:
             s = self.state
-            return RawState(Counter(s.hits), s.stray_sent, s.stray_peer, s.switched_open, s.tunnels_open,
-                            bytearray(s.tunnel_bytes), s.held_bytes)
+            return RawState(
+                Counter(s.hits),
+                s.stray_sent,
+                s.stray_peer,
+                s.switched_open,
+                s.tunnels_open,
+                bytearray(s.tunnel_bytes),
+                s.held_bytes,
+            )
+
         return self.call(copy)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -228,9 +249,11 @@ class RawBackend(ServerThread):
     async def do_stray(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         kind, when = req.query["kind"], req.query["when"]
         self.state.stray_peer = writer.get_extra_info("peername")[1]
-        answer = {"head": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n",
-                  "204": b"HTTP/1.1 204 No Content\r\n\r\n",
-                  "length": _answer(200, b"hello")}[kind]
+        answer = {
+            "head": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n",
+            "204": b"HTTP/1.1 204 No Content\r\n\r\n",
+            "length": _answer(200, b"hello"),
+        }[kind]
         if when == "same":
             writer.write(answer + STRAY)
             await writer.drain()

@@ -187,22 +187,43 @@ class Supervisor:
         child leads a session of its own: Ctrl-C in a terminal reaches the supervisor alone (not
         gunicorn masters and workers half started), which then stops every child's whole group."""
         if not self.config.log_dir:
-            return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            return subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         os.makedirs(self.config.log_dir, exist_ok=True)
         with open(os.path.join(self.config.log_dir, naming.dns_name(log_name) + ".log"), "ab") as log:
-            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            return subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            )
 
     def _spawn_replica(self, replica: Replica) -> None:
         env = dict(
-            os.environ, SERVER_ID=replica.name, RINGLB_REPLICA_CACHE_SIZE=str(self.config.cache_size),
+            os.environ,
+            SERVER_ID=replica.name,
+            RINGLB_REPLICA_CACHE_SIZE=str(self.config.cache_size),
             RINGLB_REPLICA_MISS_COST_MS=str(self.config.miss_cost_ms),
         )
         cmd = [
-            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{replica.port}",
-            "--workers", str(self.config.replica_workers), "--worker-class", "gthread",
-            "--threads", "4", "--keep-alive", "30", "--no-control-socket", "ringlb_replica.wsgi:app",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{replica.port}",
+            "--workers",
+            str(self.config.replica_workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "4",
+            "--keep-alive",
+            "30",
+            "--no-control-socket",
+            "ringlb_replica.wsgi:app",
         ]
         replica.process = self._popen(cmd, env, replica.name)
         replica.ready = False
@@ -224,7 +245,11 @@ class Supervisor:
             RINGLB_DRAIN_SECONDS="0",  # nothing routes around a local balancer: stop at once
         )
         cmd = [
-            sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:ringlb_balancer.gunicorn_conf",
             "ringlb_balancer.wsgi:app",
         ]
         self.balancer = self._popen(cmd, env, "balancer")
@@ -270,12 +295,18 @@ class Supervisor:
                 replica.ready = heartbeat(Member(name, "127.0.0.1", replica.port), 0.5)
         target = [n for n in desired if self.replicas[n].ready]
         leaving = [
-            n for n, r in self.replicas.items()
+            n
+            for n, r in self.replicas.items()
             if n not in desired and r.ready and r.process is not None and not _exited(r.process)
         ]
         step = warmup.due(
-            self.ramp, self.published, target, {*target, *leaving},
-            self.config.warmup_seconds if self.served else 0.0, self.config.hashing.strategy, time.monotonic(),
+            self.ramp,
+            self.published,
+            target,
+            {*target, *leaving},
+            self.config.warmup_seconds if self.served else 0.0,
+            self.config.hashing.strategy,
+            time.monotonic(),
         )
         members = [Member(n, "127.0.0.1", self.replicas[n].port) for n in step.names]
         hashing = replace(self.config.hashing, transition=step.transition)
@@ -306,7 +337,9 @@ class Supervisor:
         ours = Membership(self.revision, tuple(self.pushed), self.pushed_hashing, self.config.key).to_json()
         if held == ours:
             return False
-        log.warning("balancer holds revision %s, not ours (%d): pushing ours again", held.get("revision"), self.revision)
+        log.warning(
+            "balancer holds revision %s, not ours (%d): pushing ours again", held.get("revision"), self.revision
+        )
         if isinstance(held.get("revision"), int):
             self.revision = max(self.revision, held["revision"])
         return True
@@ -326,8 +359,9 @@ class Supervisor:
         elif reply.status_code == 409:
             # A newer revision is in force (another pusher): go past it on the next pass.
             try:
-                self.revision = max(self.revision, int(self.session.get(
-                    f"{self.admin_url}/membership", timeout=2).json()["revision"]))
+                self.revision = max(
+                    self.revision, int(self.session.get(f"{self.admin_url}/membership", timeout=2).json()["revision"])
+                )
             except (requests.RequestException, ValueError, KeyError, TypeError):
                 pass
             self.pushed = None

@@ -87,7 +87,7 @@ class Harness:
     def client(self, admin: bool = False) -> tuple[ClientConnection, FakeTransport]:
         conn = ClientConnection(self.engine, admin)
         transport = FakeTransport((CLIENT_IP, 40000))
-        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.connection_made(transport)
         return conn, transport
 
     def connect(self, pool: UpstreamPool, exchange: Any) -> None:
@@ -99,7 +99,7 @@ class Harness:
                 exchange.failed(None, f"cannot connect to {pool.host}:{pool.port}: refused", broken=True, refused=True)
                 return
             conn = UpstreamConnection(pool)
-            conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+            conn.connection_made(FakeTransport())
             self.upstreams.append(conn)
             exchange.attach(conn)
 
@@ -110,7 +110,7 @@ class Harness:
 
     @staticmethod
     def sent(conn: UpstreamConnection) -> bytes:
-        return bytes(conn.transport.data)  # type: ignore[union-attr]
+        return bytes(conn.transport.data)
 
     @staticmethod
     def member(conn: UpstreamConnection) -> str:

@@ -29,7 +29,9 @@ MEMBER_TOKEN = "member-secret"
 ADMIN_TOKEN = "admin-secret"
 MEMBER_AUTH = {"authorization": f"Bearer {MEMBER_TOKEN}"}
 ADMIN_AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-UNAUTHORIZED = b'{"message": "<Error> missing or wrong bearer token (Authorization: Bearer <token>)", "status": "failure"}'
+UNAUTHORIZED = (
+    b'{"message": "<Error> missing or wrong bearer token (Authorization: Bearer <token>)", "status": "failure"}'
+)
 
 
 def address(name: str) -> str:
@@ -49,7 +51,7 @@ def seed_json(message: Any, status: str = "successful") -> bytes:
 
 
 def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+    return asyncio.run(coro)
 
 
 class FakeScaler:
@@ -125,8 +127,16 @@ def make(state_dir: str, scaler=None, own=frozenset(), **settings) -> Control:
     return Control(s, RoutingStore(SharedState(state_dir), s.snapshot), scaler, own)
 
 
-async def call(control: Control, method: str, path: str, body: Any = None, headers=None, *, raw: bytes | None = None,
-               admin: bool = False) -> Reply:
+async def call(
+    control: Control,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers=None,
+    *,
+    raw: bytes | None = None,
+    admin: bool = False,
+) -> Reply:
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
     return await control.dispatch(Request(method, path, {}, dict(headers or {}), data, "127.0.0.1"), admin)
 
@@ -164,7 +174,9 @@ def test_rep_exact_bytes_after_membership_push(state_dir):
         assert r.status == 200 and doc_of(r) == {"revision": 1, "members": 3, "changed": True}
         r = await call(c, "GET", "/rep")
         assert r.status == 200 and r.content_type == b"application/json"
-        assert r.body == b'{"message": {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]}, "status": "successful"}'
+        assert (
+            r.body == b'{"message": {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]}, "status": "successful"}'
+        )
         assert (await call(c, "HEAD", "/rep")).status == 200
 
     run(body())
@@ -196,8 +208,14 @@ def test_get_membership(state_dir):
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"authorization": "Bearer wrong"}, {"authorization": MEMBER_TOKEN}, {"authorization": f"Basic {MEMBER_TOKEN}"},
-     {"authorization": f"Bearer {MEMBER_TOKEN}x"}, {"authorization": f"Bearer {MEMBER_TOKEN[:-1]}"}],
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": MEMBER_TOKEN},
+        {"authorization": f"Basic {MEMBER_TOKEN}"},
+        {"authorization": f"Bearer {MEMBER_TOKEN}x"},
+        {"authorization": f"Bearer {MEMBER_TOKEN[:-1]}"},
+    ],
 )
 def test_membership_requires_token(state_dir, headers):
     async def body():
@@ -244,11 +262,22 @@ def test_add_token_never_opens_membership(state_dir):
         (b"[]", "body must be a JSON object with revision, members, hashing"),
         (b'{"revision": "2", "members": []}', "revision: required, an integer from 1 to 2^63-1"),
         (b'{"revision": 2, "members": {}}', "members: required, a list of {name, address}"),
-        (b'{"revision": 2, "members": [{"name": "S1", "address": "localhost:80"}]}',
-         "members[0]: address host must be an IP address, got 'localhost'"),
+        (
+            b'{"revision": 2, "members": [{"name": "S1", "address": "localhost:80"}]}',
+            "members[0]: address host must be an IP address, got 'localhost'",
+        ),
     ],
-    ids=["text", "empty", "truncated", "nested-30000-lists", "nested-30000-objects", "list", "revision-string",
-         "members-object", "dns-name"],
+    ids=[
+        "text",
+        "empty",
+        "truncated",
+        "nested-30000-lists",
+        "nested-30000-objects",
+        "list",
+        "revision-string",
+        "members-object",
+        "dns-name",
+    ],
 )
 def test_malformed_membership_is_400_and_changes_nothing(state_dir, raw, message):
     async def body():
@@ -265,8 +294,9 @@ def test_malformed_membership_is_400_and_changes_nothing(state_dir, raw, message
 def test_unknown_strategy_is_400(state_dir):
     async def body():
         c = make(state_dir)
-        r = await call(c, "PUT", "/membership", {"revision": 2, "members": [], "hashing": {"strategy": "rendezvous"}},
-                       MEMBER_AUTH)
+        r = await call(
+            c, "PUT", "/membership", {"revision": 2, "members": [], "hashing": {"strategy": "rendezvous"}}, MEMBER_AUTH
+        )
         assert r.status == 400
         message = doc_of(r)["message"]
         assert message.startswith("hashing: ") and "rendezvous" in message
@@ -421,7 +451,7 @@ def test_add_answers_when_its_own_change_is_in_force_while_another_is_pending(st
         scaler.version += 1
         scaler.later(0.1, names)  # ours comes into force; S6 never does while we wait
 
-    scaler.set_desired = set_desired  # type: ignore[method-assign]
+    scaler.set_desired = set_desired
     r = run(call(c, "POST", "/add", {"n": 1, "hostnames": ["S5"]}))
     assert r.status == 200, r.body
     assert doc_of(r)["message"] == {"N": 4, "replicas": S3 + ["S5"]}  # a 200, not the timeout's 504
@@ -441,7 +471,7 @@ def test_add_undone_by_a_later_rm_answers_without_waiting_out_the_timeout(state_
         scaler.names = [n for n in names if n != "S5"]  # the later /rm, accepted right after ours
         scaler.version += 1
 
-    scaler.set_desired = set_desired  # type: ignore[method-assign]
+    scaler.set_desired = set_desired
     r = run(call(c, "POST", "/add", {"n": 1, "hostnames": ["S5"]}))
     assert r.status == 200, r.body
     assert doc_of(r)["message"] == {"N": 3, "replicas": S3}  # a 200, not the timeout's 504
@@ -457,7 +487,7 @@ def test_rm_answers_when_its_removal_is_in_force_while_an_addition_is_pending(st
         real_set(names, version)
         scaler.later(0.05, [n for n in names if n != "S7"])  # S7 not running yet
 
-    scaler.set_desired = set_desired  # type: ignore[method-assign]
+    scaler.set_desired = set_desired
     # someone else's addition is pending in the desired list, not in force
     scaler.names = S3 + ["S7"]
     r = run(call(c, "DELETE", "/rm", {"n": 1, "hostnames": ["Server 2"]}))
@@ -470,15 +500,30 @@ def test_rm_answers_when_its_removal_is_in_force_while_an_addition_is_pending(st
 @pytest.mark.parametrize(
     ("method", "path", "body", "message"),
     [
-        ("POST", "/add", {"n": 1, "hostnames": ["S5", "S4"]}, "<Error> Length of hostname list is more than newly added instances"),
-        ("DELETE", "/rm", {"n": 1, "hostnames": ["Server 1", "Server 2"]}, "<Error> Length of hostname list is more than removable instances"),
+        (
+            "POST",
+            "/add",
+            {"n": 1, "hostnames": ["S5", "S4"]},
+            "<Error> Length of hostname list is more than newly added instances",
+        ),
+        (
+            "DELETE",
+            "/rm",
+            {"n": 1, "hostnames": ["Server 1", "Server 2"]},
+            "<Error> Length of hostname list is more than removable instances",
+        ),
         ("POST", "/add", {"n": 0}, '<Error> "n" must be between 1 and 56'),
         ("POST", "/add", {"n": "1"}, '<Error> "n" is required and must be an integer'),
         ("POST", "/add", {"n": True}, '<Error> "n" is required and must be an integer'),
         ("POST", "/add", {"hostnames": ["S5"]}, '<Error> "n" is required and must be an integer'),
         ("POST", "/add", {"n": 1, "hostnames": ["Server 1"]}, "<Error> hostname(s) already in use: Server 1"),
         ("POST", "/add", {"n": 1, "hostnames": ["bad/name"]}, None),
-        ("POST", "/add", {"n": 2, "hostnames": ["S5", "s5"]}, "<Error> hostnames 'S5' and 's5' map to the same pod name 's5'"),
+        (
+            "POST",
+            "/add",
+            {"n": 2, "hostnames": ["S5", "s5"]},
+            "<Error> hostnames 'S5' and 's5' map to the same pod name 's5'",
+        ),
         ("POST", "/add", {"n": 54}, "<Error> adding 54 would make 57 replicas; the cap is 56"),
         ("DELETE", "/rm", {"n": 1, "hostnames": ["S9"]}, "<Error> not a current replica: S9"),
         ("DELETE", "/rm", {"n": 4}, "<Error> cannot remove 4 replicas: only 3 exist"),
@@ -499,8 +544,11 @@ def test_bad_scale_requests_are_400_and_change_nothing(scaled, method, path, bod
 
 
 @pytest.mark.parametrize(("path", "method"), [("/add", "POST"), ("/rm", "DELETE")])
-@pytest.mark.parametrize("raw", [b"not json", b"", b'{"n": 1', b"[" * 30_000 + b"]" * 30_000],
-                         ids=["text", "empty", "truncated", "nested-30000"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"", b'{"n": 1', b"[" * 30_000 + b"]" * 30_000],
+    ids=["text", "empty", "truncated", "nested-30000"],
+)
 def test_non_json_scale_body_is_400(scaled, path, method, raw):
     c, scaler = scaled
     r = run(call(c, method, path, raw=raw))
@@ -714,8 +762,14 @@ def test_follow_snapshot_publishes_newer_and_ignores_older_or_bad(state_dir, tmp
     write_snapshot(snapshot, membership_doc(4, S3 + ["S4"]), 2_000_000_000)
     assert store.follow_snapshot() is False
     assert store.current().membership.revision == 5
-    for mtime, text in enumerate(['{"revision": 8, "members": [', "[]", json.dumps({"revision": 8, "members": 3}),
-                                  json.dumps(membership_doc(8, [f"S{i}" for i in range(57)], "seed"))]):
+    for mtime, text in enumerate(
+        [
+            '{"revision": 8, "members": [',
+            "[]",
+            json.dumps({"revision": 8, "members": 3}),
+            json.dumps(membership_doc(8, [f"S{i}" for i in range(57)], "seed")),
+        ]
+    ):
         write_snapshot(snapshot, text, 3_000_000_000 + mtime)
         assert store.follow_snapshot() is False, text
         assert store.current().membership.revision == 5
@@ -736,8 +790,14 @@ def test_metrics(state_dir):
     assert r.status == 200
     assert r.content_type.startswith(b"text/plain")
     text = r.body.decode()
-    for name in ("ringlb_requests_total", "ringlb_request_duration_seconds", "ringlb_retries_total",
-                 "ringlb_ejections_total", "ringlb_membership_revision", "ringlb_member_up"):
+    for name in (
+        "ringlb_requests_total",
+        "ringlb_request_duration_seconds",
+        "ringlb_retries_total",
+        "ringlb_ejections_total",
+        "ringlb_membership_revision",
+        "ringlb_member_up",
+    ):
         assert f"# HELP {name}" in text
     assert "ringlb_membership_revision 4.0" in text
     assert 'ringlb_member_up{member="Server 2"} 1.0' in text
@@ -754,7 +814,7 @@ def test_openapi_covers_every_route(state_dir):
         documented = {m.upper() for m in paths[path]}
         assert set(methods) <= documented, f"{path}: {set(methods) - documented} not documented"
     assert set(ROUTES) <= ADMIN_PATHS
-    assert PUBLIC_PATHS <= set(ROUTES)
+    assert set(ROUTES) >= PUBLIC_PATHS
 
 
 @pytest.mark.parametrize(
@@ -788,7 +848,10 @@ def test_admin_endpoints_only_on_the_admin_listener(state_dir, path):
     async def body():
         c = make(state_dir, admin_bind="127.0.0.1:5001")
         r = await call(c, "GET", path, admin=False)
-        assert (r.status, r.body) == (404, seed_json(f"<Error> '{path}' is not an endpoint of this listener", "failure"))
+        assert (r.status, r.body) == (
+            404,
+            seed_json(f"<Error> '{path}' is not an endpoint of this listener", "failure"),
+        )
         assert (await call(c, "GET", path, admin=True)).status == 200
         for public in ("/rep", "/healthz", "/readyz", "/openapi.json"):  # on both listeners
             assert (await call(c, "GET", public, admin=False)).status != 404
@@ -816,8 +879,9 @@ def test_without_admin_bind_everything_is_on_the_public_listener(state_dir):
     run(body())
 
 
-@pytest.mark.parametrize("member", ["0.0.0.0:5000", "[::]:5000", "169.254.1.1:80", "[fe80::1]:80", "224.0.0.1:80",
-                                    "255.255.255.255:80"])
+@pytest.mark.parametrize(
+    "member", ["0.0.0.0:5000", "[::]:5000", "169.254.1.1:80", "[fe80::1]:80", "224.0.0.1:80", "255.255.255.255:80"]
+)
 def test_member_at_an_address_no_replica_listens_on_is_400(state_dir, member):
     async def body():
         c = make(state_dir)
@@ -851,13 +915,16 @@ def test_a_cross_origin_change_is_refused_and_curl_still_works(scaled):
     run(body())
 
 
-@pytest.mark.parametrize("bind,host,status", [
-    ("127.0.0.1:5000", "attacker.example:5000", 421),  # a DNS-rebinding page reaches loopback by its own name
-    ("127.0.0.1:5000", "localhost:5000", 200),
-    ("127.0.0.1:5000", "127.0.0.1:5000", 200),
-    ("[::1]:5000", "[::1]:5000", 200),
-    ("0.0.0.0:5000", "lb.example.com", 200),  # a public listener is reached by its names
-])
+@pytest.mark.parametrize(
+    "bind,host,status",
+    [
+        ("127.0.0.1:5000", "attacker.example:5000", 421),  # a DNS-rebinding page reaches loopback by its own name
+        ("127.0.0.1:5000", "localhost:5000", 200),
+        ("127.0.0.1:5000", "127.0.0.1:5000", 200),
+        ("[::1]:5000", "[::1]:5000", 200),
+        ("0.0.0.0:5000", "lb.example.com", 200),  # a public listener is reached by its names
+    ],
+)
 def test_a_loopback_listener_answers_only_for_localhost_or_an_address(state_dir, bind, host, status):
     async def body():
         control = make(state_dir, bind=bind)

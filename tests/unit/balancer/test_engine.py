@@ -18,7 +18,6 @@ import pytest
 
 from ringlb_balancer import framing
 from ringlb_balancer.client import ClientConnection
-
 from tests.unit.balancer.fakes import ADDRESSES, CLIENT_IP, NAMES, FakeTransport, Harness, build, run, settle
 
 VIA = b"Via: 1.1 ringlb-unit\r\n"
@@ -114,8 +113,13 @@ def test_get_has_no_content_length_and_http10_client_without_host(make):
         await settle()
         up = h.upstream()
         assert h.sent(up) == (
-            b"GET /a HTTP/1.1\r\nHost: " + ADDRESSES[h.member(up)].encode() + b"\r\nX-Forwarded-For: "
-            + CLIENT_IP.encode() + b"\r\nX-Forwarded-Proto: http\r\n" + VIA + b"\r\n"
+            b"GET /a HTTP/1.1\r\nHost: "
+            + ADDRESSES[h.member(up)].encode()
+            + b"\r\nX-Forwarded-For: "
+            + CLIENT_IP.encode()
+            + b"\r\nX-Forwarded-Proto: http\r\n"
+            + VIA
+            + b"\r\n"
         )
         up.data_received(OK_HELLO)
         # An HTTP/1.0 client without keep-alive: the answer says close, and the connection closes.
@@ -161,7 +165,10 @@ def test_a_draining_engine_answers_with_connection_close_then_closes(make):
         client.data_received(GET)
         await settle()
         h.upstream().data_received(OK_HELLO)
-        assert out.take() == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        assert (
+            out.take()
+            == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
         assert out.closed
 
     run(body)
@@ -291,10 +298,15 @@ def test_404_is_the_seed_400(make, http10):
         version = b"HTTP/1.0" if http10 else b"HTTP/1.1"
         client.data_received(b"GET /no%20such?q=1 " + version + b"\r\nHost: lb\r\nConnection: keep-alive\r\n\r\n")
         await settle()
-        h.upstream().data_received(b"HTTP/1.1 404 NOT FOUND\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\nnot found")
+        h.upstream().data_received(
+            b"HTTP/1.1 404 NOT FOUND\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\nnot found"
+        )
         expected = framing.error(400, "'/no such' endpoint does not exist in server replicas", True, http10=http10)
         assert out.take() == expected
-        assert b'{"message": "<Error> \'/no such\' endpoint does not exist in server replicas", "status": "failure"}' in expected
+        assert (
+            b'{"message": "<Error> \'/no such\' endpoint does not exist in server replicas", "status": "failure"}'
+            in expected
+        )
         assert not out.closed
 
     run(body)
@@ -358,7 +370,7 @@ def test_get_is_retried_on_5xx_at_the_next_member_when_configured(make):
         first.data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
         await settle()
         assert out.data == b""
-        assert first.transport.aborted  # type: ignore[union-attr]
+        assert first.transport.aborted
         assert len(h.upstreams) == 2
         second = h.upstream()
         assert h.member(second) != h.member(first)
@@ -577,21 +589,55 @@ def test_another_balancers_via_is_forwarded(make):
 
 # Each row: the request, what llhttp 9 (httptools 0.9) does with it, and the balancer's answer.
 SMUGGLING = [
-    ("cl-and-te", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-     "error: Transfer-Encoding can't be present with Content-Length", 400),
-    ("duplicate-cl", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
-     "error: Duplicate Content-Length", 400),
-    ("te-chunked-identity", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-     "error: Invalid `Transfer-Encoding` header value", 400),
-    ("te-xchunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-     "error after headers complete: Request has invalid `Transfer-Encoding`", 400),
-    ("te-gzip", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
-     "error after headers complete: Request has invalid `Transfer-Encoding`", 400),
-    ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n",
-     "error: Unexpected whitespace after header value", 400),
+    (
+        "cl-and-te",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "error: Transfer-Encoding can't be present with Content-Length",
+        400,
+    ),
+    (
+        "duplicate-cl",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "error: Duplicate Content-Length",
+        400,
+    ),
+    (
+        "te-chunked-identity",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "error: Invalid `Transfer-Encoding` header value",
+        400,
+    ),
+    (
+        "te-xchunked",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        "error after headers complete: Request has invalid `Transfer-Encoding`",
+        400,
+    ),
+    (
+        "te-gzip",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
+        "error after headers complete: Request has invalid `Transfer-Encoding`",
+        400,
+    ),
+    (
+        "obs-fold",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n",
+        "error: Unexpected whitespace after header value",
+        400,
+    ),
     ("bare-lf", b"GET / HTTP/1.1\nHost: a\n\n", "error: Expected CRLF after version", 400),
-    ("bare-lf-in-head", b"GET / HTTP/1.1\r\nHost: a\nX-A: 1\r\n\r\n", "error: Missing expected CR after header value", 400),
-    ("bare-cr", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r2\r\n\r\n", "error: Missing expected LF after header value", 400),
+    (
+        "bare-lf-in-head",
+        b"GET / HTTP/1.1\r\nHost: a\nX-A: 1\r\n\r\n",
+        "error: Missing expected CR after header value",
+        400,
+    ),
+    (
+        "bare-cr",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r2\r\n\r\n",
+        "error: Missing expected LF after header value",
+        400,
+    ),
     ("nul-in-value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\x002\r\n\r\n", "error: Invalid header value char", 400),
     ("space-before-colon", b"GET / HTTP/1.1\r\nHost: a\r\nX-A : 1\r\n\r\n", "error: Invalid header token", 400),
     ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "accepted (the balancer refuses)", 400),
@@ -599,8 +645,12 @@ SMUGGLING = [
     ("absolute-form", b"GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n", "accepted (the balancer refuses)", 400),
     ("asterisk-form", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "accepted (the balancer refuses)", 400),
     ("tab-in-target", b"GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n", "error: Invalid characters in url", 400),
-    ("bad-chunk-size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n\r\n",
-     "error after headers complete: Invalid character in chunk size", 400),
+    (
+        "bad-chunk-size",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n\r\n",
+        "error after headers complete: Invalid character in chunk size",
+        400,
+    ),
 ]
 
 
@@ -613,12 +663,12 @@ def test_smuggling_shapes_are_refused(make, raw, llhttp, code):
         await settle()
         answer = out.take()
         assert status_of(answer) == code, (llhttp, answer)
-        status, fields, payload = head_and_body(answer)
+        _status, fields, payload = head_and_body(answer)
         assert fields["connection"] == "close" and out.closed
         assert json.loads(payload)["status"] == "failure"
         assert answer.count(b"HTTP/1.1") == 1  # nothing after the refusal is read
         for up in h.upstreams:  # whatever reached a replica never completes there
-            assert up.transport.aborted or not h.sent(up)  # type: ignore[union-attr]
+            assert up.transport.aborted or not h.sent(up)
 
     run(body)
 
@@ -644,7 +694,9 @@ def test_too_many_header_fields_is_431(make):
     async def body():
         h = make(max_headers=10)
         client, out = h.client()
-        client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10)) + b"\r\n")
+        client.data_received(
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10)) + b"\r\n"
+        )
         await settle()
         answer = out.take()
         assert status_of(answer) == 431
@@ -662,7 +714,7 @@ def test_head_too_large_is_431_however_it_is_split(make):
             raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 1100 + b"\r\n\r\n"
             step = -(-len(raw) // pieces)
             for i in range(0, len(raw), step):
-                client.data_received(raw[i:i + step])
+                client.data_received(raw[i : i + step])
             await settle()
             answer = out.take()
             assert status_of(answer) == 431
@@ -722,7 +774,8 @@ def test_trailers_over_max_head_are_431(make):
         client, out = h.client()
         client.data_received(
             b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
-            + b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 40) for i in range(10)) + b"\r\n"
+            + b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 40) for i in range(10))
+            + b"\r\n"
         )
         await settle()
         answer = out.take()
@@ -744,7 +797,7 @@ def test_control_body_over_64k_is_413(make):
         await settle()
         answer = out.take()
         assert status_of(answer) == 413, answer
-        status, fields, body_ = head_and_body(answer)
+        _status, fields, body_ = head_and_body(answer)
         assert body_ == seed_error("request body exceeds 65536 bytes")
         assert answer.count(b"HTTP/1.1") == 1
         assert h.connects == []
@@ -799,8 +852,13 @@ def test_membership_push_through_the_engine_changes_routing(make):
     async def body():
         h = make()
         client, out = h.client()
-        doc = json.dumps({"revision": 2, "members": [{"name": "Server 2", "address": ADDRESSES["Server 2"]}],
-                          "hashing": {"strategy": "ring"}}).encode()
+        doc = json.dumps(
+            {
+                "revision": 2,
+                "members": [{"name": "Server 2", "address": ADDRESSES["Server 2"]}],
+                "hashing": {"strategy": "ring"},
+            }
+        ).encode()
         client.data_received(
             b"PUT /membership HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer m\r\nContent-Length: %d\r\n\r\n%s"
             % (len(doc), doc)
@@ -849,7 +907,7 @@ def test_client_gone_aborts_the_replica_side(make):
         client.data_received(GET)
         await settle()
         client.connection_lost(None)
-        assert h.upstream().transport.aborted  # type: ignore[union-attr]
+        assert h.upstream().transport.aborted
 
     run(body)
 
@@ -883,7 +941,6 @@ def test_malformed_answer_is_502(make):
     run(body)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Deadlines (housekeeping, driven here with an explicit clock)
 # ---------------------------------------------------------------------------------------------
@@ -903,11 +960,11 @@ def test_first_byte_timeout_answers_504_once_without_a_retry(make):
             conn = h.upstreams[-1]
             now = h.engine.loop.time()
             client.queue[0].timed_out(now + 29)
-            assert not conn.transport.aborted  # type: ignore[union-attr]
+            assert not conn.transport.aborted
             count = len(h.upstreams)
             client.queue[0].timed_out(now + 31)
             await settle()
-            assert conn.transport.aborted and len(h.upstreams) == count  # type: ignore[union-attr]
+            assert conn.transport.aborted and len(h.upstreams) == count
             status, _, payload = head_and_body(out.take())
             assert status == "HTTP/1.1 504 Gateway Timeout"
             assert payload == seed_error(f"replica {h.member(conn)} sent no answer within 30s")
@@ -923,7 +980,7 @@ def test_stalled_answer_aborts_the_client(make):
         await settle()
         h.upstream().data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel")
         client.queue[0].timed_out(h.engine.loop.time() + 31)
-        assert h.upstream().transport.aborted and out.aborted  # type: ignore[union-attr]
+        assert h.upstream().transport.aborted and out.aborted
 
     run(body)
 
@@ -975,7 +1032,7 @@ def test_get_waiting_on_a_member_ejected_by_heartbeats_moves_on_at_once(make):
         h.engine.shared.set_health(NAMES.index(h.member(first)), "heartbeat")
         client.queue[0].timed_out(h.engine.loop.time() + 2)
         await settle()
-        assert first.transport.aborted and len(h.upstreams) == 2  # type: ignore[union-attr]
+        assert first.transport.aborted and len(h.upstreams) == 2
         assert h.member(h.upstream()) != h.member(first)
         h.upstream().data_received(OK_HELLO)
         assert out.take().endswith(b"hello")
@@ -987,17 +1044,24 @@ def test_get_waiting_on_a_member_ejected_by_heartbeats_moves_on_at_once(make):
 # The findings of the second attack pass, one class each (states.py holds the rules)
 # ---------------------------------------------------------------------------------------------
 
-UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: lb\r\nX-Request-ID: k\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: lb\r\nX-Request-ID: k\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
 SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 
 
 def test_an_upgrade_request_with_a_body_is_refused_and_nothing_reaches_a_replica(make):
     async def body():
         h = make()
-        for framing_line, payload in ((b"Content-Length: 5\r\n", b"x" * 5), (b"Transfer-Encoding: chunked\r\n", b"1\r\nx\r\n0\r\n\r\n")):
+        for framing_line, payload in (
+            (b"Content-Length: 5\r\n", b"x" * 5),
+            (b"Transfer-Encoding: chunked\r\n", b"1\r\nx\r\n0\r\n\r\n"),
+        ):
             client, out = h.client()
-            client.data_received(UPGRADE + framing_line + b"\r\n" + payload + b"GET /home?SMUGGLED=1 HTTP/1.1\r\nHost: evil\r\n\r\n")
+            client.data_received(
+                UPGRADE + framing_line + b"\r\n" + payload + b"GET /home?SMUGGLED=1 HTTP/1.1\r\nHost: evil\r\n\r\n"
+            )
             await settle()
             assert status_of(out.take()) == 400 and out.closed
             assert h.upstreams == []
@@ -1031,7 +1095,7 @@ def test_an_answer_before_the_request_body_was_out_never_returns_its_connection_
         up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await settle()
         assert out.take().endswith(b"ok")
-        assert up.transport.aborted and up.pool.idle == []  # type: ignore[union-attr]
+        assert up.transport.aborted and up.pool.idle == []
 
     run(body)
 
@@ -1058,7 +1122,7 @@ def test_every_ending_of_a_tunnel_closes_both_sides_and_frees_the_slot(make):
             await settle()
             # (a side whose connection_lost ran has a transport asyncio closed already)
             assert out.closed or name == "client closes", name
-            assert up.transport.closed or name == "replica closes", name  # type: ignore[union-attr]
+            assert up.transport.closed or name == "replica closes", name
             assert client not in h.engine.clients, name
 
     run(body)
@@ -1076,7 +1140,7 @@ def test_an_idle_tunnel_ends_after_its_deadline(make):
         client.housekeeping(now + 59, h.engine.settings)
         assert not out.closed
         client.housekeeping(now + 61, h.engine.settings)
-        assert out.closed and up.transport.closed  # type: ignore[union-attr]
+        assert out.closed and up.transport.closed
         assert client not in h.engine.clients
 
     run(body)
@@ -1100,7 +1164,7 @@ def test_bytes_before_the_101_are_held_up_to_their_bound_then_the_connection_end
         await settle()
         assert out.closed and client not in h.engine.clients and client.early_size == 0
         client.connection_lost(None)  # what asyncio does after the close
-        assert up.transport.aborted  # type: ignore[union-attr]
+        assert up.transport.aborted
 
     run(body)
 
@@ -1133,7 +1197,7 @@ def test_at_the_cap_a_half_sent_head_makes_room_then_an_idle_one_then_a_503(make
         assert slow_out.closed and not busy_out.closed and not new_out.closed
         newcomer.data_received(GET)
         await settle()
-        late, late_out = h.client()
+        _late, late_out = h.client()
         status, fields, _ = head_and_body(late_out.take())
         assert status == "HTTP/1.1 503 Service Unavailable" and fields["retry-after"] == "1" and late_out.closed
         assert not busy_out.closed and not new_out.closed
@@ -1141,14 +1205,20 @@ def test_at_the_cap_a_half_sent_head_makes_room_then_an_idle_one_then_a_503(make
     run(body)
 
 
-@pytest.mark.parametrize("stray", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!",  # a whole fake answer
-    b"STRAY!",  # garbage
-])
-@pytest.mark.parametrize("answer", [
-    b"HTTP/1.1 204 No Content\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-])
+@pytest.mark.parametrize(
+    "stray",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!",  # a whole fake answer
+        b"STRAY!",  # garbage
+    ],
+)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+)
 def test_bytes_after_a_complete_answer_close_the_connection_and_reach_no_client(make, answer, stray):
     async def body():
         h = make()
@@ -1164,7 +1234,7 @@ def test_bytes_after_a_complete_answer_close_the_connection_and_reach_no_client(
                 up.data_received(answer + stray)
             await settle()
             assert b"STRAY" not in out.data
-            assert up.transport.aborted and up not in [c for _, c in up.pool.idle]  # type: ignore[union-attr]
+            assert up.transport.aborted and up not in [c for _, c in up.pool.idle]
             client.data_received(GET)  # the next request gets a connection of its own
             await settle()
             assert h.upstream() is not up
@@ -1181,7 +1251,7 @@ def test_a_101_nobody_asked_for_is_a_502_and_ejects_nobody(make):
         up = h.upstream()
         up.data_received(SWITCHED + b"tunnel bytes")
         await settle()
-        assert status_of(out.take()) == 502 and up.transport.aborted  # type: ignore[union-attr]
+        assert status_of(out.take()) == 502 and up.transport.aborted
         assert len(h.upstreams) == 1  # not tried elsewhere
         assert not any(h.engine.shared.ejected(i) for i in range(3))
 
@@ -1230,9 +1300,16 @@ def test_a_request_that_breaks_every_member_ejects_only_the_first(make):
 
 
 def test_the_key_comes_from_the_first_source_in_the_fallback_list_that_gives_one(make):
-    key = {"source": "header", "name": "X-Session",
-           "fallback": [{"source": "cookie", "name": "sid"}, {"source": "query", "name": "user"},
-                        {"source": "path-segment", "index": 1}, {"source": "client-ip"}]}
+    key = {
+        "source": "header",
+        "name": "X-Session",
+        "fallback": [
+            {"source": "cookie", "name": "sid"},
+            {"source": "query", "name": "user"},
+            {"source": "path-segment", "index": 1},
+            {"source": "client-ip"},
+        ],
+    }
 
     async def body():
         h = make(key=key)
@@ -1258,16 +1335,18 @@ def test_hot_keys_are_sampled_and_published_as_rates_with_their_owner(make):
 
     async def body():
         h = make()
-        client, _ = h.client()
+        _client, _ = h.client()
         random.seed(7)
         for i in range(400 * engine_module.HOT_SAMPLE):  # "hot" is a quarter of the keyed requests
             h.engine.route(b"hot" if i % 4 == 0 else b"k%d" % i)
         h.engine.publish_hot_keys(h.engine.hot_since + 10.0)
-        key, rate, error = h.engine.counters.hot[0]
+        key, rate, _error = h.engine.counters.hot[0]
         # sampled: the estimate of its 80 req/s is within a few standard deviations
         assert key == "hot" and abs(rate - 400 * engine_module.HOT_SAMPLE / 4 / 10.0) < 25
         assert len(h.engine.hot) == 0  # a new window began
-        doc = model.data(h.engine.active.routing.membership, h.engine.active.routing.strategy, hot=h.engine.counters.hot)
+        doc = model.data(
+            h.engine.active.routing.membership, h.engine.active.routing.strategy, hot=h.engine.counters.hot
+        )
         assert doc["hotKeys"][0]["owner"] == NAMES[h.engine.active.owner("hot")]
 
     run(body)
@@ -1280,7 +1359,7 @@ def test_the_first_head_deadline_runs_from_the_accept_so_a_slow_handshake_counts
         conn = ClientConnection(h.engine, False)  # created at the accept; TLS then handshakes
         h.engine.now = accepted + 8  # the handshake took 8 s
         out = FakeTransport((CLIENT_IP, 40000))
-        conn.connection_made(out)  # type: ignore[arg-type]
+        conn.connection_made(out)
         conn.data_received(b"GET / HTTP/1.1\r\nHo")
         conn.housekeeping(accepted + 11, h.engine.settings)
         assert status_of(out.take()) == 408

@@ -14,7 +14,9 @@ from ringlb_balancer import framing
 
 
 # -- valid_target ----------------------------------------------------------------------------
-@pytest.mark.parametrize("target", [b"/", b"/home", b"/a/b?x=1&y=%20z", b"/~user/;p=1#frag", b"/" + bytes(range(0x21, 0x7f))])
+@pytest.mark.parametrize(
+    "target", [b"/", b"/home", b"/a/b?x=1&y=%20z", b"/~user/;p=1#frag", b"/" + bytes(range(0x21, 0x7F))]
+)
 def test_origin_form_targets_are_valid(target):
     assert framing.valid_target(target)
 
@@ -22,12 +24,41 @@ def test_origin_form_targets_are_valid(target):
 @pytest.mark.parametrize(
     "target",
     [
-        b"", b"home", b"*", b"evil.example:443", b"http://evil.example/", b"https://127.0.0.1:5000/home",
+        b"",
+        b"home",
+        b"*",
+        b"evil.example:443",
+        b"http://evil.example/",
+        b"https://127.0.0.1:5000/home",
         b"//evil.example/x".replace(b"//", b"http://", 1),
-        b"/a\rb", b"/a\nb", b"/a\r\nX-Injected: 1", b"/a\x00b", b"/a\tb", b"/a b", b"/a\x7fb", b"/a\x80b", b"/\xff",
+        b"/a\rb",
+        b"/a\nb",
+        b"/a\r\nX-Injected: 1",
+        b"/a\x00b",
+        b"/a\tb",
+        b"/a b",
+        b"/a\x7fb",
+        b"/a\x80b",
+        b"/\xff",
     ],
-    ids=["empty", "relative", "asterisk", "authority", "absolute-http", "absolute-https", "absolute-2",
-         "cr", "lf", "crlf", "nul", "tab", "space", "del", "obs-text-80", "obs-text-ff"],
+    ids=[
+        "empty",
+        "relative",
+        "asterisk",
+        "authority",
+        "absolute-http",
+        "absolute-https",
+        "absolute-2",
+        "cr",
+        "lf",
+        "crlf",
+        "nul",
+        "tab",
+        "space",
+        "del",
+        "obs-text-80",
+        "obs-text-ff",
+    ],
 )
 def test_other_targets_are_refused(target):
     assert not framing.valid_target(target)
@@ -84,7 +115,9 @@ def test_error_keep_alive_and_extra_fields():
     out = framing.error(405, "no", keep_alive=True, extra=((b"Allow", b"GET, HEAD"),))
     head = out.partition(b"\r\n\r\n")[0]
     assert head.split(b"\r\n") == [
-        b"HTTP/1.1 405 Method Not Allowed", b"Content-Type: application/json", b"Content-Length: %d" % len(framing.seed_json("<Error> no", "failure")),
+        b"HTTP/1.1 405 Method Not Allowed",
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(framing.seed_json("<Error> no", "failure")),
         b"Allow: GET, HEAD",
     ]
     assert b"Connection: keep-alive" in framing.error(400, "x", keep_alive=True, http10=True)
@@ -146,8 +179,12 @@ def test_response_head():
 
 @pytest.mark.parametrize(
     ("close", "http10", "tail"),
-    [(False, False, b""), (True, False, b"Connection: close\r\n"), (True, True, b"Connection: close\r\n"),
-     (False, True, b"Connection: keep-alive\r\n")],
+    [
+        (False, False, b""),
+        (True, False, b"Connection: close\r\n"),
+        (True, True, b"Connection: close\r\n"),
+        (False, True, b"Connection: keep-alive\r\n"),
+    ],
 )
 def test_response_head_connection(close, http10, tail):
     out = framing.response_head(204, b"", b"", close, http10)
@@ -162,6 +199,14 @@ def test_response_head_uses_the_standard_reason():
 
 def test_request_dropped_fields():
     assert framing.HOP_BY_HOP <= framing.REQUEST_DROPPED
-    for name in (b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"forwarded", b"x-real-ip"):
+    for name in (
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"forwarded",
+        b"x-real-ip",
+    ):
         assert name in framing.REQUEST_DROPPED
-    assert framing.RESPONSE_DROPPED == framing.HOP_BY_HOP | {b"content-length"}
+    assert framing.HOP_BY_HOP | {b"content-length"} == framing.RESPONSE_DROPPED

@@ -356,7 +356,7 @@ class Replica:
     def __init__(self, uid: int, conn: UpstreamConnection) -> None:
         self.uid = uid
         self.conn = conn
-        self.transport: FakeTransport = conn.transport  # type: ignore[assignment]
+        self.transport: FakeTransport = conn.transport
         self.script: list[Item] = []
         self.fed = bytearray()
         self.last_feed = 0
@@ -509,12 +509,12 @@ class ProxyMachine(RuleBasedStateMachine):
         self.track_replicas()
 
     @property
-    def engine(self):  # type: ignore[no-untyped-def]
-        return self.h.engine  # type: ignore[union-attr]
+    def engine(self):
+        return self.h.engine
 
     # -- clients -------------------------------------------------------------------------------
     def new_client(self) -> Client:
-        conn, transport = self.h.client()  # type: ignore[union-attr]
+        conn, transport = self.h.client()
         self.clients.append(Client(len(self.clients), conn, transport))
         self.settle()
         return self.clients[-1]
@@ -604,7 +604,7 @@ class ProxyMachine(RuleBasedStateMachine):
 
     # -- replicas ------------------------------------------------------------------------------
     def track_replicas(self) -> None:
-        for conn in self.h.upstreams[len(self.replicas) :]:  # type: ignore[union-attr]
+        for conn in self.h.upstreams[len(self.replicas) :]:
             self.replicas.append(Replica(len(self.replicas), conn))
 
     def any_replica(self, test: Callable[[ProxyMachine, Replica], bool]) -> bool:
@@ -759,9 +759,9 @@ class ProxyMachine(RuleBasedStateMachine):
             req = replica.requests[item.index]
             replica.answered += 1
             if value is not None:
-                req.expected = value  # type: ignore[assignment]
+                req.expected = value
         else:  # switched: from now on both directions are tunnel bytes
-            req = value  # type: ignore[assignment]
+            req = value
             replica.tunnel_tx = len(replica.fed)
             replica.tunnel_rx = len(replica.transport.data) if replica.partial is None else None
             req.switched = (replica, replica.tunnel_tx)
@@ -819,9 +819,9 @@ class ProxyMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(NAMES), refused=st.booleans())
     def connects_to_a_member_fail_or_work_again(self, name: str, refused: bool) -> None:
         if refused:
-            self.h.refuse.add(name)  # type: ignore[union-attr]
+            self.h.refuse.add(name)
         else:
-            self.h.refuse.discard(name)  # type: ignore[union-attr]
+            self.h.refuse.discard(name)
 
     # -- the event loop and the clock ----------------------------------------------------------
     def closing(self) -> list[tuple[Client | Replica, ClientConnection | UpstreamConnection]]:

@@ -205,11 +205,7 @@ def test_plan_add_properties(current, n, hostnames):
     except PlanError as exc:
         msg = str(exc)
         dns = [naming.dns_name(h) for h in hostnames]
-        assert (
-            len(hostnames) > n
-            or set(dns) & {naming.dns_name(c) for c in current}
-            or len(set(dns)) < len(dns)
-        ), msg
+        assert len(hostnames) > n or set(dns) & {naming.dns_name(c) for c in current} or len(set(dns)) < len(dns), msg
         return
     assert after[: len(current)] == current
     assert after[len(current) : len(current) + len(hostnames)] == hostnames

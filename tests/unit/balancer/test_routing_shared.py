@@ -9,13 +9,13 @@ import pytest
 
 from ringlb_balancer.routing import Routing, RoutingStore, StaleRevision
 from ringlb_balancer.shared import EJECTION_CODES, HEALTHY, MAX_WORKERS, SharedState
-
-EJECTED = EJECTION_CODES["connection"]
 from ringlb_ring import hashing
 from ringlb_ring.hashing.ketama import Ring
 from ringlb_ring.hashing.maglev import Maglev
 from ringlb_ring.membership import EMPTY, KeyConfig, Member, Membership, MembershipError, parse
 from ringlb_ring.naming import MAX_REPLICAS
+
+EJECTED = EJECTION_CODES["connection"]
 
 
 def membership(revision: int, names: list[str], strategy: str = "ring", **key) -> Membership:
@@ -71,7 +71,7 @@ def test_later_revision_replaces(two_processes):
     a, b = two_processes
     a.publish(membership(1, S3))
     b.current()
-    routing, changed = b.publish(membership(5, S3 + ["S4"], strategy="maglev"))
+    _routing, changed = b.publish(membership(5, S3 + ["S4"], strategy="maglev"))
     assert changed
     assert a.current().membership.names == S3 + ["S4"]
     assert isinstance(a.current().strategy, Maglev)
@@ -131,10 +131,13 @@ def test_member_with_a_new_address_is_a_new_member(two_processes):
     a, b = two_processes
     a.publish(membership(1, S3))
     a.shared.set_health(0, "connection")
-    moved = dataclasses.replace(membership(2, S3), members=(
-        dataclasses.replace(membership(2, S3).members[0], port=9999),
-        *membership(2, S3).members[1:],
-    ))
+    moved = dataclasses.replace(
+        membership(2, S3),
+        members=(
+            dataclasses.replace(membership(2, S3).members[0], port=9999),
+            *membership(2, S3).members[1:],
+        ),
+    )
     b.publish(moved)
     assert a.shared.health_flags(3) == bytes([HEALTHY, HEALTHY, HEALTHY])
 
@@ -260,7 +263,12 @@ def test_state_file_has_fixed_size(tmp_path):
 
 def test_a_key_with_another_source_or_a_fallback_has_no_direct_header():
     cookie = parse({"revision": 1, "members": [], "key": {"source": "cookie", "name": "sid"}})
-    fallback = parse({"revision": 1, "members": [],
-                      "key": {"source": "header", "name": "X-S", "fallback": [{"source": "client-ip"}]}})
+    fallback = parse(
+        {
+            "revision": 1,
+            "members": [],
+            "key": {"source": "header", "name": "X-S", "fallback": [{"source": "client-ip"}]},
+        }
+    )
     assert Routing.build(cookie).key_header == b"" and Routing.build(cookie).key_plan.headers == {b"cookie"}
     assert Routing.build(fallback).key_header == b""

@@ -204,8 +204,9 @@ def test_data_document() -> None:
         {"revision": 2, "at": 5.0, "added": ["Server 3"], "removed": [], "moved": 0.3, "exact": True},
         {"revision": 3, "at": 6.0, "added": [], "removed": ["S9"], "moved": 0.1, "exact": True},
     ]
-    doc = model.data(m, strategy, ejected={"Server 2": "heartbeat"}, inflight=[1, 0, 4],
-                     samples=samples, changes=changes, now=11.5)
+    doc = model.data(
+        m, strategy, ejected={"Server 2": "heartbeat"}, inflight=[1, 0, 4], samples=samples, changes=changes, now=11.5
+    )
     jsonschema.validate(json.loads(json.dumps(doc)), schema_of("StatusData"))
     assert doc["revision"] == 3 and doc["strategy"] == "maglev" and doc["boundedLoad"] == 1.25
     assert doc["key"] == {"source": "header", "name": "X-Request-ID"}
@@ -301,4 +302,6 @@ def test_a_warm_up_step_is_compared_exactly_like_any_table() -> None:
     half = h.build(new, replace(config, transition=warmup.Transition(tuple(old), tuple(new), 0.5)))
     before, after = h.build(old, config), h.build(new, config)
     assert model.moved_is_exact(before, half)
-    assert math.isclose(model.moved_fraction(before, half), model.moved_fraction(before, after) / 2, abs_tol=1 / SMALL_TABLE)
+    assert math.isclose(
+        model.moved_fraction(before, half), model.moved_fraction(before, after) / 2, abs_tol=1 / SMALL_TABLE
+    )

@@ -31,7 +31,7 @@ class Pair:
         if data := self.s_out.read():
             self.c_in.write(data)
 
-    def handshake(self) -> "Pair":
+    def handshake(self) -> Pair:
         done = {"client": False, "server": False}
         for _ in range(10):
             for side, obj in (("client", self.client), ("server", self.server)):
@@ -83,7 +83,9 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def test_a_client_that_trusts_the_ca_gets_tls_1_2_or_later_and_http_1_1(ca: trustme.CA, files: tuple[Path, Path]) -> None:
+def test_a_client_that_trusts_the_ca_gets_tls_1_2_or_later_and_http_1_1(
+    ca: trustme.CA, files: tuple[Path, Path]
+) -> None:
     cert, key = files
     sha = write_pair(ca, cert, key)
     pair = Pair(tls.server_context(str(cert), str(key)), client_for(ca)).handshake()
@@ -119,7 +121,9 @@ def test_a_client_offering_only_tls_1_1_is_refused(ca: trustme.CA, files: tuple[
     assert refused.value.reason == "UNSUPPORTED_PROTOCOL"
 
 
-def test_a_client_offering_only_h2_is_not_answered_with_another_protocol(ca: trustme.CA, files: tuple[Path, Path]) -> None:
+def test_a_client_offering_only_h2_is_not_answered_with_another_protocol(
+    ca: trustme.CA, files: tuple[Path, Path]
+) -> None:
     cert, key = files
     write_pair(ca, cert, key)
     client = client_for(ca)
@@ -151,7 +155,8 @@ def test_rotation_serves_new_files_to_new_handshakes_while_open_connections_cont
 
 @pytest.mark.parametrize("damage", ["garbage cert", "key of another cert", "empty key", "missing key"])
 def test_files_that_do_not_load_keep_the_old_certificate_and_are_counted_once(
-        ca: trustme.CA, files: tuple[Path, Path], damage: str) -> None:
+    ca: trustme.CA, files: tuple[Path, Path], damage: str
+) -> None:
     cert, key = files
     sha = write_pair(ca, cert, key)
     rotation = tls.Rotation(str(cert), str(key))
