@@ -540,7 +540,7 @@ def readme_section(result: dict[str, Any], command: str) -> str:
             last_line(s),
             "```",
             "",
-            "Goals (issue 17, on these defaults):",
+            "Goals (on these defaults):",
             "",
             *goals(s),
             "",

@@ -856,7 +856,7 @@ def write_doc(
     text = f"""# Faults under load
 
 What a client sees when a part of ringlb dies while it serves a steady load: the fault figures
-of issue 11 (replica SIGKILL and SIGSTOP, balancer worker and master SIGKILL, supervisor
+(replica SIGKILL and SIGSTOP, balancer worker and master SIGKILL, supervisor
 restart, 20 parallel scale calls), measured by [`scripts/faults.py`](../scripts/faults.py).
 
 ```console

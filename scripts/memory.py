@@ -326,7 +326,7 @@ def main() -> int:
                 RINGLB_MEMBERSHIP_TOKEN=token,
                 RINGLB_DRAIN_SECONDS="0",
                 RINGLB_MAX_BODY=str(2 * size),
-            ),  # 0 meant 0 before the rewrite
+            ),
             stdout=log,
             stderr=log,
         )

@@ -1,4 +1,4 @@
-"""The operator run in-process with ``kopf.testing.KopfRunner`` against the cluster (issue 10).
+"""The operator run in-process with ``kopf.testing.KopfRunner`` against the cluster.
 
 This replaces the unit test that read kopf's private registry: instead of asserting which
 handlers are registered, the real module (``kopf run -m ringlb_operator.main``, the deployed

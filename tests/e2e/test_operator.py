@@ -241,7 +241,7 @@ def test_deleting_the_resource_garbage_collects_everything(web: str) -> None:
     wait_for("every child of web deleted", gone, timeout=180)
 
 
-# --- issue 10: no hijack, no drift, a data plane that outlives the operator, takeover ---------
+# --- no hijack, no drift, a data plane that outlives the operator, takeover ---------
 def _timed(what: str, fn, timeout: float) -> None:
     started = time.monotonic()
     wait_for(what, fn, timeout=timeout, interval=0.5)

@@ -1,4 +1,4 @@
-"""TLS on a real cluster (issue 19): spec.balancer.tls.secretName serves the seed API over TLS,
+"""TLS on a real cluster: spec.balancer.tls.secretName serves the seed API over TLS,
 a replaced Secret reaches new connections without a restart, and a missing one is named in
 status. Certificates come from trustme; traffic goes through port-forwards to 127.0.0.1, so
 the leaf names 127.0.0.1."""

@@ -1,4 +1,4 @@
-"""Disruptions under load from inside the cluster (issue 10): no idempotent request may fail.
+"""Disruptions under load from inside the cluster: no idempotent request may fail.
 
 Each test starts a client pod (``incluster.InClusterLoad``) that sends GET /home with random keys
 to the balancer Service's ClusterIP (some connections renewed every 50 requests, some kept

@@ -1,4 +1,4 @@
-"""Warm-up on a cluster (spec.hashing.warmupSeconds, issue 17): a scale-up moves keys in steps,
+"""Warm-up on a cluster (spec.hashing.warmupSeconds): a scale-up moves keys in steps,
 each its own revision, that every balancer pod takes alike; a scale-down keeps the leaving pod,
 serving, until its share is 0.
 

@@ -1,4 +1,4 @@
-"""The proxy core's security findings (issue 16), each proved against a real balancer process on
+"""The proxy core's security findings, each proved against a real balancer process on
 loopback: smuggling through an Upgrade request with a body (against the project's own Flask
 replica under gunicorn, and a strict recording backend), tunnels that leak, early bytes of an
 upgrade, slowloris against the connection cap, stray replica bytes, and the lesser findings.

@@ -14,12 +14,12 @@ chunked body and sends it with Content-Length; ringlb streams it chunked): bodie
 decoded. Generated field names have no underscore, which nginx drops (underscores_in_headers).
 
 Deliberate differences, where ringlb refuses (400 and closes) what nginx passes on:
-- two ``X-Request-ID`` fields: an ambiguous routing key (issue 16);
+- two ``X-Request-ID`` fields: an ambiguous routing key;
 - an Upgrade request with a body, Content-Length or chunked: its body would be read by a replica
-  that refuses the upgrade as the next request (request smuggling, issue 16);
+  that refuses the upgrade as the next request (request smuggling);
 - an absolute-form target (``GET http://host/path``): ringlb is no forward proxy;
 - a line ending in a bare LF: a lenient replica behind it splits on LF, a strict one does not
-  (the request-target injection of issue 11).
+  (a request-target injection).
 And one where ringlb forwards and nginx goes on: an Upgrade request without a body is forwarded
 by both (nginx without its Upgrade field), but the bytes after it on that connection belong to
 the tunnel ringlb would open, so ringlb answers it and closes, reading no further request.

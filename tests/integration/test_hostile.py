@@ -1,4 +1,4 @@
-"""The balancer under attack (issue 11): hostile clients, hostile or broken replicas, and a
+"""The balancer under attack: hostile clients, hostile or broken replicas, and a
 membership API that fails closed. Real balancer processes on loopback, raw sockets, and test
 backends of our own: a byte-logging one (what the replica receives, byte for byte), a lenient
 HTTP/1.1 one (the request-target injection), one that drops reused connections, a fake scaler.

@@ -1,4 +1,4 @@
-"""The data plane streams (issue 9): real balancer process, test backends of our own, raw sockets.
+"""The data plane streams: real balancer process, test backends of our own, raw sockets.
 
 Every test talks to ``gunicorn -c python:ringlb_balancer.gunicorn_conf ringlb_balancer.wsgi:app``
 with one worker, on loopback; the backends are in tests/backends (not the replica image).

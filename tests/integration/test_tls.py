@@ -1,4 +1,4 @@
-"""TLS on the public listener (issue 19): a real balancer process on loopback, certificates made
+"""TLS on the public listener: a real balancer process on loopback, certificates made
 here with trustme, clients of the standard library (``ssl``, ``requests``).
 
 Rotation is observed, not timed: the test rewrites the files and waits (a generous deadline)

@@ -1,4 +1,4 @@
-"""spec.balancer.tls (issue 19): the CRD field, the balancer pods' mount and variables, a
+"""spec.balancer.tls: the CRD field, the balancer pods' mount and variables, a
 balancer that refuses its certificate files quoted in status, and a missing Secret named in
 status and an Event from the kubelet's FailedMount Events (the operator never reads Secrets)."""
 
