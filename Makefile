@@ -46,11 +46,13 @@ lint: $(VENV)/.installed ## ruff (rules, format check) and mypy over every packa
 	@if grep -rnE --include='*.py' '$(NO_REASON)' ring balancer operator replica scripts tests setup.py; then \
 	  echo "lint: each noqa or type: ignore above needs its reason on the line"; exit 1; fi
 
-# The differential test runs nginx beside the balancer: installed from Debian when missing.
+# The differential test runs nginx beside the balancer: installed from Debian when missing
+# (waiting for dpkg's lock if another apt-get runs, as kind-up's may).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq
 test-tools:
 	@command -v nginx >/dev/null || { echo "installing nginx-light (the differential test's reference proxy)"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }; }
+	  $(APT_INSTALL) nginx-light >/dev/null 2>&1 || \
+	  { apt-get -o DPkg::Lock::Timeout=600 update -qq && $(APT_INSTALL) nginx-light >/dev/null; }; }
 
 test: venv test-tools ## unit + integration tests (no cluster), under 5 minutes; installs nginx if missing
 	$(PY) -m pytest -q tests/unit tests/integration tests/browser
