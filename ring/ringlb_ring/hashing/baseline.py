@@ -20,7 +20,33 @@ def _rotation(start: int, n: int) -> Iterator[int]:
         yield index - n if index >= n else index
 
 
-class RoundRobin:
+class _Keyless:
+    """What both baselines share: every member a 1/N share, a preference order that starts at
+    the call's owner and wraps, no position on a ring. Subclasses choose the owner."""
+
+    name = ""
+    affine = False
+
+    def __init__(self, members: Sequence[str]) -> None:
+        self.members = tuple(members)
+
+    def owner(self, key: str) -> int:
+        raise NotImplementedError
+
+    def preference(self, key: str) -> Iterator[int]:
+        if not self.members:
+            return iter(())
+        return _rotation(self.owner(key), len(self.members))
+
+    def shares(self) -> list[float]:
+        n = len(self.members)
+        return [1 / n] * n if n else []
+
+    def position(self, key: str) -> dict[str, Any]:
+        return {}
+
+
+class RoundRobin(_Keyless):
     """Each call's owner is the next member, whatever the key.
 
     The counter is this object's, so each balancer worker process rotates on its own: cheap (no
@@ -28,10 +54,9 @@ class RoundRobin:
     """
 
     name = "round-robin"
-    affine = False
 
     def __init__(self, members: Sequence[str]) -> None:
-        self.members = tuple(members)
+        super().__init__(members)
         self._next = 0
 
     def owner(self, key: str) -> int:
@@ -39,20 +64,8 @@ class RoundRobin:
         self._next = index + 1 if index + 1 < len(self.members) else 0
         return index
 
-    def preference(self, key: str) -> Iterator[int]:
-        if not self.members:
-            return iter(())
-        return _rotation(self.owner(key), len(self.members))
 
-    def shares(self) -> list[float]:
-        n = len(self.members)
-        return [1 / n] * n if n else []
-
-    def position(self, key: str) -> dict[str, Any]:
-        return {}
-
-
-class Random:
+class Random(_Keyless):
     """Each call's owner is drawn uniformly, whatever the key.
 
     The module's generator: Python reseeds it in every forked child, so balancer workers do not
@@ -60,22 +73,6 @@ class Random:
     """
 
     name = "random"
-    affine = False
-
-    def __init__(self, members: Sequence[str]) -> None:
-        self.members = tuple(members)
 
     def owner(self, key: str) -> int:
         return int(random.random() * len(self.members))
-
-    def preference(self, key: str) -> Iterator[int]:
-        if not self.members:
-            return iter(())
-        return _rotation(self.owner(key), len(self.members))
-
-    def shares(self) -> list[float]:
-        n = len(self.members)
-        return [1 / n] * n if n else []
-
-    def position(self, key: str) -> dict[str, Any]:
-        return {}
