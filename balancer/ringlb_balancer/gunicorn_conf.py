@@ -45,7 +45,10 @@ def when_ready(server: Any) -> None:
 
     settings = Settings.from_env()
     store = RoutingStore(SharedState(settings.state_dir), settings.snapshot)
-    store.shared.draining = False  # a state dir reused from a balancer that drained and exited
+    # A state dir reused from a balancer that drained and exited: its flag and its worker ages
+    # are not this master's.
+    store.shared.draining = False
+    store.shared.replaced_age = 0
     if store.follow_snapshot():
         server.log.info("membership snapshot revision %d in force", store.shared.revision)
     _checker = HealthChecker(settings, store)
@@ -53,11 +56,11 @@ def when_ready(server: Any) -> None:
 
 
 def on_reload(server: Any) -> None:
-    """SIGHUP: new workers are about to replace the old ones (see ``SharedState.reloads``)."""
+    """SIGHUP: workers older than the next one spawned are about to be replaced (see
+    ``SharedState.replaced_age``)."""
     from ringlb_balancer.shared import SharedState
 
-    shared = SharedState(Settings.from_env().state_dir)
-    shared.reloads += 1
+    SharedState(Settings.from_env().state_dir).replaced_age = server.worker_age
 
 
 def on_exit(server: Any) -> None:

@@ -24,7 +24,7 @@ MAX_WORKERS = 32
 _REVISION = struct.Struct("<Q")
 _PID = struct.Struct("<i")
 _DRAINING_AT = 8
-_RELOADS_AT = 16
+_REPLACED_AGE_AT = 16
 _HEALTH_AT = HEALTH_AT = 64
 _PIDS_AT = _HEALTH_AT + MAX_REPLICAS
 _INFLIGHT_AT = _PIDS_AT + 4 * MAX_WORKERS
@@ -93,15 +93,18 @@ class SharedState:
         self.map[_DRAINING_AT] = 1 if value else 0
 
     @property
-    def reloads(self) -> int:
-        """How many times gunicorn's master reloaded (SIGHUP): a worker started before the last
-        reload that gets SIGTERM is being replaced, not shut down with the balancer, so its
-        drain must not mark the balancer (its new siblings) as draining."""
-        return _REVISION.unpack_from(self.map, _RELOADS_AT)[0]
+    def replaced_age(self) -> int:
+        """The last worker age gunicorn's master gave out before its last reload (SIGHUP).
 
-    @reloads.setter
-    def reloads(self, value: int) -> None:
-        _REVISION.pack_into(self.map, _RELOADS_AT, value)
+        A worker of that age or younger that gets SIGTERM is being replaced, not shut down with
+        the balancer, so its drain must not mark the balancer (its new siblings) as draining.
+        Ages, not a count read by the worker: the master assigns a worker's age before it forks
+        it, so a worker still booting when the reload came is known to be old."""
+        return _REVISION.unpack_from(self.map, _REPLACED_AGE_AT)[0]
+
+    @replaced_age.setter
+    def replaced_age(self, value: int) -> None:
+        _REVISION.pack_into(self.map, _REPLACED_AGE_AT, value)
 
     def ejected(self, index: int) -> bool:
         return self.map[_HEALTH_AT + index] != HEALTHY

@@ -73,7 +73,7 @@ class ProxyWorker(Worker):
         # answer keep-alive after a sibling's /readyz said 503.
         self.draining = True
         self.engine.retiring = True
-        if self.control.store.shared.reloads == self.reloads_at_start:
+        if self.age > self.control.store.shared.replaced_age:
             self.control.draining = True
         # else: replaced by a reload (SIGHUP) whose new workers already serve: the balancer
         # stays ready, and only this worker ends each connection after its answer.
@@ -88,7 +88,6 @@ class ProxyWorker(Worker):
         gc.set_threshold(50_000, 20, 20)
         balancer: Balancer = self.wsgi
         settings = balancer.settings
-        self.reloads_at_start = balancer.shared.reloads
         engine = Engine(
             settings,
             balancer.shared,

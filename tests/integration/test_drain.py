@@ -54,6 +54,22 @@ def test_sigterm_turns_readyz_503_keeps_serving_then_exits(tmp_path: Path, backe
         balancer.stop()
 
 
+def _wait_replaced(balancer: Balancer, old: set[int]) -> None:
+    wait_until(
+        lambda: len(balancer.worker_pids() - old) == 2 and not balancer.worker_pids() & old,
+        60,
+        what="two new workers, the old ones gone",
+    )
+
+
+def _assert_ready_and_keeping_alive(balancer: Balancer) -> None:
+    for _ in range(4):  # a new connection each time: each worker answers some of them
+        assert requests.get(f"{balancer.admin_url}/readyz", timeout=30).status_code == 200
+        reply = requests.get(f"{balancer.url}/home", headers={"X-Request-ID": "k"}, timeout=30)
+        assert reply.status_code == 200 and reply.headers.get("Connection") != "close"
+    assert balancer.process.poll() is None
+
+
 def test_sighup_replaces_the_workers_and_the_balancer_stays_ready(tmp_path: Path, backend: MainBackend) -> None:
     """A reload's SIGTERM to the old workers is not the balancer's: the new workers must keep
     /readyz 200 and keep-alive answers (the drain flag the workers share is the balancer's)."""
@@ -62,15 +78,22 @@ def test_sighup_replaces_the_workers_and_the_balancer_stays_ready(tmp_path: Path
         assert balancer.push([("main", backend.port)]).status_code == 200
         old = balancer.worker_pids()
         balancer.process.send_signal(signal.SIGHUP)
-        wait_until(
-            lambda: len(balancer.worker_pids() - old) == 2 and not balancer.worker_pids() & old,
-            60,
-            what="two new workers, the old ones gone",
-        )
-        for _ in range(4):  # a new connection each time: each worker answers some of them
-            assert requests.get(f"{balancer.admin_url}/readyz", timeout=30).status_code == 200
-            reply = requests.get(f"{balancer.url}/home", headers={"X-Request-ID": "k"}, timeout=30)
-            assert reply.status_code == 200 and reply.headers.get("Connection") != "close"
-        assert balancer.process.poll() is None
+        _wait_replaced(balancer, old)
+        _assert_ready_and_keeping_alive(balancer)
+    finally:
+        balancer.stop()
+
+
+def test_sighup_while_the_first_workers_boot_keeps_the_balancer_ready(tmp_path: Path, backend: MainBackend) -> None:
+    """The reload comes before the first workers finished booting: they are still the old ones
+    (a worker's generation is fixed when the master forks it, not when it starts serving)."""
+    balancer = Balancer(tmp_path, workers=2, env={"RINGLB_DRAIN_SECONDS": "1"}, wait=False)
+    try:
+        wait_until(lambda: len(balancer.worker_pids()) == 2, 60, what="the first two workers forked")
+        old = balancer.worker_pids()
+        balancer.process.send_signal(signal.SIGHUP)
+        _wait_replaced(balancer, old)
+        assert balancer.push([("main", backend.port)]).status_code == 200
+        _assert_ready_and_keeping_alive(balancer)
     finally:
         balancer.stop()

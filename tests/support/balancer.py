@@ -38,7 +38,8 @@ def membership_doc(
 
 class Balancer:
     """One balancer process. ``admin=True`` gives it its own admin listener (as the image does);
-    ``token=""`` starts it without a membership token. ``nofile`` lowers RLIMIT_NOFILE for it."""
+    ``token=""`` starts it without a membership token. ``nofile`` lowers RLIMIT_NOFILE for it.
+    ``wait=False`` returns at once, before any worker answers."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Balancer:
         env: Mapping[str, str] | None = None,
         nofile: int | None = None,
         name: str = "balancer",
+        wait: bool = True,
     ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -88,7 +90,7 @@ class Balancer:
         )
         self.session = requests.Session()
         deadline = time.monotonic() + 60  # generous: a loaded machine starts gunicorn slowly
-        while not self._up():
+        while wait and not self._up():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(
