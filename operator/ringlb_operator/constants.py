@@ -35,6 +35,7 @@ COMPONENT_BALANCER = "balancer"
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+MESSAGE_LIMIT = 1000  # characters of a condition's or an Event's message: one line a person reads, not a dump
 
 
 class Reason:

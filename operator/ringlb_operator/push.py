@@ -20,8 +20,8 @@ import requests
 
 from ringlb_operator import constants as c
 from ringlb_operator import metrics
-from ringlb_operator.desired import PushState
 from ringlb_operator.observe import PodView
+from ringlb_operator.status import PushState
 from ringlb_ring.membership import format_address
 
 _EXECUTOR: ThreadPoolExecutor | None = None

@@ -23,9 +23,10 @@ from typing import Any
 from ringlb_operator import children
 from ringlb_operator import constants as c
 from ringlb_operator.children import Owner
-from ringlb_operator.desired import Event, format_time, parse_time
+from ringlb_operator.events import Event
 from ringlb_operator.observe import PodView
 from ringlb_operator.spec import Spec
+from ringlb_operator.timestamps import format_time, parse_time
 from ringlb_ring import hashing
 from ringlb_ring.hashing import HashingConfig, Transition
 from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES, plan

@@ -11,11 +11,13 @@ from typing import Any
 import kopf
 import pytest
 
-from ringlb_operator import children, desired, handlers, push, spec
+from ringlb_operator import children, handlers, lost_nodes, push, spec
 from ringlb_operator import constants as c
-from ringlb_operator.desired import DELETE, FORCE, KEEP, WAIT, PushState
+from ringlb_operator.lost_nodes import DELETE, FORCE, KEEP, WAIT
 from ringlb_operator.observe import NodeView, PodView, node_view, pod_view
 from ringlb_operator.reconcile import DUE_MARGIN, reconcile_once
+from ringlb_operator.status import PushState
+from ringlb_operator.timestamps import format_time, parse_time
 
 from .conftest import DEADLINE, OWNER, FakeKube, balancer_pod, resource, running, until, views
 from .test_handlers import Pusher, Stopped, _Log
@@ -25,9 +27,9 @@ T0 = "2025-01-01T00:00:00Z"  # the node's Ready condition turned Unknown/False
 
 
 def at(seconds: int) -> str:
-    start = desired.parse_time(T0)
+    start = parse_time(T0)
     assert start is not None
-    return desired.format_time(start + datetime.timedelta(seconds=seconds))
+    return format_time(start + datetime.timedelta(seconds=seconds))
 
 
 UNREACHABLE = NodeView("w2", "Unknown", T0, ((c.TAINT_UNREACHABLE, T0),))
@@ -170,7 +172,7 @@ def test_stranded_replica_decision(
     case: str, node: NodeView, pod: dict[str, Any], template: dict[str, Any], elapsed: int, action: str, due: int | None
 ) -> None:
     s = spec.parse({"replicas": 3, "template": template})
-    [found] = desired.stranded_replicas(OWNER, s, [replica(**pod)], {"w2": node}, at(elapsed))
+    [found] = lost_nodes.stranded_replicas(OWNER, s, [replica(**pod)], {"w2": node}, at(elapsed))
     assert (found.action, found.due) == (action, at(due) if due is not None else ""), case
     assert found.pod == "web-server-2" and found.identity == "Server 2" and found.since == T0 and found.uid
     if action == WAIT:
@@ -196,7 +198,7 @@ def test_stranded_replica_decision(
     ],
 )
 def test_pods_left_alone(case: str, pod: PodView, nodes: dict[str, NodeView]) -> None:
-    assert desired.stranded_replicas(OWNER, spec.parse({}), [pod], nodes, at(3600)) == [], case
+    assert lost_nodes.stranded_replicas(OWNER, spec.parse({}), [pod], nodes, at(3600)) == [], case
 
 
 def test_a_retired_pod_stuck_on_a_lost_node_is_cleared_too() -> None:
@@ -205,7 +207,7 @@ def test_a_retired_pod_stuck_on_a_lost_node_is_cleared_too() -> None:
     body = running(children.replica_pod(OWNER, spec.parse({}), "Server 9"), "10.0.0.9", ready=False)
     body["spec"]["nodeName"] = "w2"
     body["metadata"]["deletionTimestamp"] = at(10)
-    [found] = desired.stranded_replicas(
+    [found] = lost_nodes.stranded_replicas(
         OWNER, spec.parse({"replicas": 3}), [pod_view(body)], {"w2": UNREACHABLE}, at(30)
     )
     assert found.pod == "web-server-9" and found.action == FORCE
@@ -438,7 +440,7 @@ def test_balancer_pods_on_a_lost_node_get_no_push_and_do_not_hold_ready(kube: Fa
         == f"balancer pod b-2: node w2 unreachable since {T0}; the Deployment replaces it once Kubernetes evicts it, "
         f"30s after {T0}"
     )
-    assert push.targets([alive, lost], skip=desired.unserviceable([alive, lost], {"w2": UNREACHABLE})) == [
+    assert push.targets([alive, lost], skip=lost_nodes.unserviceable([alive, lost], {"w2": UNREACHABLE})) == [
         push.Target("b-1", "10.1.0.1")
     ]
     # Evicted (Terminating): not alive, not reported, nothing the operator does.
@@ -545,9 +547,9 @@ def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(
 def test_degraded_says_what_happens_to_each_pod() -> None:
     s = spec.parse({})
     pods = [replica(), replica(deleting_at=at(40))]
-    [due] = desired.stranded_replicas(OWNER, s, pods[:1], {"w2": UNREACHABLE}, at(31))
-    [graceful] = desired.stranded_replicas(OWNER, s, pods[:1], {"w2": NOT_READY}, at(31))
-    messages = [m for _, m in desired.stranded_problems([due, graceful], [], {}, s)]
+    [due] = lost_nodes.stranded_replicas(OWNER, s, pods[:1], {"w2": UNREACHABLE}, at(31))
+    [graceful] = lost_nodes.stranded_replicas(OWNER, s, pods[:1], {"w2": NOT_READY}, at(31))
+    messages = [m for _, m in lost_nodes.stranded_problems([due, graceful], [], {}, s)]
     assert messages == [
         f"replica pod web-server-2 ('Server 2'): node w2 unreachable since {T0}; due since {at(30)}: force-deleting "
         "it to recreate it on a healthy node",
@@ -556,6 +558,6 @@ def test_degraded_says_what_happens_to_each_pod() -> None:
     ]
     kept = spec.parse({"balancer": {"tolerations": FOREVER}})
     lost = balancer_pod("b-2", "10.1.0.2", ready=False, node="w2")
-    [(reason, message)] = desired.stranded_problems([], [lost], {"w2": UNREACHABLE}, kept)
+    [(reason, message)] = lost_nodes.stranded_problems([], [lost], {"w2": UNREACHABLE}, kept)
     assert reason == c.Reason.NODE_UNREACHABLE
     assert message.endswith("never: spec.balancer.tolerations tolerate node.kubernetes.io/unreachable without a limit")

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from ringlb_operator import constants as c
-from ringlb_operator import desired, push, spec
+from ringlb_operator import membership, push, spec
 from ringlb_operator.observe import PodView
 
 from .conftest import balancer_pod
@@ -112,7 +112,7 @@ def pool() -> Any:
 def document(revision: int, n: int = 3, strategy: str = "maglev") -> dict[str, Any]:
     members = [{"name": f"Server {i}", "address": f"10.0.0.{i}:5000"} for i in range(1, n + 1)]
     s = spec.parse({"hashing": {"strategy": strategy}})
-    return desired.Ring(revision, "h", True).document(members, s)
+    return membership.RingRevision(revision, "h", True).document(members, s)
 
 
 def views() -> list[PodView]:

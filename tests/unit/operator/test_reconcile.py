@@ -1,4 +1,4 @@
-"""The desired-state functions and whole reconcile passes against an in-memory cluster."""
+"""The pure pod-plan, ring-revision and condition functions and whole reconcile passes against an in-memory cluster."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from ringlb_operator import children, desired, spec
+from ringlb_operator import children, membership, pod_plan, spec, status
 from ringlb_operator import constants as c
-from ringlb_operator.desired import PushState
 from ringlb_operator.kube import KubeError
 from ringlb_operator.observe import PodView, pod_view
 from ringlb_operator.reconcile import derive_token, reconcile_once
+from ringlb_operator.status import PushState
 
 from .conftest import OWNER, FakeKube, balancer_pod, resource, running, views
 
@@ -209,7 +209,7 @@ def test_terminating_pod_is_left_alone_and_failed_pod_deleted(kube: FakeKube) ->
     gone["metadata"]["deletionTimestamp"] = NOW
     failed = running(pods[1], "10.0.0.2", ready=False)
     failed["status"]["phase"] = "Failed"
-    plan = desired.plan_pods(OWNER, s, [pod_view(gone), pod_view(failed)], set())
+    plan = pod_plan.plan_pods(OWNER, s, [pod_view(gone), pod_view(failed)], set())
     assert plan.create == [] and plan.delete_now == ["web-server-2"]
     assert plan.progress == c.Reason.REPLACING
 
@@ -341,23 +341,23 @@ def test_409_from_a_balancer_raises_the_floor(kube: FakeKube) -> None:
 def test_ring_revision_rules() -> None:
     s = spec.parse({})
     members = [{"name": "Server 1", "address": "10.0.0.1:5000"}]
-    first = desired.ring({}, members, s)
+    first = membership.ring_revision({}, members, s)
     assert first.revision == 1 and first.bumped
-    same = desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, s)
+    same = membership.ring_revision({"ringRevision": 1, "ringHash": first.hash}, members, s)
     assert same.revision == 1 and not same.bumped
-    other = desired.ring({"ringRevision": 1, "ringHash": first.hash}, [], s)
+    other = membership.ring_revision({"ringRevision": 1, "ringHash": first.hash}, [], s)
     assert other.revision == 2 and other.bumped
-    hashing = desired.ring(
+    hashing = membership.ring_revision(
         {"ringRevision": 1, "ringHash": first.hash}, members, spec.parse({"hashing": {"strategy": "ring"}})
     )
     assert hashing.bumped
-    assert desired.ring({"ringRevision": 1, "ringHash": first.hash}, members, s, floor=9).revision == 9
+    assert membership.ring_revision({"ringRevision": 1, "ringHash": first.hash}, members, s, floor=9).revision == 9
 
 
 def test_condition_transition_time_moves_only_on_flip() -> None:
-    old = [desired.condition([], "Ready", False, "X", "m", NOW, 1)]
-    assert desired.condition(old, "Ready", False, "Y", "n", LATER, 2)["lastTransitionTime"] == NOW
-    assert desired.condition(old, "Ready", True, "Y", "n", LATER, 2)["lastTransitionTime"] == LATER
+    old = [status.condition([], "Ready", False, "X", "m", NOW, 1)]
+    assert status.condition(old, "Ready", False, "Y", "n", LATER, 2)["lastTransitionTime"] == NOW
+    assert status.condition(old, "Ready", True, "Y", "n", LATER, 2)["lastTransitionTime"] == LATER
 
 
 def test_scaled_to_zero_is_ready(kube: FakeKube) -> None:

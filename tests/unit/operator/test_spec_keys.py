@@ -1,4 +1,4 @@
-"""The spec's key sources and strategies as they reach the membership document (spec.py, desired.py)."""
+"""The spec's key sources and strategies as they reach the membership document (spec.py, membership.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ringlb_operator import desired, spec
+from ringlb_operator import membership, spec
 from ringlb_ring.keys import KeyConfig
 from ringlb_ring.membership import parse
 
@@ -14,7 +14,7 @@ MEMBERS = [{"name": "Server 1", "address": "10.0.0.1:5000"}]
 
 
 def key_doc(hashing: dict[str, Any]) -> dict[str, Any]:
-    return desired.ring_content(MEMBERS, spec.parse({"hashing": hashing}))["key"]
+    return membership.ring_content(MEMBERS, spec.parse({"hashing": hashing}))["key"]
 
 
 def test_default_spec_writes_the_document_it_always_wrote():
@@ -41,7 +41,7 @@ def test_default_spec_writes_the_document_it_always_wrote():
 def test_key_sources_reach_the_document(hashing, expected):
     s = spec.parse({"hashing": hashing})
     assert spec.problems("web", s) == []
-    doc = {"revision": 1, **desired.ring_content(MEMBERS, s)}
+    doc = {"revision": 1, **membership.ring_content(MEMBERS, s)}
     assert parse(doc).key == expected  # what the balancer will read
 
 
@@ -63,7 +63,7 @@ def test_a_named_source_without_its_name_is_a_problem(hashing, problem):
 def test_baseline_strategies_are_accepted(strategy):
     s = spec.parse({"hashing": {"strategy": strategy}})
     assert spec.problems("web", s) == []
-    assert parse({"revision": 1, **desired.ring_content(MEMBERS, s)}).hashing.strategy == strategy
+    assert parse({"revision": 1, **membership.ring_content(MEMBERS, s)}).hashing.strategy == strategy
 
 
 def test_too_many_fallbacks_do_not_parse():

@@ -17,8 +17,8 @@ from ringlb_balancer.status import model
 from ringlb_operator import constants as c
 from ringlb_operator import spec as spec_mod
 from ringlb_operator import warmup
-from ringlb_operator.desired import PushState
 from ringlb_operator.reconcile import reconcile_once
+from ringlb_operator.status import PushState
 from ringlb_ring import hashing as h
 from ringlb_ring import membership
 from ringlb_ring.hashing import Transition
