@@ -159,7 +159,7 @@ class Control:
         public = settings.bind.rsplit(":", 1)[0].strip("[]")
         self.loopback = public == "localhost" or (_ip_or_localhost(public) and ipaddress.ip_address(public).is_loopback)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ringlb-control")
-        self.history = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlb-history")
+        self.history_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringlb-history")
         self.scale_lock = asyncio.Lock()  # scale calls of one worker take turns: fewer conflicts
         self.publish_lock = asyncio.Lock()
         self.status_hooks: dict[str, Callable[[Request], Reply]] = {}
@@ -326,7 +326,7 @@ class Control:
         except StaleRevision as exc:
             return failure(str(exc), 409)
         if changed:  # one thread, so the log keeps the order of the pushes
-            asyncio.get_running_loop().run_in_executor(self.history, self.store.record_change, previous, routing)
+            asyncio.get_running_loop().run_in_executor(self.history_writer, self.store.record_change, previous, routing)
         return as_json(
             {"revision": routing.membership.revision, "members": len(routing.membership.members), "changed": changed}
         )

@@ -22,7 +22,7 @@ from ringlb_ring.membership import Member
 
 log = logging.getLogger(__name__)
 
-FAILURES_TO_EJECT = 2  # a missed heartbeat may be a GC pause; two in a row are not
+MISSED_HEARTBEATS_TO_EJECT = 2  # a missed heartbeat may be a GC pause; two in a row are not
 
 
 def heartbeat(member: Member, timeout: float) -> bool:
@@ -75,7 +75,7 @@ class HealthChecker(threading.Thread):
                 if ejected and streak >= self.settings.healthy_after:
                     shared.set_health(index, None)
                     log.info("member %s back in rotation", member.name)
-                elif not ejected and streak <= -FAILURES_TO_EJECT:
+                elif not ejected and streak <= -MISSED_HEARTBEATS_TO_EJECT:
                     shared.set_health(index, "heartbeat")
                     self.counters.ejected(self.counters.row(member.name), "heartbeat")
                     log.warning("member %s ejected: no heartbeat", member.name)

@@ -108,7 +108,7 @@ class ProxyWorker(Worker):
             self.loop.run_until_complete(self._serve(engine, control))
         finally:
             control.executor.shutdown(wait=False)
-            control.history.shutdown(wait=False)
+            control.history_writer.shutdown(wait=False)
             self.loop.close()
 
     async def _serve(self, engine: Engine, control: Control) -> None:

@@ -30,8 +30,9 @@ SAMPLE_KEYS = 20_000
 WINDOW = 60.0  # seconds of history the page charts
 MAX_CHANGES = 20  # change-log entries the page shows
 
-HEALTHY = "healthy"
-EJECTED = "ejected"
+# A member's health as the page labels it (shared.py stores it as a byte: 0 or an ejection code).
+HEALTH_LABEL_HEALTHY = "healthy"
+HEALTH_LABEL_EJECTED = "ejected"
 
 Strategy = Any  # hashing.Strategy; the exact moved fractions read Maglev, Ring and Seed tables
 
@@ -228,7 +229,7 @@ def data(
                 "name": m.name,
                 "address": m.address,
                 "share": share[i] if i < len(share) else 0.0,
-                "health": EJECTED if m.name in ejected else HEALTHY,
+                "health": HEALTH_LABEL_EJECTED if m.name in ejected else HEALTH_LABEL_HEALTHY,
                 "reason": ejected.get(m.name, ""),
                 "inflight": inflight[i] if i < len(inflight) else 0,
                 "rps": _last(s["rps"]),
