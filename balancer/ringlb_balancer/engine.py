@@ -21,7 +21,7 @@ from ringlb_balancer import framing
 from ringlb_balancer.config import Settings
 from ringlb_balancer.counters import HOT_KEYS, Counters
 from ringlb_balancer.routing import Routing, RoutingStore
-from ringlb_balancer.shared import HEALTH_AT, SharedState
+from ringlb_balancer.shared import DRAINING_AT, HEALTH_AT, SharedState
 from ringlb_balancer.upstream import UpstreamPool
 from ringlb_ring import hashing
 from ringlb_ring.sketch import SpaceSaving
@@ -87,7 +87,7 @@ class Engine:
         self.row_base = shared.slot(0)  # this process's in-flight row, claimed after the fork
         self.inflight_view = shared.inflight
         self.revision_view = shared.revision_view
-        self.health = shared.map
+        self.shared_map = shared.map  # read in place: health bytes at HEALTH_AT + index, the drain byte
         self.hot = SpaceSaving(HOT_CAPACITY)
         self.hot_since = self.now
         self.hot_draw = random.getrandbits(31)
@@ -99,11 +99,7 @@ class Engine:
     def serving(self) -> bool:
         """False once any worker of this balancer began draining (``SharedState.draining``), or
         this worker is on its way out (``retiring``: replaced by a reload, or stopping)."""
-        return not (self.retiring or self.shared.draining)
-
-    @serving.setter
-    def serving(self, value: bool) -> None:
-        self.shared.draining = not value
+        return not (self.retiring or self.shared_map[DRAINING_AT])
 
     # -- membership ---------------------------------------------------------------------
     def current(self) -> Active:
@@ -170,7 +166,7 @@ class Engine:
                 active.bounded,
             )
         index = active.owner(text)
-        if self.health[HEALTH_AT + index] and active is self.active:
+        if self.shared_map[HEALTH_AT + index] and active is self.active:
             index = next(self._healthy(active, active.routing.strategy.preference(text)))
         return active, index
 

@@ -409,7 +409,7 @@ class Exchange:
             self.state == SENDING
             and self.active is engine.active
             and self.index >= 0
-            and engine.health[HEALTH_AT + self.index]
+            and engine.shared_map[HEALTH_AT + self.index]
             and self.can_retry()
         ):
             # Ejected while this request waits for its first byte (heartbeats found the replica

@@ -23,7 +23,7 @@ from ringlb_ring.naming import MAX_REPLICAS
 MAX_WORKERS = 32
 _REVISION = struct.Struct("<Q")
 _PID = struct.Struct("<i")
-_DRAINING_AT = 8
+_DRAINING_AT = DRAINING_AT = 8
 _REPLACED_AGE_AT = 16
 _HEALTH_AT = HEALTH_AT = 64
 _PIDS_AT = _HEALTH_AT + MAX_REPLICAS
