@@ -5,26 +5,22 @@ objects the balancer routes with, the health flags, in-flight counts and counter
 read from the shared state, and serialize what comes back. Nothing here reads a clock, a file or
 a socket, so everything is unit-tested with hand-built inputs.
 
-Shares are each strategy's own report (``Strategy.shares``: exact, from its table). Moved
-fractions are *computed from the tables*, not estimated from sample keys: between two
-strategies of the same kind and size exactly (maglev: entries; ring: arcs of the 2^64 circle;
-seed: the 512 residues of the request-id space, weighted by their ids); between different kinds
-(a strategy switch) or sizes on a fixed sample of ``SAMPLE_KEYS`` keys, and the change record
-says so (``"exact": false``). A non-affine strategy (round-robin, random) has no owner per key,
+Shares and moved fractions are each strategy's own report (``Strategy.shares``,
+``Strategy.moved``: exact, from its tables: maglev entries, arcs of the ring's 2^64 circle, the
+seed's request-id residues); between different kinds (a strategy switch) or sizes the moved
+fraction is measured on a fixed sample of ``SAMPLE_KEYS`` keys, and the change record says so
+(``"exact": false``). A non-affine strategy (round-robin, random) has no owner per key,
 so a change to or from one has no moved fraction (``None``).
 """
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ringlb_ring import hashing
-from ringlb_ring.hashing.ketama import CIRCLE
-from ringlb_ring.hashing.seed import REQUEST_IDS, id_weights
 
 SAMPLE_KEYS = 20_000
 WINDOW = 60.0  # seconds of history the page charts
@@ -34,65 +30,39 @@ MAX_CHANGES = 20  # change-log entries the page shows
 HEALTH_LABEL_HEALTHY = "healthy"
 HEALTH_LABEL_EJECTED = "ejected"
 
-Strategy = Any  # hashing.Strategy; the exact moved fractions read Maglev, Ring and Seed tables
+Strategy = hashing.Strategy
 
 
 # -- what a membership change moved ----------------------------------------------------------
 def moved_fraction(before: Strategy, after: Strategy) -> float | None:
     """Fraction of the key space whose owner (by member name) differs between two strategies.
 
-    Exact when both are the same kind with the same table (maglev: same table size; seed: same
-    slot count); otherwise measured on ``SAMPLE_KEYS`` fixed keys (see ``moved_is_exact``).
-    A key without an owner (empty membership) counts as moved when the other side has one.
-    None when either strategy is not affine: no key has an owner to move.
+    Exact when the strategy can compare the two tables entry by entry (``Strategy.moved``);
+    otherwise measured on ``SAMPLE_KEYS`` fixed keys (see ``moved_is_exact``). None when either
+    strategy is not affine: no key has an owner to move.
     """
-    if not (before.affine and after.affine):
-        return None
-    names_b = _names(before)
-    names_a = _names(after)
-    if before.name == after.name == "maglev" and before.table_size == after.table_size:
-        moved = sum(1 for x, y in zip(before.table, after.table) if names_b[x] != names_a[y])
-        return moved / before.table_size
-    if before.name == after.name == "ring":
-        return _ring_moved(before, after, names_b, names_a) / CIRCLE
-    if before.name == after.name == "seed" and before.slots == after.slots:
-        moved = sum(
-            weight
-            for residue, weight in id_weights(before.slots)
-            if names_b[before.residue_owner(residue)] != names_a[after.residue_owner(residue)]
-        )
-        return moved / (REQUEST_IDS[1] - REQUEST_IDS[0])
-    keys = sample_keys()
-    moved = sum(1 for key in keys if _owner_name(before, key) != _owner_name(after, key))
-    return moved / len(keys)
+    return _moved(before, after)[0]
 
 
 def moved_is_exact(before: Strategy, after: Strategy) -> bool:
     """Whether ``moved_fraction(before, after)`` is computed from the tables (not sampled)."""
-    if before.name != after.name or not before.affine:
-        return False
-    if before.name == "maglev":
-        return before.table_size == after.table_size
-    if before.name == "seed":
-        return before.slots == after.slots
-    return True
+    return _moved(before, after)[1]
+
+
+def _moved(before: Strategy, after: Strategy) -> tuple[float | None, bool]:
+    if not (before.affine and after.affine):
+        return None, False
+    exact = before.moved(after)
+    if exact is not None:
+        return exact, True
+    keys = sample_keys()
+    return sum(1 for key in keys if _owner_name(before, key) != _owner_name(after, key)) / len(keys), False
 
 
 def sample_keys(count: int = SAMPLE_KEYS) -> list[str]:
     """The fixed keys a cross-strategy moved fraction is measured on (non-numeric, so the seed
     strategy hashes them into its id range like any header value)."""
     return [f"status-sample-{i}" for i in range(count)]
-
-
-class _NameOf(dict):
-    """Member index -> name, with -1 (no owner) -> None."""
-
-    def __missing__(self, index: int) -> None:
-        return None
-
-
-def _names(strategy: Strategy) -> _NameOf:
-    return _NameOf(enumerate(strategy.members))
 
 
 def _owner_name(strategy: Strategy, key: str) -> str | None:
@@ -102,36 +72,18 @@ def _owner_name(strategy: Strategy, key: str) -> str | None:
     return strategy.members[index] if index >= 0 else None
 
 
-def _ring_moved(before: Strategy, after: Strategy, names_b: _NameOf, names_a: _NameOf) -> int:
-    """Length of the 2^64 circle whose owner changed: both owners are constant between two
-    consecutive points of the union of both point sets."""
-    bounds = sorted(set(before.points) | set(after.points) | {0})
-    moved = 0
-    for i, start in enumerate(bounds):
-        end = bounds[i + 1] if i + 1 < len(bounds) else CIRCLE
-        if names_b[_ring_owner(before, start)] != names_a[_ring_owner(after, start)]:
-            moved += end - start
-    return moved
-
-
-def _ring_owner(strategy: Strategy, h: int) -> int:
-    points = strategy.points
-    if not points:
-        return -1
-    return strategy.owners[bisect.bisect(points, h) % len(points)]
-
-
 def change(before: Strategy, after: Strategy, revision: int, at: float) -> dict[str, Any]:
     """One change-log entry, to record when a new membership is put in force (``at`` is a
     Unix time). ``moved`` is a fraction of the key space in [0, 1]."""
     old, new = set(before.members), set(after.members)
+    moved, exact = _moved(before, after)
     return {
         "revision": revision,
         "at": at,
         "added": [m for m in after.members if m not in old],
         "removed": [m for m in before.members if m not in new],
-        "moved": moved_fraction(before, after),
-        "exact": moved_is_exact(before, after),
+        "moved": moved,
+        "exact": exact,
         "strategy": after.name,
     }
 

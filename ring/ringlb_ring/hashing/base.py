@@ -45,6 +45,19 @@ class Strategy(Protocol):
     def position(self, key: str) -> dict[str, Any]:
         """Where ``key`` lands in this strategy's table, for the status page to show."""
 
+    def moved(self, other: Strategy) -> float | None:
+        """The exact fraction of the key space whose owner (by member name) differs in
+        ``other``, when ``other`` is a table this one compares entry by entry (same kind, same
+        size); None otherwise, and callers measure on sample keys. A key without an owner (no
+        members) counts as moved when the other side has one."""
+
+
+def owner_names(strategy: Strategy) -> dict[int, str | None]:
+    """Member index -> name, -1 (no owner) -> None: what two tables' entries are compared by."""
+    names: dict[int, str | None] = dict(enumerate(strategy.members))
+    names[-1] = None
+    return names
+
 
 def is_prime(n: int) -> bool:
     if n < 2:

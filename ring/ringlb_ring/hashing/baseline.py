@@ -12,6 +12,8 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ringlb_ring.hashing.base import Strategy
+
 
 def _rotation(start: int, n: int) -> Iterator[int]:
     """Every index once, from ``start`` on, wrapping."""
@@ -44,6 +46,9 @@ class _Keyless:
 
     def position(self, key: str) -> dict[str, Any]:
         return {}
+
+    def moved(self, other: Strategy) -> float | None:
+        return None  # no key has an owner to move
 
 
 class RoundRobin(_Keyless):

@@ -9,7 +9,7 @@ import bisect
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ringlb_ring.hashing.base import distinct, hash64
+from ringlb_ring.hashing.base import Strategy, distinct, hash64, owner_names
 
 DEFAULT_VNODES = 160
 CIRCLE = 2**64
@@ -67,3 +67,21 @@ class Ring:
     def position(self, key: str) -> dict[str, Any]:
         h = hash64(key)
         return {"hash": f"{h:016x}", "angle": round(360 * h / CIRCLE, 3)}
+
+    def moved(self, other: Strategy) -> float | None:
+        """Length of the circle whose owner changed, over 2^64: both owners are constant
+        between two consecutive points of the union of both point sets."""
+        if not isinstance(other, Ring):
+            return None
+        mine, theirs = owner_names(self), owner_names(other)
+        bounds = sorted(set(self.points) | set(other.points) | {0})
+        changed = 0
+        for i, start in enumerate(bounds):
+            end = bounds[i + 1] if i + 1 < len(bounds) else CIRCLE
+            if mine[self._owner_at(start)] != theirs[other._owner_at(start)]:
+                changed += end - start
+        return changed / CIRCLE
+
+    def _owner_at(self, h: int) -> int:
+        points = self.points
+        return self.owners[bisect.bisect(points, h) % len(points)] if points else -1

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ringlb_ring.hashing.base import distinct, hash64, is_prime
+from ringlb_ring.hashing.base import Strategy, distinct, hash64, is_prime, owner_names
 
 DEFAULT_MAGLEV_TABLE_SIZE = 65537
 
@@ -80,3 +80,11 @@ class Maglev:
     def position(self, key: str) -> dict[str, Any]:
         h = hash64(key)
         return {"hash": f"{h:016x}", "entry": h % self.table_size}
+
+    def moved(self, other: Strategy) -> float | None:
+        """Entries whose owner changed, over the table size (tables of one size only)."""
+        if not isinstance(other, Maglev) or other.table_size != self.table_size:
+            return None
+        mine, theirs = owner_names(self), owner_names(other)
+        changed = sum(1 for x, y in zip(self.table, other.table, strict=True) if mine[x] != theirs[y])
+        return changed / self.table_size

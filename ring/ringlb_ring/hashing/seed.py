@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
-from ringlb_ring.hashing.base import distinct, hash64
+from ringlb_ring.hashing.base import Strategy, distinct, hash64, owner_names
 
 SEED_SLOTS = 512
 SEED_VIRTUAL_SERVERS = 9  # K = log2(512)
@@ -173,3 +173,15 @@ class Seed:
 
     def position(self, key: str) -> dict[str, Any]:
         return {"slot": self.slot_of(key)}
+
+    def moved(self, other: Strategy) -> float | None:
+        """Request ids whose owner changed, over the id space (tables of one slot count only)."""
+        if not isinstance(other, Seed) or other.slots != self.slots:
+            return None
+        mine, theirs = owner_names(self), owner_names(other)
+        changed = sum(
+            weight
+            for residue, weight in id_weights(self.slots)
+            if mine[self.residue_owner(residue)] != theirs[other.residue_owner(residue)]
+        )
+        return changed / (REQUEST_IDS[1] - REQUEST_IDS[0])

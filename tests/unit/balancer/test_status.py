@@ -7,7 +7,6 @@ import math
 import random
 from dataclasses import replace
 from importlib import resources
-from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -16,6 +15,8 @@ from ringlb_balancer import status
 from ringlb_balancer.status import model
 from ringlb_ring import hashing as h
 from ringlb_ring.hashing import warmup
+from ringlb_ring.hashing.ketama import Ring
+from ringlb_ring.hashing.maglev import Maglev
 from ringlb_ring.membership import KeyConfig, Member, Membership
 
 SMALL_TABLE = 4099  # prime: cheap Maglev builds
@@ -33,12 +34,18 @@ def names(n: int, prefix: str = "Server ") -> list[str]:
     return [f"{prefix}{i}" for i in range(1, n + 1)]
 
 
-def fake_maglev(members: list[str], table: list[int]) -> SimpleNamespace:
-    return SimpleNamespace(name="maglev", affine=True, members=tuple(members), table=table, table_size=len(table))
+def maglev_with(members: list[str], table: list[int]) -> Maglev:
+    """A real Maglev of ``members`` whose (prime-sized) table is set by hand."""
+    strategy = Maglev(members, len(table))
+    strategy.table = table
+    return strategy
 
 
-def fake_ring(members: list[str], points: list[int], owners: list[int]) -> SimpleNamespace:
-    return SimpleNamespace(name="ring", affine=True, members=tuple(members), points=points, owners=owners)
+def ring_with(members: list[str], points: list[int], owners: list[int]) -> Ring:
+    """A real Ring of ``members`` whose points are set by hand."""
+    strategy = Ring(members, 1)
+    strategy.points, strategy.owners = points, owners
+    return strategy
 
 
 # -- moved fraction --------------------------------------------------------------------------
@@ -49,21 +56,21 @@ def test_identical_memberships_move_nothing(config: h.HashingConfig) -> None:
 
 
 def test_maglev_moved_counts_entries_whose_owner_name_changed() -> None:
-    before = fake_maglev(["a", "b", "c"], [0, 0, 1, 2, 1])  # a a b c b
-    after = fake_maglev(["a", "c"], [0, 1, 1, 1, 0])  # a c c c a
+    before = maglev_with(["a", "b", "c"], [0, 0, 1, 2, 1])  # a a b c b
+    after = maglev_with(["a", "c"], [0, 1, 1, 1, 0])  # a c c c a
     assert model.moved_fraction(before, after) == 3 / 5
 
 
 def test_moved_compares_members_by_name_not_index() -> None:
-    before = fake_maglev(["a", "b", "c"], [0, 0, 1, 2, 1])
-    reordered = fake_maglev(["c", "a", "b"], [1, 1, 2, 0, 2])  # the same owners by name
+    before = maglev_with(["a", "b", "c"], [0, 0, 1, 2, 1])
+    reordered = maglev_with(["c", "a", "b"], [1, 1, 2, 0, 2])  # the same owners by name
     assert model.moved_fraction(before, reordered) == 0.0
 
 
 def test_ring_moved_is_the_arc_taken_over() -> None:
-    before = fake_ring(["a", "b"], [2**62, 2**63], [0, 1])
+    before = ring_with(["a", "b"], [2**62, 2**63], [0, 1])
     # c's point at 3*2^62 takes [2^63, 3*2^62) from a: a quarter of the circle.
-    after = fake_ring(["a", "b", "c"], [2**62, 2**63, 3 * 2**62], [0, 1, 2])
+    after = ring_with(["a", "b", "c"], [2**62, 2**63, 3 * 2**62], [0, 1, 2])
     assert model.moved_fraction(before, after) == 0.25
     assert model.moved_fraction(after, before) == 0.25
 
