@@ -15,9 +15,11 @@ so a change to or from one has no moved fraction (``None``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ringlb_ring import hashing
@@ -86,6 +88,32 @@ def change(before: Strategy, after: Strategy, revision: int, at: float) -> dict[
         "exact": exact,
         "strategy": after.name,
     }
+
+
+# -- a warm-up in progress ------------------------------------------------------------------
+def ramp(config: hashing.HashingConfig, strategy: Strategy) -> dict[str, Any] | None:
+    """Where a warm-up stands (None: none in progress): ``config.transition``'s two member
+    lists and fraction, each member's share in the final table, and the fraction of the key
+    space still to move there (exact: a warm-up table compares entry by entry with its final
+    table, ``Strategy.moved``)."""
+    transition = config.transition
+    if transition is None:
+        return None
+    final = _final_table(transition.target, replace(config, transition=None))
+    shares = dict(zip(final.members, final.shares(), strict=True))
+    return {
+        "from": list(transition.source),
+        "to": list(transition.target),
+        "fraction": transition.fraction,
+        "remaining": strategy.moved(final),
+        "finalShares": {name: shares.get(name, 0.0) for name in strategy.members},
+    }
+
+
+@functools.lru_cache(maxsize=2)
+def _final_table(members: tuple[str, ...], config: hashing.HashingConfig) -> Strategy:
+    """Built once per warm-up (the page polls every second; a table build costs milliseconds)."""
+    return hashing.build(members, config)
 
 
 # -- request and error rates -----------------------------------------------------------------
@@ -166,7 +194,8 @@ def data(
     ``inflight``: in-flight requests per member index; ``samples``: see ``series``; ``changes``:
     change-log entries from ``change`` (any order; the newest ``MAX_CHANGES`` are returned,
     newest first); ``hot``: (key, requests/s, error/s) of the hottest keys, hottest first (the
-    true rate is between ``rps - error`` and ``rps``); ``now``: Unix time of the answer.
+    true rate is between ``rps - error`` and ``rps``); ``now``: Unix time of the answer. The
+    document's ``transition`` is ``ramp``'s: null outside a warm-up.
     """
     ejected = ejected or {}
     share = strategy.shares()
@@ -205,6 +234,7 @@ def data(
         "window": window,
         "members": members,
         "changes": [dict(c) for c in log],
+        "transition": ramp(config, strategy),
         "hotKeys": [
             {"key": key, "rps": rate, "error": error, "owner": _owner_name(strategy, key) if strategy.affine else None}
             for key, rate, error in hot

@@ -83,6 +83,21 @@
       for (const v of m.series.rps) if (v !== null && v > maxRps) maxRps = v;
       for (const v of m.series.errorRate) if (v !== null && v > maxErr) maxErr = v;
     }
+    // A warm-up in progress: how far the keys have moved, and each member's share once it ends.
+    const ramp = doc.transition;
+    $("warmup").hidden = !ramp;
+    if (ramp) {
+      const joining = ramp.to.filter((n) => !ramp.from.includes(n));
+      const leaving = ramp.from.filter((n) => !ramp.to.includes(n));
+      $("warmup-progress").value = ramp.fraction;
+      $("warmup-progress").dataset.fraction = ramp.fraction;
+      $("warmup-text").textContent = [
+        joining.length ? "joining " + joining.join(", ") : "",
+        leaving.length ? "leaving " + leaving.join(", ") : "",
+        `${pct(ramp.fraction)} of the way`,
+        `${pct(ramp.remaining)} of keys still to move`,
+      ].filter(Boolean).join(" · ");
+    }
     const body = $("members").tBodies[0];
     const rows = [];
     const bar = $("sharebar");
@@ -104,6 +119,10 @@
         el("span", { class: "track" },
           el("span", { class: "fill", style: `width:${(100 * m.share).toFixed(2)}%;background:${color(m.name)}` })),
         el("span", { class: "value" }, pct(m.share)));
+      if (ramp) {
+        const final = ramp.finalShares[m.name];
+        share.append(el("span", { class: "final", "data-final": final, title: "share once the warm-up ends" }, "→ " + pct(final)));
+      }
       const row = el("tr", { "data-name": m.name, class: m.health },
         el("td", { class: "idx" }, i + 1),
         el("td", { class: "name" }, el("span", { class: "dot", style: `background:${color(m.name)}` }), m.name),

@@ -226,6 +226,35 @@ def test_data_document() -> None:
     assert one["rps"] == 20.0 and one["errorRate"] == 0.1 and one["series"]["at"] == [11.0]
     assert [c["revision"] for c in doc["changes"]] == [3, 2]  # newest first
     assert one["address"] == "127.0.0.1:6000"
+    assert doc["transition"] is None  # no warm-up in progress
+
+
+@pytest.mark.parametrize("strategy", ["maglev", "ring"])
+def test_data_during_a_warm_up_shows_the_ramp(strategy: str) -> None:
+    """A joining member a quarter of the way: its final share, the key space still to move."""
+    base = CONFIGS[strategy]
+    old, new = tuple(names(3)), tuple(names(4))
+    config = replace(base, transition=warmup.Transition(old, new, 0.25))
+    step = h.build(new, config)
+    doc = model.data(membership(4, config), step, now=1.0)
+    jsonschema.validate(json.loads(json.dumps(doc)), schema_of("StatusData"))
+    ramp = doc["transition"]
+    assert (ramp["from"], ramp["to"], ramp["fraction"]) == (list(old), list(new), 0.25)
+    final = h.build(new, base)
+    assert ramp["finalShares"] == dict(zip(new, final.shares(), strict=True))
+    whole = model.moved_fraction(h.build(old, base), final)
+    assert math.isclose(ramp["remaining"], 0.75 * whole, rel_tol=0.05)
+    now = {m["name"]: m["share"] for m in doc["members"]}
+    assert now["Server 4"] < ramp["finalShares"]["Server 4"]  # still growing
+
+
+def test_a_leaving_member_s_final_share_is_zero() -> None:
+    base = CONFIGS["maglev"]
+    old, new = tuple(names(4)), tuple(names(3))
+    config = replace(base, transition=warmup.Transition(old, new, 0.5))
+    ramp = model.data(membership(4, config), h.build(old, config), now=1.0)["transition"]
+    assert ramp["finalShares"]["Server 4"] == 0.0
+    assert math.isclose(sum(ramp["finalShares"].values()), 1.0)
 
 
 def test_data_before_any_membership() -> None:
