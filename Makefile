@@ -37,13 +37,13 @@ dev: venv ## balancer on 127.0.0.1:5000 + 3 replicas + supervisor (Ctrl-C stops 
 
 # The gate CI runs before make test: ruff's rules and format over the tree, mypy over every
 # package, and every noqa or type: ignore with its reason on the line (after the code: "# why").
-LINT_MYPY := ring/ringlb_ring balancer/ringlb_balancer operator/ringlb_operator replica/ringlb_replica scripts
+LINT_MYPY := ring/ringlb_ring balancer/ringlb_balancer operator/ringlb_operator replica/ringlb_replica harness/ringlb_harness scripts
 NO_REASON := \#[[:space:]]*(noqa(:[[:space:]]*[A-Z]+[0-9]+([[:space:]]*,[[:space:]]*[A-Z]+[0-9]+)*)?|type:[[:space:]]*ignore(\[[a-z0-9, -]+\])?)[[:space:]]*$$
 lint: $(VENV)/.installed ## ruff (rules, format check) and mypy over every package; CI runs it before make test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m mypy $(LINT_MYPY)
-	@if grep -rnE --include='*.py' '$(NO_REASON)' ring balancer operator replica scripts tests setup.py; then \
+	@if grep -rnE --include='*.py' '$(NO_REASON)' ring balancer operator replica harness scripts tests setup.py; then \
 	  echo "lint: each noqa or type: ignore above needs its reason on the line"; exit 1; fi
 
 # The differential test runs nginx beside the balancer: installed from Debian when missing

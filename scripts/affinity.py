@@ -4,7 +4,7 @@
     make affinity                                   # everything, a few minutes on 2 cores
     .venv/bin/python scripts/affinity.py --strategies maglev --no-warmup-runs   # one strategy
 
-An open-loop Zipf key stream (``loadgen.run_load(open_loop=True)`` over ``loadgen.zipf_keys``)
+An open-loop Zipf key stream (``ringlb_harness.load.OpenLoad`` over ``zipf_keys``)
 goes through ``ringlb dev`` with cache replicas (``--cache-size``, ``--miss-cost-ms``); each
 answer's ``X-Cache`` header says hit or miss. One run per strategy (round-robin, random, ring,
 maglev, maglev with bounded load 1.25): every key requested once, a fill period, a steady
@@ -32,7 +32,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -45,14 +44,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
-from loadgen import Sample, run_load, zipf_keys
+from ringlb_harness.load import OpenLoad, Sample, zipf_keys
+from ringlb_harness.local import LocalMode
+from ringlb_harness.net import wait_until
+from ringlb_harness.stats import percentile
 from ringlb_ring import hashing
 from ringlb_ring.membership import parse
-from tests.support.local import LocalMode
-from tests.support.net import wait_until
-from tests.support.proc import children, cmdline
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "analysis"
@@ -117,14 +114,6 @@ def binned(samples: Sequence[Sample], end: float) -> list[Bin]:
         elif s.cache == "miss":
             bins[b].misses += 1
     return bins
-
-
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """Nearest rank, as loadgen's."""
-    if not values:
-        return None
-    data = sorted(values)
-    return data[max(1, math.ceil(p / 100 * len(data))) - 1]
 
 
 def latencies(samples: Sequence[Sample], start: float, end: float) -> list[float]:
@@ -201,30 +190,22 @@ def names(doc: dict[str, Any]) -> list[str]:
 
 
 class Stack(LocalMode):
-    """``ringlb dev`` as a user runs it (tests.support.local), plus the processes to signal."""
+    """``ringlb dev`` as a user runs it (ringlb_harness.local), plus its membership waits."""
 
-    def when(self, wanted: Callable[[dict[str, Any]], bool], what: str, timeout: float = 120.0) -> dict[str, Any]:
+    def when(self, wanted: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         """The membership in force once ``wanted`` holds for it."""
 
         def found() -> dict[str, Any] | None:
             doc = self.membership()
             return doc if wanted(doc) else None
 
-        doc = wait_until(found, timeout, 0.05, what=what)
+        doc = wait_until(found, timeout, what)
         assert doc is not None  # wait_until returns a truthy answer or raises
         return doc
 
     def settled(self) -> dict[str, Any]:
         """The membership once no warm-up step is in force."""
-        return self.when(lambda d: "transition" not in d["hashing"], "the last warm-up step")
-
-    def processes(self, marker: str) -> list[int]:
-        return [p for p in children(self.process.pid) if marker in " ".join(cmdline(p))]
-
-    def replica_pids(self, name: str) -> list[int]:
-        port = next(m["address"].rsplit(":", 1)[1] for m in self.membership()["members"] if m["name"] == name)
-        masters = [p for p in self.processes("ringlb_replica.wsgi:app") if f"127.0.0.1:{port}" in cmdline(p)]
-        return [pid for m in masters for pid in (m, *children(m))]
+        return self.when(lambda d: "transition" not in d["hashing"], 120, "the last warm-up step")
 
     def scale(self, method: str, path: str, name: str) -> None:
         reply = self.session.request(method, f"{self.url}{path}", json={"n": 1, "hostnames": [name]}, timeout=120)
@@ -238,7 +219,7 @@ def event_actions(stack: Stack, extra: str) -> dict[str, Any]:
             os.kill(pid, signal.SIGKILL)  # our own children: the replica's master and worker
 
     def restart() -> None:
-        for pid in stack.processes("ringlb_balancer.wsgi:app"):
+        for pid in stack.running("ringlb_balancer.wsgi:app"):
             os.kill(pid, signal.SIGHUP)
 
     return {
@@ -282,32 +263,13 @@ def run(
     duration = start + len(events) * spacing
     stream = zipf_keys(int(duration * opts.rate), opts.keys, opts.exponent, opts.seed)
     marks: dict[str, dict[str, Any]] = {}
-    result: dict[str, Any] = {}
     try:
         stack.wait_replicas(opts.replicas)
         with requests.Session() as s:  # every key once: the caches start from the whole key set
             for key in keys:
                 s.get(f"{stack.url}/home", headers={"X-Request-ID": key}, timeout=30)
-        stop = threading.Event()
-        load = threading.Thread(
-            target=lambda: result.update(
-                load=run_load(
-                    f"{stack.url}/home",
-                    len(stream),
-                    opts.concurrency,
-                    timeout=10.0,
-                    max_seconds=duration + 30,
-                    rate=opts.rate,
-                    key_fn=lambda rng, i: stream[i],
-                    record=True,
-                    open_loop=True,
-                    progress=False,
-                    stop=stop,
-                )
-            )
-        )
-        t0 = time.monotonic()
-        load.start()
+        load = OpenLoad(f"{stack.url}/home", opts.rate, stream, timeout=10.0, connections=opts.concurrency).start()
+        t0 = load.result.started_at
         actions = event_actions(stack, extra)
         for name in events:
             time.sleep(max(0.0, t0 + times[name] - time.monotonic()))  # a benchmark's schedule, not a wait
@@ -315,8 +277,10 @@ def run(
             t = time.monotonic()
             actions[name]()
             if name == "replica-kill":
-                during = stack.when(lambda d: VICTIM not in names(d), f"{VICTIM} out of the ring", 30)
-                after = stack.when(lambda d: VICTIM in names(d) and "transition" not in d["hashing"], f"{VICTIM} back")
+                during = stack.when(lambda d: VICTIM not in names(d), 30, f"{VICTIM} out of the ring")
+                after = stack.when(
+                    lambda d: VICTIM in names(d) and "transition" not in d["hashing"], 120, f"{VICTIM} back"
+                )
                 change = moved(before, during, keys)
             else:
                 after = stack.settled()
@@ -328,13 +292,11 @@ def run(
                 "revisions": [before["revision"], after["revision"]],
             }
             log(f"{label}: {name} at {t - t0:.1f} s, in force after {time.monotonic() - t:.1f} s, keys moved {change}")
-        load.join(duration + 60)
-        stop.set()
+        outcome = load.join()
     finally:
         leftovers = stack.stop()
         if leftovers:
             log(f"{label}: killed leftover processes {sorted(leftovers)}")
-    outcome = result["load"]
     samples = outcome.samples
     bins = binned(samples, duration)
     steady = steady_state(samples, bins, opts.fill, start)
@@ -512,11 +474,11 @@ def readme_section(result: dict[str, Any], command: str) -> str:
             "",
             f"Set-up: `ringlb dev` with {o['replicas']} replicas, each caching {o['cache_size']} keys (LRU, "
             f"`--cache-size`) and sleeping {o['miss_cost_ms']:g} ms on a miss (`--miss-cost-ms`); {o['keys']} keys "
-            f"drawn Zipf with exponent {o['exponent']:g} (`loadgen.zipf_keys`), sent open-loop at {o['rate']:g} req/s "
-            "(`loadgen.run_load(open_loop=True)`: each request leaves at its scheduled time and its latency counts "
-            "from then) by "
-            f"{o['concurrency']} threads; hit or miss from each answer's `X-Cache`. Every key is requested once "
-            f"before the load; the steady window is seconds {o['fill']:g}..{o['fill'] + o['steady']:g}; the events "
+            f"drawn Zipf with exponent {o['exponent']:g} (`ringlb_harness.load.zipf_keys`), sent open-loop at "
+            f"{o['rate']:g} req/s (`ringlb_harness.load.OpenLoad`: each request leaves at its scheduled time and its "
+            f"latency counts from then) over at most {o['concurrency']} keep-alive connections; hit or miss from each "
+            "answer's `X-Cache`. Every key is requested once before the load; the steady window is seconds "
+            f"{o['fill']:g}..{o['fill'] + o['steady']:g}; the events "
             f"follow {o['spacing']:g} s apart: `POST /add` of Server {o['replicas'] + 1}, `DELETE /rm` of Server 1 "
             "(a warm member), SIGKILL of Server 2's gunicorn master and worker (the supervisor respawns it), SIGHUP "
             "to the balancer's gunicorn master (new workers, the old ones drain). The warm-up comparison runs "

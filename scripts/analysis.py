@@ -28,6 +28,7 @@ count is restored at the end); the replica-kill step of A-3 is local-only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -51,12 +52,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
-from loadgen import LoadResult, format_summary, run_load
+from ringlb_harness.load import LoadResult, format_summary, run_load
+from ringlb_harness.net import free_port, wait_until
+from ringlb_harness.proc import alive, children
+from ringlb_harness.prometheus import total
 from ringlb_ring import hashing
 from ringlb_ring.hashing import HashingConfig, seed
-from tests.support.proc import alive, children
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("A-1", "A-2", "A-3", "A-4")
@@ -142,7 +143,7 @@ class LocalTarget(Target):
     """``ringlb dev`` in-process: Supervisor on a free port, run in a thread, stopped on close."""
 
     def __init__(self, label: str, config: HashingConfig, replicas: list[str], log_dir: str = "") -> None:
-        from ringlb_balancer.local.supervisor import LocalConfig, Supervisor, free_port
+        from ringlb_balancer.local.supervisor import LocalConfig, Supervisor
 
         port = free_port()
         while port == 5000:
@@ -181,16 +182,14 @@ class LocalTarget(Target):
                 p.kill()
                 p.wait(5)
         for pid in self.extra_pids:
-            wait_gone(pid, 5)
+            try:
+                wait_until(functools.partial(exited, pid), 5, f"process {pid} to exit", interval=0.02)
+            except AssertionError:
+                log(f"process {pid} still running 5 s after shutdown")
         super().close()
 
 
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.02)
+def exited(pid: int) -> bool:
     return not alive(pid)
 
 
@@ -565,17 +564,6 @@ def exercise_endpoints(target: Target) -> list[dict[str, Any]]:
     return rows
 
 
-def metric_sum(text: str, name: str, member: str | None = None) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (member is None or f'member="{member}"' in line):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
-    return total
-
-
 def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> dict[str, Any]:
     """SIGKILL ``victim`` under light load; time detection, respawn, return; count failures.
 
@@ -674,10 +662,9 @@ def kill_event(target: LocalTarget, victim: str, whole: bool, opts: Options) -> 
         "failures": dict(Counter(s[3] for s in failed)),
         "failure_examples": result.failure_examples,
         "answers_by_replica": dict(Counter(s[2] for s in samples if s[2])),
-        "retries": metric_sum(metrics_after, "ringlb_retries_total")
-        - metric_sum(metrics_before, "ringlb_retries_total"),
-        "ejections": metric_sum(metrics_after, "ringlb_ejections_total", victim)
-        - metric_sum(metrics_before, "ringlb_ejections_total", victim),
+        "retries": total(metrics_after, "ringlb_retries_total") - total(metrics_before, "ringlb_retries_total"),
+        "ejections": total(metrics_after, "ringlb_ejections_total", member=victim)
+        - total(metrics_before, "ringlb_ejections_total", member=victim),
         "restarts": sup.replicas[victim].restarts,
         "samples": samples,
         "polls": polls,

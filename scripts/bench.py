@@ -44,11 +44,12 @@ from typing import Any
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.support, the helpers shared by the test tiers and scripts
+from ringlb_balancer.local.supervisor import replica_command
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.net import free_port
+from ringlb_harness.proc import cpu_seconds, descendants
 
-from tests.support.net import free_port  # noqa: E402 - importable once the repository root is on sys.path
-from tests.support.proc import cpu_seconds, descendants  # noqa: E402 - importable once the repository root is on sys.path
+ROOT = Path(__file__).resolve().parent.parent
 
 WRK_SCRIPT = """
 local counter = 0
@@ -226,6 +227,7 @@ class Processes:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.procs: list[tuple[str, subprocess.Popen[bytes], int]] = []
+        self.balancers: list[Balancer] = []  # ringlb (ringlb_harness.balancer), logging in tmp too
 
     def start(
         self, name: str, cmd: list[str], env: dict[str, str] | None = None, stop: int = signal.SIGTERM
@@ -236,11 +238,14 @@ class Processes:
         return proc
 
     def check(self) -> None:
-        for name, proc, _ in self.procs:
+        for name, proc, _ in self.procs + [(b.log_path.stem, b.process, signal.SIGINT) for b in self.balancers]:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}")
 
     def stop(self) -> None:
+        for balancer in self.balancers:
+            balancer.stop()  # SIGINT: gunicorn's quick shutdown
+        self.balancers.clear()
         for _, proc, sig in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(sig)
@@ -266,37 +271,23 @@ def start_ringlb(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """The balancer exactly as the image runs it, its membership pushed as the operator does
     (with ``tls``, to a plain admin port, as in the pods)."""
-    port, token = free_port(), "bench"
-    env = {
-        "RINGLB_BIND": f"127.0.0.1:{port}",
-        "RINGLB_WORKERS": str(workers),
-        "RINGLB_MEMBERSHIP_TOKEN": token,
-        "RINGLB_DRAIN_SECONDS": "0",
-    }
-    admin = f"http://127.0.0.1:{port}"
+    env = {"RINGLB_DRAIN_SECONDS": "0"}
     if tls:
-        admin_port = free_port()
-        env |= {
-            "RINGLB_TLS_CERT": str(tls.chain),
-            "RINGLB_TLS_KEY": str(tls.key),
-            "RINGLB_ADMIN_BIND": f"127.0.0.1:{admin_port}",
-        }
-        admin = f"http://127.0.0.1:{admin_port}"
-    proc = procs.start(
-        "ringlb-tls" if tls else "ringlb",
-        [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"],
-        env,
-        stop=signal.SIGINT,
-    )  # gunicorn's quick shutdown
-    wait_http(f"{admin}/healthz")
-    document = {
-        "revision": 1,
-        "members": [{"name": n, "address": f"127.0.0.1:{p}"} for n, p in members],
-        "hashing": {"strategy": strategy},
-    }
-    reply = requests.put(f"{admin}/membership", json=document, headers={"Authorization": f"Bearer {token}"}, timeout=5)
-    reply.raise_for_status()
-    return proc, port
+        env |= {"RINGLB_TLS_CERT": str(tls.chain), "RINGLB_TLS_KEY": str(tls.key)}
+    balancer = Balancer(
+        procs.tmp,
+        token="bench",
+        admin=tls is not None,
+        workers=workers,
+        env=env,
+        name="ringlb-tls" if tls else "ringlb",
+        wait=False,  # its public port may speak TLS: ready once the admin port answers
+        health_interval=None,
+    )
+    procs.balancers.append(balancer)
+    wait_http(f"{balancer.admin_url}/healthz")
+    balancer.push(members, hashing={"strategy": strategy})
+    return balancer.process, balancer.port
 
 
 def alternate(
@@ -342,23 +333,7 @@ def replica_bench(args: argparse.Namespace, tmp: Path, script: Path) -> dict[str
         for i, port in enumerate(ports, 1):
             procs.start(
                 f"replica{i}",
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    "1",
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    "4",
-                    "--keep-alive",
-                    "30",
-                    "--no-control-socket",
-                    "ringlb_replica.wsgi:app",
-                ],
+                replica_command(port),
                 {"SERVER_ID": f"Server {i}"},
                 stop=signal.SIGINT,
             )

@@ -33,11 +33,8 @@ Ctrl-C; all traffic stays on 127.0.0.1. Prints one table and writes ``docs/fault
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ctypes
 import itertools
 import json
-import math
 import os
 import platform
 import random
@@ -55,16 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.support.net import free_port  # noqa: E402 - importable once the repository root is on sys.path
-from tests.support.proc import alive, children, cmdline, start_ticks  # noqa: E402 - importable once the repository root is on sys.path
+from ringlb_harness.load import LoadResult, OpenLoad, Sample, random_request_id
+from ringlb_harness.local import LocalMode
+from ringlb_harness.proc import alive, children, cmdline, start_ticks
+from ringlb_harness.prometheus import total
+from ringlb_harness.stats import percentile
 
+ROOT = Path(__file__).resolve().parent.parent
 VICTIM = "Server 2"
-GREETING = re.compile(r"Hello from Server: (.+)$")
 ACCESS_LINE = re.compile(r"^POST /home (\d{3}) (\S+)\s*$")
 SCENARIOS = (
     "replica-kill",
@@ -82,67 +79,24 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# processes
-# ----------------------------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """The stack gets SIGTERM (a clean stop) if this script dies without its finally blocks."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    os.setsid()  # a terminal's Ctrl-C reaches this script only; it stops the stack itself
-
-
-# ----------------------------------------------------------------------------------------------
 # One ``ringlb dev`` stack
 # ----------------------------------------------------------------------------------------------
-class Stack:
+class Stack(LocalMode):
+    """``ringlb dev`` (harness LocalMode, stopped with the script if it dies) whose every process
+    is remembered with its start time, so that a signal never reaches a PID reused since."""
+
     def __init__(self, workdir: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        while self.port == 5000:
-            self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(workdir, "--replicas", str(replicas), env=env, die_with_parent=True)
         self.workdir = workdir
-        self.log_dir = workdir / "logs"
         self.replicas = replicas
-        self.token: str | None = None
         self.seen: dict[int, int] = {}  # pid -> start ticks, every process of this stack ever seen
         self.stopped: set[int] = set()  # SIGSTOPped by us: SIGCONT before stopping the stack
         self.lock = threading.Lock()
-        self._output = open(workdir / "ringlb-dev.log", "wb")  # noqa: SIM115 - written until stop() closes it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ringlb_balancer.local.cli",
-                "dev",
-                "--port",
-                str(self.port),
-                "--log-dir",
-                str(self.log_dir),
-                "--replicas",
-                str(replicas),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, **(env or {})),
-            preexec_fn=_die_with_parent,
-            cwd=ROOT,
-        )
-        self.supervisor_ticks = start_ticks(self.proc.pid)
-        self._reader = threading.Thread(target=self._read, daemon=True, name="stack-output")
-        self._reader.start()
-        self.session = requests.Session()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._output.write(line)
-            self._output.flush()
-            if self.token is None and (m := re.search(rb"membership token (\S+)", line)):
-                self.token = m.group(1).decode()
 
     # -- processes ------------------------------------------------------------------------
     def track(self) -> None:
         """Remember every live process below the supervisor (respawned ones too)."""
-        todo = [self.proc.pid]
+        todo = [self.process.pid]
         while todo:
             pid = todo.pop()
             for kid in children(pid):
@@ -157,27 +111,18 @@ class Stack:
             items = list(self.seen.items())
         return [pid for pid, ticks in items if alive(pid, ticks)]
 
-    def balancer_master(self) -> int | None:
-        return next((p for p in children(self.proc.pid) if "ringlb_balancer.wsgi:app" in cmdline(p)), None)
+    def replica_port(self, name: str) -> int:
+        address = next(m["address"] for m in self.membership()["members"] if m["name"] == name)
+        return int(address.rsplit(":", 1)[1])
 
     def replica_masters(self) -> dict[int, int]:
         """bind port -> gunicorn master pid of that replica."""
         found = {}
-        for pid in children(self.proc.pid):
+        for pid in self.running("ringlb_replica.wsgi:app"):
             args = cmdline(pid)
-            if "ringlb_replica.wsgi:app" in args and "--bind" in args:
+            if "--bind" in args:
                 found[int(args[args.index("--bind") + 1].rsplit(":", 1)[1])] = pid
         return found
-
-    def replica_port(self, name: str) -> int:
-        doc = self.session.get(f"{self.url}/membership", timeout=5).json()
-        address = next(m["address"] for m in doc["members"] if m["name"] == name)
-        return int(address.rsplit(":", 1)[1])
-
-    def replica_pids(self, name: str) -> list[int]:
-        """The gunicorn master of replica ``name`` and its workers."""
-        master = self.replica_masters()[self.replica_port(name)]
-        return [master, *children(master)]
 
     def signal(self, pids: list[int], sig: int) -> None:
         for pid in pids:
@@ -193,157 +138,41 @@ class Stack:
             self.stopped.difference_update(pids)
 
     # -- readiness and stop ---------------------------------------------------------------
-    def rep(self, timeout: float = 2.0) -> list[str]:
+    def ring(self, timeout: float = 2.0) -> list[str]:
         return self.session.get(f"{self.url}/rep", timeout=timeout).json()["message"]["replicas"]
 
     def wait_ready(self, timeout: float = 60.0) -> float:
+        """Seconds until ``/rep`` lists every replica."""
         t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ringlb dev exited with {self.proc.returncode}; see {self.workdir}")
-            try:
-                if len(self.rep()) == self.replicas:
-                    self.track()
-                    return time.monotonic() - t0
-            except (requests.RequestException, ValueError, KeyError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"ringlb dev not ready with {self.replicas} replicas after {timeout} s")
+        self.wait_replicas(self.replicas, timeout)
+        self.track()
+        return time.monotonic() - t0
 
-    def stop(self) -> list[int]:
-        """Ctrl-C to the supervisor (it stops its children), then SIGKILL by PID whatever of
-        this stack is still there after 15 s. Returns the PIDs that had to be killed."""
-        self.session.close()
-        if self.proc.poll() is None:
+    def stop(self) -> list[int]:  # type: ignore[override] # the PIDs left, not their command lines: what the table counts
+        """SIGCONT what we stopped, Ctrl-C to the supervisor (it stops its children), then
+        SIGKILL by PID whatever of this stack is still there. Returns the PIDs that had to be killed."""
+        if self.process.poll() is None:
             self.track()
         if self.stopped:
             self.signal(sorted(self.stopped), signal.SIGCONT)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        deadline = time.monotonic() + 10
-        left = self.live_seen()
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = self.live_seen()
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._reader.join(5)
-        self._output.close()
-        return left
+        return sorted(super().stop())
 
 
 # ----------------------------------------------------------------------------------------------
-# Load: open loop, asyncio + aiohttp, keep-alive
+# Load: open loop (ringlb_harness.load.OpenLoad)
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class Rec:
-    start: float  # monotonic
-    end: float
-    ok: bool
-    kind: str  # "ok", "http_502", "refused", ...
-    replica: str | None
-    key: str
-
-
-class Load:
-    """``rate`` requests/s for at most ``seconds`` s (at most rate x seconds requests), each
-    with its own random key; stops early when ``stop()`` is called. A thread with its own loop."""
-
-    def __init__(
-        self, url: str, rate: float, seconds: float, method: str = "GET", seed: int = 1, timeout: float = 10.0
-    ) -> None:
-        self.url, self.rate, self.seconds, self.method, self.timeout = url, rate, seconds, method, timeout
-        self.n = int(rate * seconds)
-        self.rng = random.Random(seed)
-        self.records: list[Rec] = []
-        self.t0 = 0.0
-        self._stop = threading.Event()
-        self._started = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"load-{method}")
-
-    def start(self) -> Load:
-        self.thread.start()
-        self._started.wait(10)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self) -> list[Rec]:
-        self.thread.join(self.seconds + self.timeout + 15)
-        if self.thread.is_alive():
-            self._stop.set()
-            raise RuntimeError("load thread did not finish in time")
-        if self.error:
-            raise self.error
-        return self.records
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # noqa: BLE001 - reported by join
-            self.error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        connector = aiohttp.TCPConnector(limit=int(self.rate * 2) + 50, keepalive_timeout=3.0)
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            self.t0 = time.monotonic()
-            self._started.set()
-            if self.method == "GET":
-                keys = [str(self.rng.randint(100_000, 999_999)) for _ in range(self.n)]
-            else:  # unique keys: each POST must be found once in the replicas' access logs
-                keys = [f"p{i:05d}x{self.rng.randrange(10**6):06d}" for i in range(self.n)]
-            await asyncio.gather(*(self._one(session, i, keys[i]) for i in range(self.n)))
-
-    async def _one(self, session: aiohttp.ClientSession, i: int, key: str) -> None:
-        delay = self.t0 + i / self.rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if self._stop.is_set():
-            return
-        start = time.monotonic()
-        replica = None
-        try:
-            async with session.request(
-                self.method,
-                self.url,
-                headers={"X-Request-ID": key},
-                data=b'{"order": %d}' % i if self.method == "POST" else None,
-            ) as r:
-                body = await r.read()
-                status = r.status
-            if self.method == "GET" and status == 200:
-                m = GREETING.match(json.loads(body).get("message", ""))
-                replica = m.group(1) if m else None
-                kind = "ok" if replica else "bad_body"
-            elif self.method == "POST" and status == 405:  # the replica's own answer: delivered
-                kind = "ok"
-            else:
-                kind = f"http_{status}"
-        except TimeoutError:
-            kind = "client_timeout"
-        except aiohttp.ClientConnectorError as exc:
-            kind = "refused" if isinstance(exc.os_error, ConnectionRefusedError) else "connect_error"
-        except aiohttp.ServerDisconnectedError:
-            kind = "disconnected"
-        except aiohttp.ClientPayloadError:
-            kind = "truncated"
-        except aiohttp.ClientOSError as exc:
-            kind = "reset" if isinstance(exc.__cause__ or exc, ConnectionResetError) or exc.errno == 104 else "os_error"
-        except (aiohttp.ClientError, ValueError) as exc:
-            kind = type(exc).__name__
-        self.records.append(Rec(start, time.monotonic(), kind == "ok", kind, replica, key))
+def open_load(url: str, rate: float, seconds: float, method: str, seed: int) -> OpenLoad:
+    """``rate`` requests/s for ``seconds`` s, each with its own random key (GET: a 6-digit id, as
+    the seed's client sent; POST: unique, so that each POST is found once in the replicas'
+    access logs)."""
+    rng = random.Random(seed)
+    count = int(rate * seconds)
+    if method == "GET":
+        keys = [random_request_id(rng) for _ in range(count)]
+    else:
+        keys = [f"p{i:05d}x{rng.randrange(10**6):06d}" for i in range(count)]
+    body = (lambda i: b'{"order": %d}' % i) if method == "POST" else None
+    return OpenLoad(url, rate, keys, method=method, body=body)
 
 
 class Monitor:
@@ -369,7 +198,7 @@ class Monitor:
         session = requests.Session()
         while not self._stop.wait(0.1):
             t = time.monotonic()
-            if self.stack.proc.poll() is None:
+            if self.stack.process.poll() is None:
                 self.stack.track()
             health: float | None = None
             ring: list[str] | None = None
@@ -384,7 +213,7 @@ class Monitor:
                 try:
                     t = time.monotonic()
                     text = session.get(f"{self.stack.url}/metrics", timeout=2).text
-                    value = metric_sum(text, f'ringlb_member_up{{member="{self.member}"}}')
+                    value = total(text, "ringlb_member_up", member=self.member)
                     self.up.append((t, value > 0))
                 except requests.RequestException:
                     pass
@@ -394,15 +223,12 @@ class Monitor:
 # ----------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------
-def percentile(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    data = sorted(values)
-    return data[max(1, math.ceil(p / 100 * len(data))) - 1]
-
-
-def figures(records: list[Rec], t_fault: float) -> dict[str, Any]:
-    failed = sorted((r for r in records if not r.ok), key=lambda r: r.start)
+def figures(result: LoadResult, t_fault: float) -> dict[str, Any]:
+    """The figures of one scenario; sample times are seconds since the load started, shifted
+    onto the clock of ``t_fault``."""
+    t_fault -= result.started_at
+    records = result.samples
+    failed = [r for r in records if r.failure is not None]
     windows: list[tuple[float, float]] = []
     for r in failed:
         if windows and r.start - windows[-1][1] < 1.0:
@@ -410,11 +236,11 @@ def figures(records: list[Rec], t_fault: float) -> dict[str, Any]:
         else:
             windows.append((r.start, r.end))
     longest = max(windows, key=lambda w: w[1] - w[0], default=None)
-    lat = [(r.end - r.start) * 1000 for r in records if r.ok]
+    lat = result.latencies_ms
     return {
         "total": len(records),
         "failed": len(failed),
-        "kinds": dict(Counter(r.kind for r in failed).most_common()),
+        "kinds": dict(Counter(r.failure for r in failed).most_common()),
         "outage_s": round(longest[1] - longest[0], 3) if longest else 0.0,
         "outage_from_s": round(longest[0] - t_fault, 3) if longest else None,
         "first_failure_s": round(failed[0].start - t_fault, 3) if failed else None,
@@ -423,7 +249,7 @@ def figures(records: list[Rec], t_fault: float) -> dict[str, Any]:
         "p99_ms": round(percentile(lat, 99) or 0, 1) if lat else None,
         "max_ms": round(max(lat), 1) if lat else None,
         "over_1s": sum(1 for x in lat if x > 1000),
-        "answers": dict(sorted(Counter(r.replica for r in records if r.replica).items())),
+        "answers": dict(sorted(result.per_replica.items())),
     }
 
 
@@ -480,33 +306,29 @@ def run_scenario(name: str, opts: Opts) -> Outcome:
         env["GUNICORN_CMD_ARGS"] = "--access-logfile - --access-logformat '%(m)s %(U)s %(s)s %({x-request-id}i)s'"
     stack = Stack(workdir, replicas=opts.scale_replicas if name == "scale" else 3, env=env)
     monitor: Monitor | None = None
-    load: Load | None = None
+    load: OpenLoad | None = None
     try:
         ready = stack.wait_ready()
-        log(f"{name}: stack ready on {stack.url} in {ready:.1f} s (supervisor pid {stack.proc.pid})")
+        log(f"{name}: stack ready on {stack.url} in {ready:.1f} s (supervisor pid {stack.process.pid})")
         monitor = Monitor(stack, member=VICTIM if "replica" in name else "").start()
         method = "POST" if name == "post-replica-kill" else "GET"
         seconds = {"supervisor-kill": opts.before + 5.0, "scale": 40.0}.get(name, opts.seconds)
-        load = Load(f"{stack.url}/home", opts.rate, seconds, method=method, seed=opts.seed).start()
+        load = open_load(f"{stack.url}/home", opts.rate, seconds, method, opts.seed).start()
         time.sleep(opts.before)
         metrics_before = metrics(stack)
         outcome = FAULTS[name](stack, load, monitor, opts)
-        records = load.join()
+        result = load.join()
         monitor.stop()
         if name not in ("master-kill", "supervisor-kill"):  # a new balancer's counters start at 0
             metrics_after = metrics(stack)
-            retries = metric_sum(metrics_after, "ringlb_retries_total") - metric_sum(
-                metrics_before, "ringlb_retries_total"
-            )
-            ejections = metric_sum(metrics_after, "ringlb_ejections_total") - metric_sum(
-                metrics_before, "ringlb_ejections_total"
-            )
+            retries = total(metrics_after, "ringlb_retries_total") - total(metrics_before, "ringlb_retries_total")
+            ejections = total(metrics_after, "ringlb_ejections_total") - total(metrics_before, "ringlb_ejections_total")
             outcome.notes.append(f"balancer retries {retries:.0f}, ejections {ejections:.0f}")
-        outcome.figures = figures(records, outcome.extra.pop("t_fault"))
+        outcome.figures = figures(result, outcome.extra.pop("t_fault"))
         outcome.notes = [n.format(**outcome.figures) if "{over_1s}" in n else n for n in outcome.notes]
         outcome.ready_s = ready
         if name == "post-replica-kill":
-            post_check(stack, records, outcome)
+            post_check(stack, result.samples, outcome)
         return outcome
     finally:
         if load is not None:
@@ -529,19 +351,7 @@ def metrics(stack: Stack) -> str:
         return ""
 
 
-def metric_sum(text: str, name: str) -> float:
-    """Sum of the samples of ``name`` (every label set), or of one series when ``name`` has labels."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + ("" if name.endswith("}") else "{")) or line.startswith(name + " "):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
-    return total
-
-
-def replica_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts, title: str = "") -> Outcome:
+def replica_kill(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts, title: str = "") -> Outcome:
     port = stack.replica_port(VICTIM)
     pids = stack.replica_pids(VICTIM)
     t = time.monotonic()
@@ -573,7 +383,7 @@ def replica_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts, title: 
     )
 
 
-def replica_stop(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
+def replica_stop(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts) -> Outcome:
     pids = stack.replica_pids(VICTIM)
     t = time.monotonic()
     stack.signal(pids, signal.SIGSTOP)
@@ -601,7 +411,7 @@ def replica_stop(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outc
     )
 
 
-def worker_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
+def worker_kill(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts) -> Outcome:
     master = stack.balancer_master()
     assert master is not None
     workers = children(master)
@@ -624,7 +434,7 @@ def worker_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outco
     )
 
 
-def master_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
+def master_kill(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts) -> Outcome:
     master = stack.balancer_master()
     assert master is not None
     workers = children(master)
@@ -660,12 +470,12 @@ def master_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outco
     )
 
 
-def supervisor_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
+def supervisor_kill(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts) -> Outcome:
     stack.track()
     before = stack.live_seen()
     t = time.monotonic()
-    os.kill(stack.proc.pid, signal.SIGKILL)
-    stack.proc.wait(5)
+    os.kill(stack.process.pid, signal.SIGKILL)
+    stack.process.wait(5)
     all_gone = None
     while time.monotonic() - t < 10.0:
         if not stack.live_seen():
@@ -689,7 +499,7 @@ def supervisor_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> O
     )
 
 
-def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
+def scale(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts) -> Outcome:
     calls: list[dict[str, Any]] = [{} for _ in range(20)]
     barrier = threading.Barrier(20)
 
@@ -726,7 +536,7 @@ def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
     health = [h for (ts, h, _) in monitor.polls if t <= ts <= t_done and h is not None]
     misses = sum(1 for (ts, h, _) in monitor.polls if t <= ts <= t_done and h is None)
     try:
-        final = len(stack.rep(5))
+        final = len(stack.ring(5))
     except (requests.RequestException, ValueError, KeyError):
         final = None
     sizes = [len(r) for (ts, _, r) in monitor.polls if ts >= t and r is not None]
@@ -753,12 +563,12 @@ def scale(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
     )
 
 
-def post_replica_kill(stack: Stack, load: Load, monitor: Monitor, opts: Opts) -> Outcome:
+def post_replica_kill(stack: Stack, load: OpenLoad, monitor: Monitor, opts: Opts) -> Outcome:
     out = replica_kill(stack, load, monitor, opts, title=f"POSTs (non-idempotent) during replica SIGKILL ({VICTIM})")
     return out
 
 
-def post_check(stack: Stack, records: list[Rec], outcome: Outcome) -> None:
+def post_check(stack: Stack, records: list[Sample], outcome: Outcome) -> None:
     """How often each POST reached a replica, from the replicas' access logs."""
     time.sleep(0.5)  # the last access lines
     seen: Counter = Counter()
@@ -770,7 +580,7 @@ def post_check(stack: Stack, records: list[Rec], outcome: Outcome) -> None:
                 seen[m.group(2)] += 1
     sent = {r.key for r in records}
     twice = {k: c for k, c in seen.items() if c > 1 and k in sent}
-    failed = [r for r in records if not r.ok]
+    failed = [r for r in records if r.failure is not None]
     delivered_failed = sum(1 for r in failed if seen.get(r.key))
     outcome.notes += [
         f"POSTs that reached a replica twice: {len(twice)} (replica access logs: {sum(seen.values())} "
@@ -782,7 +592,7 @@ def post_check(stack: Stack, records: list[Rec], outcome: Outcome) -> None:
     outcome.extra["twice"] = twice
 
 
-FAULTS: dict[str, Callable[[Stack, Load, Monitor, Opts], Outcome]] = {
+FAULTS: dict[str, Callable[[Stack, OpenLoad, Monitor, Opts], Outcome]] = {
     "replica-kill": replica_kill,
     "replica-stop": replica_stop,
     "worker-kill": worker_kill,

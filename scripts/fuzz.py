@@ -19,11 +19,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.backends import MainBackend
-from tests.support.balancer import Balancer
-from tests.support.fuzzing import check_one, run_for
+from ringlb_harness.backends.main import MainBackend
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.fuzzing import check_one, run_for
 
 
 def main(argv: list[str] | None = None) -> int:

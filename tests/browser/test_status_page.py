@@ -22,8 +22,9 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support import pids_listening, wait_until
-from tests.support.local import LocalMode
+from ringlb_harness.local import LocalMode
+from ringlb_harness.net import wait_until
+from ringlb_harness.proc import pids_listening
 
 pytestmark = pytest.mark.integration
 

@@ -26,6 +26,8 @@ import pytest
 import requests
 import yaml
 
+from ringlb_harness.net import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests" / "samples" / "web.yaml"
 OPERATOR_NS = "ringlb-system"
@@ -52,20 +54,17 @@ def kubectl_json(*args: str) -> Any:
     return json.loads(kubectl(*args, "-o", "json").stdout)
 
 
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = READY_TIMEOUT, interval: float = 1.0) -> T:
-    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except (AssertionError, requests.RequestException, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+def wait_for(
+    fn: Callable[[], T | None], timeout: float = READY_TIMEOUT, what: str = "condition", interval: float = 1.0
+) -> T:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout``. A
+    cluster's "not yet" is an assertion, a failed request or an unreadable answer; anything else
+    fails at once."""
+    found = wait_until(
+        fn, timeout, what, interval=interval, retry_on=(AssertionError, requests.RequestException, ValueError)
+    )
+    assert found is not None  # None is falsy: wait_until returns only a truthy answer
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -144,7 +143,7 @@ def wait_ready(namespace: str, replicas: int, name: str = "web") -> dict[str, An
         )
         return obj if ok else None
 
-    return wait_for(f"{namespace}/{name} Ready with {replicas} replicas", check)
+    return wait_for(check, what=f"{namespace}/{name} Ready with {replicas} replicas")
 
 
 def apply(namespace: str, doc: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -197,23 +196,23 @@ def scale_operator(replicas: int, timeout: float = 180) -> None:
     kubectl("-n", OPERATOR_NS, "scale", "deployment/ringlb-operator", f"--replicas={replicas}")
     if replicas == 0:
         wait_for(
-            "operator pods gone",
             lambda: (
                 not kubectl_json("-n", OPERATOR_NS, "get", "pods", "-l", "app.kubernetes.io/component=operator")[
                     "items"
                 ]
             ),
+            what="operator pods gone",
             timeout=timeout,
         )
     else:
         wait_for(
-            "the operator back",
             lambda: (
                 kubectl(
                     "-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False
                 ).returncode
                 == 0
             ),
+            what="the operator back",
             timeout=timeout,
         )
 
@@ -263,7 +262,7 @@ class PortForward:
 def forward(web: str) -> Iterator[PortForward]:
     pf = PortForward(web)
     try:
-        wait_for("the port-forward to answer", lambda: requests.get(pf.url + "/rep", timeout=5).ok, timeout=30)
+        wait_for(lambda: requests.get(pf.url + "/rep", timeout=5).ok, what="the port-forward to answer", timeout=30)
         yield pf
     finally:
         pf.close()

@@ -302,7 +302,7 @@ class InClusterLoad:
     def start(self, timeout: float = 60) -> InClusterLoad:
         """Create the pod; return once its threads are sending."""
         kubectl("-n", self.namespace, "apply", "-f", "-", input=json.dumps(self.manifest()))
-        wait_for(f"load pod {self.pod} sending", lambda: STARTED in self.logs(), timeout=timeout, interval=0.5)
+        wait_for(lambda: STARTED in self.logs(), what=f"load pod {self.pod} sending", timeout=timeout, interval=0.5)
         self.started_at = time.monotonic()
         return self
 
@@ -328,7 +328,7 @@ class InClusterLoad:
             phase = kubectl_json("-n", self.namespace, "get", "pod", self.pod)["status"].get("phase")
             return phase if phase in ("Succeeded", "Failed") else None
 
-        phase = wait_for(f"load pod {self.pod} finished", finished, timeout=timeout)
+        phase = wait_for(finished, what=f"load pod {self.pod} finished", timeout=timeout)
         log = self.logs()
         line = next((line for line in reversed(log.splitlines()) if line.startswith(RESULT)), None)
         assert phase == "Succeeded" and line, f"load pod {self.pod} ended {phase} without a report:\n{log[-3000:]}"

@@ -87,7 +87,7 @@ def _recreated(kind: str, namespace: str, name: str, uid: str) -> Callable[[], b
 
 def _restored(what: str, done: Callable[[], bool]) -> float:
     started = time.monotonic()
-    wait_for(what, done, timeout=REACT, interval=0.25)
+    wait_for(done, what=what, timeout=REACT, interval=0.25)
     return time.monotonic() - started
 
 

@@ -89,7 +89,7 @@ def web_nodeport(namespace: str) -> Iterator[tuple[str, str]]:
     svc = kubectl_json("-n", namespace, "get", "service", "web-balancer")
     port = next(p["nodePort"] for p in svc["spec"]["ports"] if p["name"] == "http")
     url = f"http://{node_address(control_plane())}:{port}"
-    wait_for("the NodePort to answer", lambda: requests.get(url + "/rep", timeout=5).ok, timeout=60)
+    wait_for(lambda: requests.get(url + "/rep", timeout=5).ok, what="the NodePort to answer", timeout=60)
     yield namespace, url
 
 
@@ -110,8 +110,8 @@ def test_balancer_and_replica_pods_are_spread_over_both_workers(web: str) -> Non
     wanted = resource(web)["spec"]["balancer"]["replicas"]
     assert wanted >= 2, f"the sample runs {wanted} balancer pod(s); spreading needs two"
     pods = wait_for(
-        f"{wanted} Ready balancer pods",
         lambda: ready if len(ready := [p for p in balancer_pods(web) if pod_ready(p)]) >= wanted else None,
+        what=f"{wanted} Ready balancer pods",
     )
     placed = {p["metadata"]["name"]: node_of(p) for p in pods}
     replicas = {p["metadata"]["name"]: node_of(p) for p in replica_pods(web)}
@@ -200,8 +200,8 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
 
         try:
             wait_for(
-                f"identities {sorted(lost)} of {target} to serve again elsewhere",
                 back,
+                what=f"identities {sorted(lost)} of {target} to serve again elsewhere",
                 timeout=RECOVERY_TIMEOUT,
                 interval=2,
             )
@@ -222,8 +222,8 @@ def test_stopped_worker_identities_serve_again(web_nodeport: tuple[str, str]) ->
     finally:
         subprocess.run(["docker", "start", target], capture_output=True, timeout=120)
         wait_for(
-            f"{target} Ready again",
             lambda: node_ready(kubectl_json("get", "node", target)) or None,
+            what=f"{target} Ready again",
             timeout=180,
             interval=2,
         )
@@ -240,7 +240,7 @@ def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web:
     neither works nor removes its peering record, so the standby takes over only when the record
     expires (PEERING_LIFETIME, 30 s after its last refresh); a scale made meanwhile converges
     while the frozen process is still frozen and not yet restarted by its liveness probe."""
-    active = wait_for("two operator pods in the peering", active_operator, timeout=180)
+    active = wait_for(active_operator, what="two operator pods in the peering", timeout=180)
     pod = kubectl_json("-n", OPERATOR_NS, "get", "pod", active)
     node, status = pod["spec"]["nodeName"], pod["status"]["containerStatuses"][0]
     container = status["containerID"].split("://", 1)[1]
@@ -268,12 +268,12 @@ def test_hung_active_operator_is_taken_over_when_its_peering_record_expires(web:
     )
     assert restarts == status["restartCount"], "the frozen operator was restarted first: the standby did not take over"
     wait_for(
-        "the operator Deployment whole again",
         lambda: (
             kubectl(
                 "-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False
             ).returncode
             == 0
         ),
+        what="the operator Deployment whole again",
         timeout=180,
     )

@@ -61,14 +61,14 @@ def test_kubectl_scale_up_and_down(web: str, forward: PortForward) -> None:
     kubectl("-n", web, "scale", "lbrs/web", "--replicas=5")
     wait_ready(web, 5)
     wanted = SERVERS + ["Server 4", "Server 5"]
-    wait_for("/rep to list 5", lambda: rep(forward.url) == wanted, timeout=60)
+    wait_for(lambda: rep(forward.url) == wanted, what="/rep to list 5", timeout=60)
     result = load(forward.url, 3000, seconds=120)
     assert result.failures == [] and set(result.per_server) == set(wanted), result.per_server
 
     kubectl("-n", web, "scale", "lbrs/web", "--replicas=2")
-    wait_for("/rep to list 2", lambda: rep(forward.url) == ["Server 1", "Server 2"], timeout=120)
+    wait_for(lambda: rep(forward.url) == ["Server 1", "Server 2"], what="/rep to list 2", timeout=120)
     wait_ready(web, 2)
-    wait_for("retired pods gone", lambda: sorted(identities(web)) == ["web-server-1", "web-server-2"], timeout=120)
+    wait_for(lambda: sorted(identities(web)) == ["web-server-1", "web-server-2"], what="retired pods gone", timeout=120)
     result = load(forward.url, 2000, seconds=120)
     assert result.failures == [] and set(result.per_server) == {"Server 1", "Server 2"}, result.per_server
 
@@ -117,7 +117,7 @@ def test_deleted_pod_comes_back_with_its_identity_and_keys_under_load(web: str, 
             pod = pods.get("web-server-2")
             return bool(pod and pod["metadata"]["uid"] != before["web-server-2"] and pod_ready(pod))
 
-        wait_for("web-server-2 replaced and Ready", replaced, timeout=120)
+        wait_for(replaced, what="web-server-2 replaced and Ready", timeout=120)
         wait_ready(web, 3)
         time.sleep(5)  # let traffic reach the new pod
     finally:
@@ -147,7 +147,7 @@ def test_hung_replica_is_restarted_by_its_liveness_probe(web: str) -> None:
     # Stop every process of the container but PID 1 (gunicorn's master, which the kernel
     # protects inside its namespace): the workers stop answering /heartbeat.
     kubectl("-n", web, "exec", "web-server-1", "--", "python3", "-c", "import os, signal; os.kill(-1, signal.SIGSTOP)")
-    wait_for("web-server-1 restarted by its liveness probe", lambda: restarts() > before, timeout=120, interval=2)
+    wait_for(lambda: restarts() > before, what="web-server-1 restarted by its liveness probe", timeout=120, interval=2)
     wait_ready(web, 3)
 
 
@@ -168,7 +168,7 @@ def test_add_and_rm_through_the_balancer(web: str, forward: PortForward) -> None
     assert removed.json()["message"]["replicas"] == SERVERS + ["Server 4"]
     assert resource(web)["spec"]["replicas"] == 4
     wait_ready(web, 4)
-    wait_for("pod web-s5 gone", lambda: "web-s5" not in identities(web), timeout=120)
+    wait_for(lambda: "web-s5" not in identities(web), what="pod web-s5 gone", timeout=120)
 
 
 @pytest.mark.exclusive
@@ -194,13 +194,13 @@ def test_operator_restart_mid_change_converges_without_duplicates(web: str) -> N
         items = kubectl_json("-n", web, "get", kind, "-l", "ringlb.io/resource=web")["items"]
         assert len(items) == count, (kind, [i["metadata"]["name"] for i in items])
     wait_for(
-        "the operator back",
         lambda: (
             kubectl(
                 "-n", OPERATOR_NS, "rollout", "status", "deployment/ringlb-operator", "--timeout=5s", check=False
             ).returncode
             == 0
         ),
+        what="the operator back",
         timeout=180,
     )
 
@@ -238,13 +238,13 @@ def test_deleting_the_resource_garbage_collects_everything(web: str) -> None:
                 return False
         return True
 
-    wait_for("every child of web deleted", gone, timeout=180)
+    wait_for(gone, what="every child of web deleted", timeout=180)
 
 
 # --- no hijack, no drift, a data plane that outlives the operator, takeover ---------
 def _timed(what: str, fn, timeout: float) -> None:
     started = time.monotonic()
-    wait_for(what, fn, timeout=timeout, interval=0.5)
+    wait_for(fn, what=what, timeout=timeout, interval=0.5)
     print(f"{what}: {time.monotonic() - started:.1f}s")
 
 
@@ -292,7 +292,7 @@ def test_membership_cannot_be_hijacked_with_the_add_token(web: str, forward: Por
     pod = next(p["metadata"]["name"] for p in balancer_pods(web) if pod_ready(p))
     admin = PortForward(web, target=f"pod/{pod}", port=5001)
     try:
-        wait_for("the admin port to answer", lambda: requests.get(admin.url + "/readyz", timeout=5).ok, timeout=30)
+        wait_for(lambda: requests.get(admin.url + "/readyz", timeout=5).ok, what="the admin port to answer", timeout=30)
         held = requests.get(admin.url + "/membership", timeout=5).json()
         evil = {
             **held,
@@ -337,7 +337,7 @@ def test_a_balancer_pod_replaced_while_the_operator_is_down_is_ready_with_the_ri
             return pods[0]["metadata"]["name"] if len(pods) == 2 else None
 
         started = time.monotonic()
-        new = wait_for("a replacement balancer pod Ready without the operator", replacement, timeout=120)
+        new = wait_for(replacement, what="a replacement balancer pod Ready without the operator", timeout=120)
         print(f"replacement Ready after {time.monotonic() - started:.1f}s")
         admin = PortForward(web, target=f"pod/{new}", port=5001)
         try:
@@ -407,7 +407,7 @@ def test_colliding_replicasets_second_is_degraded_first_serves(namespace: str) -
         degraded = condition(resource(namespace, "web-a"), "Degraded")
         return degraded if degraded.get("status") == "True" and degraded.get("reason") == "ChildConflict" else None
 
-    degraded = wait_for("web-a Degraded/ChildConflict", conflict, timeout=60)
+    degraded = wait_for(conflict, what="web-a Degraded/ChildConflict", timeout=60)
     assert expected in degraded["message"], degraded
     time.sleep(5)  # a conflicting resource runs a pass every second: let several run
     obj = resource(namespace, "web-a")
@@ -420,7 +420,7 @@ def test_colliding_replicasets_second_is_degraded_first_serves(namespace: str) -
     assert condition(obj, "Degraded")["status"] == "False", condition(obj, "Degraded")
     pf = PortForward(namespace)
     try:
-        wait_for("the port-forward to answer", lambda: requests.get(pf.url + "/rep", timeout=5).ok, timeout=30)
+        wait_for(lambda: requests.get(pf.url + "/rep", timeout=5).ok, what="the port-forward to answer", timeout=30)
         result = load(pf.url, 300, threads=4, seconds=60)
     finally:
         pf.close()

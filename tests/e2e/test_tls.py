@@ -95,8 +95,8 @@ def test_the_seed_api_over_tls_and_a_replaced_secret_reaches_new_connections(nam
     pf = TlsForward(namespace)
     try:
         wait_for(
-            "the balancer over TLS",
             lambda: requests.get(pf.url + "/rep", verify=str(ca_file), timeout=10).ok,
+            what="the balancer over TLS",
             timeout=60,
         )
         assert served(pf.url, ca_file) == fingerprint(first)
@@ -135,8 +135,8 @@ def test_the_seed_api_over_tls_and_a_replaced_secret_reaches_new_connections(nam
         forward = TlsForward(namespace, target=f"pod/{pod}")
         try:
             wait_for(
-                f"{pod} to serve the new certificate",
                 lambda url=forward.url: served(url, ca_file) == fingerprint(second),
+                what=f"{pod} to serve the new certificate",
                 timeout=ROTATION_TIMEOUT,
                 interval=2.0,
             )
@@ -161,7 +161,7 @@ def test_a_missing_secret_is_named_in_status_and_an_event(namespace: str, tmp_pa
             cond if cond.get("status") == "True" and f"Secret {namespace}/{SECRET}" in cond.get("message", "") else None
         )
 
-    cond = wait_for("Degraded to name the missing Secret", degraded)
+    cond = wait_for(degraded, what="Degraded to name the missing Secret")
     assert cond["reason"] == "FailedMount", cond
     assert "not found" in cond["message"] and "kubectl" in cond["message"] and "create secret tls" in cond["message"], (
         cond
@@ -180,7 +180,7 @@ def test_a_missing_secret_is_named_in_status_and_an_event(namespace: str, tmp_pa
         ).stdout
         return f"Secret {namespace}/{SECRET}" in events
 
-    wait_for("a FailedMount Warning Event on the resource", warned, timeout=60)
+    wait_for(warned, what="a FailedMount Warning Event on the resource", timeout=60)
 
     ca = trustme.CA()
     apply(namespace, tls_secret(ca.issue_cert("127.0.0.1")))

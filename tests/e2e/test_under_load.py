@@ -58,7 +58,7 @@ def test_balancer_pod_deleted_under_load(web: str) -> None:
             names = {p["metadata"]["name"] for p in pods}
             return victim not in names and len([p for p in pods if pod_ready(p)]) == 2
 
-        wait_for(f"{victim} gone and a Ready replacement", replaced, timeout=60, interval=0.5)
+        wait_for(replaced, what=f"{victim} gone and a Ready replacement", timeout=60, interval=0.5)
         took = time.monotonic() - started
         time.sleep(SETTLE)
     finally:
@@ -92,7 +92,7 @@ def test_balancer_template_rollout_under_load(web: str) -> None:
                 )
             )
 
-        wait_for("the balancer Deployment rolled, old pods gone", rolled, timeout=90, interval=0.5)
+        wait_for(rolled, what="the balancer Deployment rolled, old pods gone", timeout=90, interval=0.5)
         took = time.monotonic() - started
         time.sleep(SETTLE)
     finally:
@@ -118,7 +118,7 @@ def test_replicaset_scale_down_under_load(namespace: str) -> None:
             names = sorted(p["metadata"]["name"] for p in replica_pods(namespace))
             return names == ["web-server-1", "web-server-2"]
 
-        wait_for("web-server-3 and web-server-4 gone", scaled, timeout=90, interval=0.5)
+        wait_for(scaled, what="web-server-3 and web-server-4 gone", timeout=90, interval=0.5)
         took = time.monotonic() - started
         wait_ready(namespace, 2)
         time.sleep(SETTLE)

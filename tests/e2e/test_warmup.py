@@ -53,7 +53,7 @@ def settled(namespace: str, replicas: int) -> dict[str, Any]:
         obj = resource(namespace)
         return obj if "transition" not in obj["status"] else None
 
-    return wait_for("no warm-up in progress", over)
+    return wait_for(over, what="no warm-up in progress")
 
 
 @contextmanager
@@ -64,7 +64,9 @@ def admin_ports(namespace: str) -> Iterator[dict[str, str]]:
         for pod in (p["metadata"]["name"] for p in balancer_pods(namespace) if pod_ready(p)):
             pf = PortForward(namespace, target=f"pod/{pod}", port=5001)
             stack.callback(pf.close)
-            wait_for(f"{pod} admin port", lambda url=pf.url: requests.get(url + "/readyz", timeout=5).ok, timeout=30)
+            wait_for(
+                lambda url=pf.url: requests.get(url + "/readyz", timeout=5).ok, what=f"{pod} admin port", timeout=30
+            )
             urls[pod] = pf.url
         assert len(urls) >= 2, f"two balancer pods expected, got {sorted(urls)}"
         yield urls
@@ -121,19 +123,21 @@ def test_scale_up_with_warm_up_moves_keys_in_steps_alike_on_every_balancer_pod(n
         try:
             patch(namespace, {"replicas": 4, "hashing": {"warmupSeconds": 20}})
             ramp = wait_for(
-                "the warm-up to start", lambda: resource(namespace)["status"].get("transition"), timeout=240
+                lambda: resource(namespace)["status"].get("transition"), what="the warm-up to start", timeout=240
             )
             obj = settled(namespace, 4)
             final = obj["status"]["ringRevision"]
             wait_for(
-                "every balancer pod to hold the last step",
                 lambda: all(
                     requests.get(u + "/membership", timeout=5).json()["revision"] == final for u in urls.values()
                 ),
+                what="every balancer pod to hold the last step",
                 timeout=60,
             )
             wait_for(
-                "the watch to see the last step", lambda: all(final in seen for seen in watch.seen.values()), timeout=60
+                lambda: all(final in seen for seen in watch.seen.values()),
+                what="the watch to see the last step",
+                timeout=60,
             )
         finally:
             watch.close()
@@ -180,7 +184,7 @@ def test_scale_down_with_warm_up_keeps_the_leaving_pod_until_its_share_is_0(name
     with admin_ports(namespace) as urls:
         pf = PortForward(namespace)
         try:
-            wait_for("the Service port-forward", lambda: requests.get(pf.url + "/rep", timeout=5).ok, timeout=30)
+            wait_for(lambda: requests.get(pf.url + "/rep", timeout=5).ok, what="the Service port-forward", timeout=30)
             done = threading.Event()
             traffic: dict[str, Any] = {}
             worker = threading.Thread(
@@ -191,12 +195,12 @@ def test_scale_down_with_warm_up_keeps_the_leaving_pod_until_its_share_is_0(name
                 patch(namespace, {"replicas": 3, "hashing": {"warmupSeconds": 20}})  # 5 steps: short enough for CI
                 # Draining: in status, with its share, while its pod is Ready and routed to.
                 draining = wait_for(
-                    "the leaving pod to drain",
                     lambda: [
                         m
                         for m in (resource(namespace)["status"].get("transition") or {}).get("members", [])
                         if m["state"] == "Draining"
                     ],
+                    what="the leaving pod to drain",
                     timeout=120,
                 )
                 assert (
@@ -219,7 +223,7 @@ def test_scale_down_with_warm_up_keeps_the_leaving_pod_until_its_share_is_0(name
                             early.append(held)
                     return True
 
-                wait_for(f"{leaving} to be deleted", gone, timeout=240)
+                wait_for(gone, what=f"{leaving} to be deleted", timeout=240)
                 assert early == []
             finally:
                 done.set()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.local import LocalMode
+from ringlb_harness.local import LocalMode
 
 pytestmark = pytest.mark.integration
 

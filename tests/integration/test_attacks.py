@@ -5,7 +5,7 @@ upgrade, slowloris against the connection cap, stray replica bytes, and the less
 
 Each test states an invariant, not one implementation's policy where the issue leaves it open
 (an Upgrade request with a body may be refused or forwarded with its body). Backends are in
-tests/support/recording.py. Nothing waits on the clock: every wait is on a condition with a
+ringlb_harness/backends/recording.py. Nothing waits on the clock: every wait is on a condition with a
 generous deadline, and the few settings made small (send and tunnel deadlines) are only ever
 waited for, never timed.
 """
@@ -20,31 +20,21 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import proc
-from tests.support.balancer import Balancer
-from tests.support.local import LocalMode
-from tests.support.net import (
-    LOOPBACK,
-    Answer,
-    connect,
-    exchange,
-    free_port,
-    read_all,
-    read_answers,
-    request_bytes,
-    wait_until,
-)
-from tests.support.proc import open_fds
-from tests.support.recording import MARKER, RawBackend, RecordingBackend
+from ringlb_balancer.local.supervisor import replica_command
+from ringlb_harness import proc, prometheus
+from ringlb_harness.backends.recording import MARKER, RawBackend, RecordingBackend
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.http1 import Answer, exchange, read_answers, request_bytes
+from ringlb_harness.local import LocalMode
+from ringlb_harness.net import LOOPBACK, connect, free_port, read_all, wait_until
+from ringlb_harness.proc import open_fds
 
 pytestmark = pytest.mark.integration
 
@@ -243,25 +233,7 @@ def flask_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[in
     log = tmp / "access.log"
     with open(tmp / "replica.log", "wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--worker-class",
-                "gthread",
-                "--threads",
-                "4",
-                "--keep-alive",
-                "30",
-                "--no-control-socket",
-                "--access-logfile",
-                str(log),
-                "--access-logformat",
-                "%(r)s",
-                "ringlb_replica.wsgi:app",
-            ],
+            replica_command(port, extra=["--access-logfile", str(log), "--access-logformat", "%(r)s"]),
             env=dict(os.environ, SERVER_ID="Smuggle Target"),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -612,7 +584,7 @@ def test_stray_replica_bytes_never_reach_the_next_client(
 # ------------------------------------------------------------------------------------------
 def metric_samples(balancer: Balancer) -> list[tuple[str, dict[str, str], float]]:
     text = requests.get(f"{balancer.admin_url}/metrics", timeout=WAIT).text
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+    return [(s.name, s.labels, s.value) for s in prometheus.samples(text)]
 
 
 def owners(balancer: Balancer, keys: list[str]) -> dict[str, bytes]:

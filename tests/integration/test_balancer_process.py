@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.net import free_port, wait_until
+from ringlb_harness.net import free_port, wait_until
 
 TOKEN = "push-token"
 WORKERS = 4

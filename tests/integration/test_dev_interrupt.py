@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.local import LocalMode
-from tests.support.proc import alive, descendants, start_ticks
+from ringlb_harness.local import LocalMode
+from ringlb_harness.proc import alive, descendants, start_ticks
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ hypothesis builds streams of connections (derandomized: the same 40 streams on e
 a few valid and invalid requests, pipelined in one write or sent one after another, sometimes
 ended by a request cut short and the connection closed. The same stream goes through nginx
 (Debian's package, the configuration written below: HTTP/1.1 and keep-alive to the backend) and
-through ringlb, each to a recording backend of its own (tests/support/recording.py, a strict
+through ringlb, each to a recording backend of its own (ringlb_harness/backends/recording.py, a strict
 h11 server). The two backends must see the same requests in the same order: method, target,
 decoded body, and the header fields neither proxy owns.
 
@@ -39,9 +39,10 @@ import requests
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from tests.support.balancer import Balancer
-from tests.support.net import Malformed, connect, free_port, read_answers, wait_until
-from tests.support.recording import Recorded, RecordingBackend
+from ringlb_harness.backends.recording import Recorded, RecordingBackend
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.http1 import Malformed, read_answers
+from ringlb_harness.net import connect, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.nginx]
 

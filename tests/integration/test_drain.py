@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backends import MainBackend
-from tests.support.balancer import Balancer
-from tests.support.net import wait_until
+from ringlb_harness.backends.main import MainBackend
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.net import wait_until
 
 pytestmark = pytest.mark.integration
 

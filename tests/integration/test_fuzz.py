@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.backends import MainBackend
-from tests.support.balancer import Balancer
-from tests.support.fuzzing import check_one, run_for
+from ringlb_harness.backends.main import MainBackend
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.fuzzing import check_one, run_for
 
 pytestmark = pytest.mark.integration
 

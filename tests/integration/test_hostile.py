@@ -18,17 +18,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backends import (
-    BackendProcess,
-    ByteLogBackend,
-    FakeScaler,
-    LenientBackend,
-    MainBackend,
-    ReuseDropBackend,
-    parse_requests,
-)
-from tests.support.balancer import Balancer, membership_doc
-from tests.support.net import Answer, connect, exchange, read_answers, request_bytes
+from ringlb_harness.backends.framing import ByteLogBackend, LenientBackend, ReuseDropBackend, parse_requests
+from ringlb_harness.backends.main import MainBackend
+from ringlb_harness.backends.process import BackendProcess
+from ringlb_harness.backends.scaler import FakeScaler
+from ringlb_harness.balancer import Balancer, membership_doc
+from ringlb_harness.http1 import Answer, exchange, read_answers, request_bytes
+from ringlb_harness.net import connect
 
 pytestmark = pytest.mark.integration
 

@@ -12,15 +12,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.local import LocalMode
+from ringlb_harness.local import LocalMode
+from ringlb_harness.prometheus import total
 
 pytestmark = pytest.mark.integration
 
 KEYS = [f"user-{i}" for i in range(30)]
-
-
-def counter(text: str, name: str) -> float:
-    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 def test_affine_routing_keeps_a_keys_cache_warm(tmp_path: Path) -> None:
@@ -44,6 +41,6 @@ def test_affine_routing_keeps_a_keys_cache_warm(tmp_path: Path) -> None:
     owners = {key: owner for key, owner, _ in first}
     assert all(owners[key] == owner for key, owner, _ in later)  # the same replica every time
     assert len(set(owners.values())) == 2  # both replicas hold keys
-    assert sum(counter(t, "ringlb_replica_cache_misses_total") for t in scraped) == len(KEYS)
-    assert sum(counter(t, "ringlb_replica_cache_hits_total") for t in scraped) == 2 * len(KEYS)
-    assert all(counter(t, "ringlb_replica_cache_size") == 100 for t in scraped)
+    assert sum(total(t, "ringlb_replica_cache_misses_total") for t in scraped) == len(KEYS)
+    assert sum(total(t, "ringlb_replica_cache_hits_total") for t in scraped) == 2 * len(KEYS)
+    assert all(total(t, "ringlb_replica_cache_size") == 100 for t in scraped)

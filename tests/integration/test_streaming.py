@@ -1,7 +1,7 @@
 """The data plane streams: real balancer process, test backends of our own, raw sockets.
 
 Every test talks to ``gunicorn -c python:ringlb_balancer.gunicorn_conf ringlb_balancer.wsgi:app``
-with one worker, on loopback; the backends are in tests/backends (not the replica image).
+with one worker, on loopback; the backends are in ringlb_harness.backends (not the replica image).
 No assertion depends on timing: the SSE stream is paced by the test itself, the slowloris
 deadlines are checked by their outcome (the connection is cut), and every wait is a generous
 deadline that costs nothing when the answer comes.
@@ -17,19 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.backends import BLOCK, PATTERN16, MainBackend
-from tests.support.balancer import Balancer
-from tests.support.net import (
-    Malformed,
-    connect,
-    dechunk,
-    one_answer,
-    parse_responses,
-    read_all,
-    request_bytes,
-    split_answer,
-    wait_until,
-)
+from ringlb_harness.backends.main import MainBackend
+from ringlb_harness.backends.server import BLOCK, PATTERN16
+from ringlb_harness.balancer import Balancer
+from ringlb_harness.http1 import Malformed, dechunk, one_answer, parse_responses, request_bytes, split_answer
+from ringlb_harness.net import connect, read_all, wait_until
 
 pytestmark = pytest.mark.integration
 

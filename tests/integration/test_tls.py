@@ -22,10 +22,13 @@ import pytest
 import requests
 import trustme
 
-from tests.backends import BLOCK, MainBackend
-from tests.support.balancer import Balancer, membership_doc
-from tests.support.local import LocalMode
-from tests.support.net import LOOPBACK, read_all, read_answers, request_bytes, split_answer, wait_until
+from ringlb_harness.backends.main import MainBackend
+from ringlb_harness.backends.server import BLOCK
+from ringlb_harness.balancer import Balancer, membership_doc
+from ringlb_harness.http1 import read_answers, request_bytes, split_answer
+from ringlb_harness.local import LocalMode
+from ringlb_harness.net import LOOPBACK, read_all, wait_until
+from ringlb_harness.prometheus import total
 
 pytestmark = pytest.mark.integration
 
@@ -106,10 +109,8 @@ class TlsBalancer(Balancer):
         with self.connect(context) as sock:
             return hashlib.sha256(sock.getpeercert(binary_form=True)).hexdigest()
 
-    def metric(self, line_start: str) -> float:
-        text = requests.get(f"{self.admin_url}/metrics", timeout=10).text
-        found = re.search(rf"^{re.escape(line_start)} (\S+)$", text, re.M)
-        return float(found.group(1)) if found else 0.0
+    def metric(self, name: str, **labels: str) -> float:
+        return total(requests.get(f"{self.admin_url}/metrics", timeout=10).text, name, **labels)
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +263,8 @@ def test_websocket_over_wss(balancer: TlsBalancer) -> None:
 
 def test_rotation_reaches_new_connections_and_open_ones_continue(balancer: TlsBalancer) -> None:
     certs = balancer.certs
-    failed_before = balancer.metric('ringlb_tls_reloads_total{result="failed"}')
-    loaded_before = balancer.metric('ringlb_tls_reloads_total{result="loaded"}')
+    failed_before = balancer.metric("ringlb_tls_reloads_total", result="failed")
+    loaded_before = balancer.metric("ringlb_tls_reloads_total", result="loaded")
     assert balancer.served_sha() == certs.sha
     kept = balancer.connect()
     try:
@@ -287,22 +288,22 @@ def test_rotation_reaches_new_connections_and_open_ones_continue(balancer: TlsBa
     finally:
         kept.close()
     wait_until(
-        lambda: balancer.metric('ringlb_tls_reloads_total{result="loaded"}') >= loaded_before + 2,
+        lambda: balancer.metric("ringlb_tls_reloads_total", result="loaded") >= loaded_before + 2,
         WAIT,
         what="both workers counted a reload",
     )
-    assert balancer.metric('ringlb_tls_reloads_total{result="failed"}') == failed_before
+    assert balancer.metric("ringlb_tls_reloads_total", result="failed") == failed_before
     certs.trust(new_ca)  # later tests trust the CA in force
     certs.sha = new_sha
 
 
 def test_a_malformed_certificate_keeps_the_old_one_and_is_counted(balancer: TlsBalancer) -> None:
     certs = balancer.certs
-    failed_before = balancer.metric('ringlb_tls_reloads_total{result="failed"}')
+    failed_before = balancer.metric("ringlb_tls_reloads_total", result="failed")
     certs.cert.write_text("-----BEGIN CERTIFICATE-----\nthis is not a certificate\n-----END CERTIFICATE-----\n")
     try:
         wait_until(
-            lambda: balancer.metric('ringlb_tls_reloads_total{result="failed"}') >= failed_before + 2,
+            lambda: balancer.metric("ringlb_tls_reloads_total", result="failed") >= failed_before + 2,
             WAIT,
             what="both workers counted the failed reload",
         )

@@ -20,12 +20,12 @@ import requests
 
 from ringlb_balancer.local.warmup import step_count
 from ringlb_balancer.status import moved_fraction
+from ringlb_harness.local import LocalMode
+from ringlb_harness.net import wait_until
+from ringlb_harness.proc import pids_listening
 from ringlb_ring import hashing
 from ringlb_ring.hashing import warmup as plan_tables
 from ringlb_ring.membership import parse
-from tests.support.local import LocalMode
-from tests.support.net import wait_until
-from tests.support.proc import pids_listening
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def changes_after(local: LocalMode, revision: int, count: int) -> list[dict]:
         newer = sorted((c for c in log if c["revision"] > revision), key=lambda c: c["revision"])
         return newer if len(newer) >= count else None
 
-    return wait_until(found, 30, 0.1, what=f"{count} change-log entries after revision {revision}")
+    return wait_until(found, 30, interval=0.1, what=f"{count} change-log entries after revision {revision}")
 
 
 def expected_moves(old: list[str], new: list[str]) -> list[float]:
@@ -145,7 +145,7 @@ def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path:
         wait_until(
             lambda: prober.probe() or "transition" not in local.membership()["hashing"],
             60,
-            0.02,
+            interval=0.02,
             what="the last step of the scale-up",
         )
         prober.probe()
@@ -160,7 +160,7 @@ def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path:
             )
         )
         rm.start()
-        wait_until(lambda: prober.probe() or not rm.is_alive(), 60, 0.02, what="/rm to return")
+        wait_until(lambda: prober.probe() or not rm.is_alive(), 60, interval=0.02, what="/rm to return")
         rm.join()
         assert removal["reply"].status_code == 200, removal["reply"].text
         assert removal["reply"].json()["message"]["replicas"] == OLD  # returned after the last step

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,6 +75,30 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def replica_command(port: int, workers: int = 1, extra: Sequence[str] = ()) -> list[str]:
+    """A replica as local mode runs it (the image's gunicorn, gthread with 4 threads), with an
+    idle keep-alive of 30 s so that the balancer's connection reuse does not depend on speed.
+    ``extra``: more gunicorn options (an access log). The benchmarks and tests start it so too."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "4",
+        "--keep-alive",
+        "30",
+        "--no-control-socket",
+        *extra,
+        "ringlb_replica.wsgi:app",
+    ]
 
 
 @dataclass
@@ -208,23 +232,7 @@ class Supervisor:
             RINGLB_REPLICA_CACHE_SIZE=str(self.config.cache_size),
             RINGLB_REPLICA_MISS_COST_MS=str(self.config.miss_cost_ms),
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{replica.port}",
-            "--workers",
-            str(self.config.replica_workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "4",
-            "--keep-alive",
-            "30",
-            "--no-control-socket",
-            "ringlb_replica.wsgi:app",
-        ]
+        cmd = replica_command(replica.port, self.config.replica_workers)
         replica.process = self._popen(cmd, env, replica.name)
         replica.ready = False
 

@@ -20,11 +20,13 @@ OWNER = Owner("web", "ns", "uid-web")
 DEADLINE = 60.0  # generous: passes run on threads, and CI builds a cluster beside these tests
 
 
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until ``predicate`` holds; fail naming ``what`` after DEADLINE s."""
-    deadline = time.monotonic() + DEADLINE
+async def until(predicate: Callable[[], bool], timeout: float = DEADLINE, what: str = "condition") -> None:
+    """Yield to the loop until ``predicate`` holds; fail naming ``what`` after ``timeout`` s.
+    Async, unlike ringlb_harness.net.wait_until (same argument order): what it waits for
+    happens in tasks of this same loop."""
+    deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"no {what} after {DEADLINE:g}s"
+        assert time.monotonic() < deadline, f"no {what} after {timeout:g}s"
         await asyncio.sleep(0.01)
 
 

@@ -115,12 +115,12 @@ def test_daemon_passes_on_wakeup_and_stops(kube: FakeKube, monkeypatch: pytest.M
             )
         )
         # A pass creates the pods one by one on a thread: wait for all three, not for the first.
-        await until(lambda: len(kube.pods()) == 3, "three replica pods")
+        await until(lambda: len(kube.pods()) == 3, what="three replica pods")
         assert kube.pods() == ["web-server-1", "web-server-2", "web-server-3"]
         creates = kube.count("create", "Pod")
         body["spec"] = {"replicas": 4}
         handlers.wake(memo, "ns", "web")
-        await until(lambda: len(kube.pods()) == 4, "a fourth replica pod")
+        await until(lambda: len(kube.pods()) == 4, what="a fourth replica pod")
         assert len(kube.pods()) == 4 and kube.count("create", "Pod") == creates + 1
         stopped.event.set()
         handlers.wake(memo, "ns", "web")
@@ -152,7 +152,7 @@ def test_daemon_survives_api_errors(kube: FakeKube, monkeypatch: pytest.MonkeyPa
                 pusher=Pusher(),
             )
         )
-        await until(lambda: any("retrying" in m for m in log.messages), "a logged retry")
+        await until(lambda: any("retrying" in m for m in log.messages), what="a logged retry")
         stopped.event.set()
         handlers.wake(memo, "ns", "web")
         await asyncio.wait_for(task, DEADLINE)

@@ -535,7 +535,7 @@ def test_the_daemon_passes_the_nodes_and_comes_back_when_a_pod_is_due(
             )
         )
         # the first pass says "due in 1.25 s"; the second force-deletes
-        await until(lambda: bool(kube.deletes), "a force-delete")
+        await until(lambda: bool(kube.deletes), what="a force-delete")
         stopped.event.set()
         handlers.wake(memo, "ns", "web")
         await asyncio.wait_for(task, DEADLINE)

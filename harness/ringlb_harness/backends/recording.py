@@ -2,7 +2,7 @@
 strict HTTP/1.1 server parsed it) and raw-socket misbehaving ones (stray bytes, a 101 nobody
 asked for, 5,000 header fields, tunnels that end in every way, an upgrade never answered).
 
-Both run in a thread of the test process (``ServerThread`` from tests.backends) and answer
+Both run in a thread of the test process (``ServerThread``, backends.server) and answer
 ``GET /heartbeat`` with 200, so the balancer's health checks keep them in.
 """
 
@@ -16,7 +16,8 @@ from typing import cast
 
 import h11
 
-from tests.backends import LOOPBACK, Request, ServerThread, parse_head, read_head
+from ringlb_harness.backends.server import Request, ServerThread, parse_head, read_head
+from ringlb_harness.net import LOOPBACK
 
 STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!"  # a whole fake answer: its marker must reach no client
 MARKER = b"STRAY!"
@@ -148,11 +149,15 @@ class RecordingBackend(ServerThread):
         self.requests: list[Recorded] = []
         self.errors: list[str] = []
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         return await asyncio.get_running_loop().create_server(lambda: _RecordingProtocol(self), LOOPBACK, self.port)
 
     def clear(self) -> None:
-        self.call(lambda: (self.requests.clear(), self.errors.clear()))
+        def empty() -> None:
+            self.requests.clear()
+            self.errors.clear()
+
+        self.call(empty)
 
     def received(self) -> list[Recorded]:
         return self.call(lambda: list(self.requests))
@@ -203,7 +208,7 @@ class RawBackend(ServerThread):
         self.state = RawState()
         self.stray_gate: asyncio.Event | None = None
 
-    async def _make_server(self) -> asyncio.AbstractServer:
+    async def _make_server(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, LOOPBACK, self.port)
 
     def snapshot(self) -> RawState:

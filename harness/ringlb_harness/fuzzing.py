@@ -12,7 +12,8 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.net import Malformed, connect, parse_responses
+from ringlb_harness.http1 import Malformed, parse_responses
+from ringlb_harness.net import connect
 
 METHODS = (
     ["GET"] * 4

@@ -1,8 +1,10 @@
 """``ringlb dev`` (local mode: balancer, replicas and the supervisor that scales them) as a
-subprocess on a free port, as a user runs it."""
+subprocess on a free port, as a user runs it: the integration tests', scripts/faults.py's and
+scripts/affinity.py's one driver of it."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
@@ -13,18 +15,27 @@ from pathlib import Path
 
 import requests
 
-from tests.support.net import free_port, wait_until
-from tests.support.proc import cmdline, tagged
+from ringlb_harness.net import free_port, wait_until
+from ringlb_harness.proc import children, cmdline, tagged
 
 TAG = "RINGLB_TEST_STACK"  # in the environment of every process of one stack, inherited
 GONE_WITHIN = 60.0  # generous: stopping waits for gunicorn's graceful exits on a loaded machine
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl  # loaded here, not between fork and exec
+
+
+def _die_with_parent() -> None:
+    """The stack gets SIGTERM (a clean stop) if the script that started it dies without its
+    finally blocks."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LocalMode:
     """``ringlb dev`` in a session of its own, so ``interrupt`` can do what a terminal's Ctrl-C
-    does: SIGINT to its whole foreground process group."""
+    does: SIGINT to its whole foreground process group. ``env`` adds to its environment;
+    ``die_with_parent``: SIGTERM to it when the thread that started it ends (a script's)."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None, die_with_parent: bool = False) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -46,8 +57,9 @@ class LocalMode:
             ],
             stdout=self.output,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, **{TAG: self.tag}),
+            env=dict(os.environ, **(env or {}), **{TAG: self.tag}),
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         self.session = requests.Session()
 
@@ -66,6 +78,21 @@ class LocalMode:
     def stack(self) -> set[int]:
         """Every live process of this stack, ``ringlb dev`` itself included."""
         return tagged(TAG, self.tag)
+
+    def running(self, marker: str) -> list[int]:
+        """The children of ``ringlb dev`` whose command line has ``marker`` (gunicorn masters:
+        ``ringlb_balancer.wsgi:app``, ``ringlb_replica.wsgi:app``)."""
+        return [p for p in children(self.process.pid) if marker in cmdline(p)]
+
+    def balancer_master(self) -> int | None:
+        return next(iter(self.running("ringlb_balancer.wsgi:app")), None)
+
+    def replica_pids(self, name: str) -> list[int]:
+        """The gunicorn master of replica ``name`` (found by the port ``/membership`` gives it)
+        and its workers."""
+        port = next(m["address"].rsplit(":", 1)[1] for m in self.membership()["members"] if m["name"] == name)
+        masters = [p for p in self.running("ringlb_replica.wsgi:app") if f"127.0.0.1:{port}" in cmdline(p)]
+        return [pid for m in masters for pid in (m, *children(m))]
 
     def interrupt(self) -> None:
         """Ctrl-C as a terminal sends it: SIGINT to the foreground process group."""

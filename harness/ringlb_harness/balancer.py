@@ -1,5 +1,7 @@
 """The balancer process as its image runs it: ``gunicorn -c python:ringlb_balancer.gunicorn_conf
-ringlb_balancer.wsgi:app``, one worker by default, on free loopback ports."""
+ringlb_balancer.wsgi:app``, one worker by default, on free loopback ports, its membership pushed
+as the operator pushes it. Tests, scripts/fuzz.py, scripts/bench.py and scripts/memory.py start
+it here."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from typing import Any
 
 import requests
 
-from tests.support import proc
-from tests.support.net import LOOPBACK, free_port, wait_until
+from ringlb_harness import proc
+from ringlb_harness.net import LOOPBACK, free_port
 
 TOKEN = "push-token"
 COMMAND = [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"]
@@ -39,7 +41,8 @@ def membership_doc(
 class Balancer:
     """One balancer process. ``admin=True`` gives it its own admin listener (as the image does);
     ``token=""`` starts it without a membership token. ``nofile`` lowers RLIMIT_NOFILE for it.
-    ``wait=False`` returns at once, before any worker answers."""
+    ``wait=False`` returns at once, before any worker answers. ``health_interval`` (s): the
+    tests' quick heartbeats; None keeps the balancer's own (what a benchmark measures)."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Balancer:
         nofile: int | None = None,
         name: str = "balancer",
         wait: bool = True,
+        health_interval: float | None = 0.5,
     ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -70,10 +74,11 @@ class Balancer:
             RINGLB_MEMBERSHIP_TOKEN=token,
             RINGLB_WORKERS=str(workers),
             RINGLB_STATE_DIR=str(state),
-            RINGLB_HEALTH_INTERVAL="0.5",
             RINGLB_LOOP=os.environ.get("RINGLB_LOOP", "uvloop"),
             PYTHONUNBUFFERED="1",
         )
+        if health_interval is not None:
+            full_env["RINGLB_HEALTH_INTERVAL"] = f"{health_interval:g}"
         full_env.update(env or {})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open until stop(), which closes it
 
@@ -182,15 +187,3 @@ class Balancer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_ready(balancer: Balancer, timeout: float = 10.0) -> None:
-    wait_until(
-        lambda: requests.get(f"{balancer.admin_url}/readyz", timeout=1).status_code == 200, timeout, what="/readyz 200"
-    )
-
-
-def timed(call: Any) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = call()
-    return time.perf_counter() - start, result

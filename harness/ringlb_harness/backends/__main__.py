@@ -1,0 +1,5 @@
+import sys
+
+from ringlb_harness.backends.process import main
+
+sys.exit(main())

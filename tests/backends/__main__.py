@@ -1,5 +1,0 @@
-import sys
-
-from tests.backends import main
-
-sys.exit(main())
