@@ -157,10 +157,14 @@ def test_answer_relayed_and_connection_reused(make):
     run(body)
 
 
-def test_a_draining_engine_answers_with_connection_close_then_closes(make):
+@pytest.mark.parametrize("who", ["this worker", "a sibling"])
+def test_a_draining_engine_answers_with_connection_close_then_closes(make, who):
     async def body():
         h = make()
-        h.engine.serving = False  # what the worker sets on SIGTERM
+        if who == "this worker":
+            h.engine.retiring = True  # what the worker sets on SIGTERM
+        else:
+            h.engine.shared.draining = True  # a sibling's SIGTERM: the flag in the shared map
         client, out = h.client()
         client.data_received(GET)
         await settle()
@@ -182,7 +186,7 @@ def test_a_drain_beginning_mid_answer_keeps_the_connection_its_head_promised(mak
         await settle()
         up = h.upstream()
         up.data_received(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n")
-        h.engine.serving = False  # SIGTERM between the head and the body
+        h.engine.retiring = True  # SIGTERM between the head and the body
         up.data_received(b"hello")
         assert b"Connection: close" not in out.take() and not out.closed  # the client may reuse it
         client.data_received(GET)
