@@ -29,18 +29,18 @@ from ringlb_operator.spec import Spec
 from ringlb_operator.timestamps import format_time, parse_time
 from ringlb_ring import hashing
 from ringlb_ring.hashing import HashingConfig, Transition
-from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES, plan
+from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES, Schedule
 from ringlb_ring.membership import format_address
 
 JOINING = "Joining"
 DRAINING = "Draining"
 
 
-def step_count(warmup_seconds: int) -> int:
-    """Published steps of a warm-up: one every ``WARMUP_STEP_SECONDS`` or so, 2 at least (a
-    first slice at once, the final table at the end), ``WARMUP_MAX_STEPS`` at most (each step
-    is one push to every balancer pod)."""
-    return max(2, min(c.WARMUP_MAX_STEPS, 1 + warmup_seconds // c.WARMUP_STEP_SECONDS))
+def schedule(warmup_seconds: int) -> Schedule:
+    """A published step every ``WARMUP_STEP_SECONDS`` or so, 2 at least (a first slice at once,
+    the final table at the end), ``WARMUP_MAX_STEPS`` at most (each step is one push to every
+    balancer pod)."""
+    return Schedule(warmup_seconds, c.WARMUP_STEP_SECONDS, 2, c.WARMUP_MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -130,18 +130,14 @@ def due(
         ramp = Ramp(before, wanted, format_time(at))
     else:
         ramp = Ramp(tuple(n for n in ramp.source if n in servable), wanted, ramp.started_at)
-    if not ramp.source or not ramp.target or set(ramp.source) == set(ramp.target):
-        return Due(wanted)  # nothing to warm from, no one to hand over to, or nothing changes
-    steps = step_count(warmup_seconds)
     started = parse_time(ramp.started_at)
     assert started is not None  # read() and format_time() give parseable times
-    elapsed = max(0.0, (at - started).total_seconds())  # a clock that went back: the first step
-    step = min(steps, 1 + int(elapsed * (steps - 1) // warmup_seconds))
-    if step >= steps:
-        return Due(wanted)
-    current = plan(ramp.source, ramp.target, steps)[step - 1]
-    next_at = started + datetime.timedelta(seconds=step * warmup_seconds / (steps - 1))
-    return Due(current.members, current.transition, ramp, step, steps, next_at)
+    found = schedule(warmup_seconds).due(ramp.source, ramp.target, (at - started).total_seconds())
+    if found is None:
+        return Due(wanted)  # nothing to warm from, no one to hand over to, nothing changes, or over
+    current = found.current
+    next_at = started + datetime.timedelta(seconds=found.next_in)
+    return Due(current.members, current.transition, ramp, found.step, found.steps, next_at)
 
 
 def leaving(owner: Owner, spec: Spec, pods: Sequence[PodView], retiring: Collection[str]) -> dict[str, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ringlb_balancer.local.warmup import step_count
+from ringlb_balancer.local.warmup import schedule
 from ringlb_balancer.status import moved_fraction
 from ringlb_harness.local import LocalMode
 from ringlb_harness.net import wait_until
@@ -29,7 +29,7 @@ from ringlb_ring.membership import parse
 
 pytestmark = pytest.mark.integration
 
-WARMUP = 4  # seconds: step_count gives 5 pushes, one a second
+WARMUP = 4  # seconds: schedule(WARMUP).steps is 5 pushes, one a second
 OLD = ["Server 1", "Server 2", "Server 3"]
 NEW = [*OLD, "S4"]
 PROBE = [f"probe-{i}" for i in range(40)]  # the fixed key set whose routing is checked per revision
@@ -111,7 +111,7 @@ def expected_moves(old: list[str], new: list[str]) -> list[float]:
     """What each step of the plan moves, computed from the tables as the balancer does."""
     tables = [hashing.build(old, CONFIG)] + [
         hashing.build(s.members, replace(CONFIG, transition=s.transition))
-        for s in plan_tables.plan(old, new, step_count(WARMUP))
+        for s in plan_tables.plan(old, new, schedule(WARMUP).steps)
     ]
     return [moved_fraction(a, b) for a, b in itertools.pairwise(tables)]
 
@@ -149,7 +149,7 @@ def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path:
             what="the last step of the scale-up",
         )
         prober.probe()
-        up = changes_after(local, before_up, step_count(WARMUP))
+        up = changes_after(local, before_up, schedule(WARMUP).steps)
         s4_port = int(next(m["address"] for m in local.membership()["members"] if m["name"] == "S4").rsplit(":")[1])
 
         before_down = up[-1]["revision"]
@@ -164,7 +164,7 @@ def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path:
         rm.join()
         assert removal["reply"].status_code == 200, removal["reply"].text
         assert removal["reply"].json()["message"]["replicas"] == OLD  # returned after the last step
-        down = changes_after(local, before_down, step_count(WARMUP))
+        down = changes_after(local, before_down, schedule(WARMUP).steps)
         wait_until(lambda: not pids_listening(s4_port), 60, what="S4's process to stop after its hand-over")
         prober.probe()
         load.stop()
@@ -175,7 +175,7 @@ def test_scale_up_and_down_move_keys_in_steps_without_a_failed_request(tmp_path:
     assert not leftovers, f"processes outlived ringlb dev: {leftovers}"
 
     # every step pushed with a revision of its own, moving what the plan's table moves
-    steps = step_count(WARMUP)
+    steps = schedule(WARMUP).steps
     assert [c["revision"] for c in up] == list(range(before_up + 1, before_up + 1 + steps))
     assert [c["added"] for c in up] == [["S4"]] + [[]] * (steps - 1)
     assert [c["moved"] for c in up] == pytest.approx(expected_moves(OLD, NEW))

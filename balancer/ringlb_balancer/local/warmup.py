@@ -20,17 +20,15 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ringlb_ring.hashing import Transition
-from ringlb_ring.hashing.warmup import MAX_STEPS, WARMUP_STRATEGIES, plan
+from ringlb_ring.hashing.warmup import WARMUP_STRATEGIES, Schedule
 
 MAX_SECONDS = 3600.0  # as the operator's spec.hashing.warmupSeconds
 STEP_SECONDS = 1.0  # about one push a second: local mode has one balancer to push to, not a fleet
 MIN_STEPS = 4  # a first slice, two in between, the final table: fewer is hardly gradual
 
 
-def step_count(seconds: float) -> int:
-    """Pushes of a warm-up of ``seconds``: one every ``STEP_SECONDS`` (the first at once, the
-    last at the end), at least ``MIN_STEPS``, at most ``MAX_STEPS``."""
-    return max(MIN_STEPS, min(MAX_STEPS, 1 + int(seconds // STEP_SECONDS)))
+def schedule(seconds: float) -> Schedule:
+    return Schedule(seconds, STEP_SECONDS, MIN_STEPS)
 
 
 @dataclass(frozen=True)
@@ -81,12 +79,8 @@ def due(
         ramp = Ramp(tuple(n for n in published if n in servable), wanted, now)
     else:
         ramp = Ramp(tuple(n for n in ramp.source if n in servable), wanted, ramp.started)
-    if not ramp.source or not ramp.target or set(ramp.source) == set(ramp.target):
-        return Due(wanted)  # nothing to warm from, no one to hand over to, or nothing changes
-    steps = step_count(seconds)
-    elapsed = max(0.0, now - ramp.started)
-    step = min(steps, 1 + int(elapsed * (steps - 1) // seconds))
-    if step >= steps:
-        return Due(wanted)
-    current = plan(ramp.source, ramp.target, steps)[step - 1]
-    return Due(current.members, current.transition, ramp, step, steps, ramp.started + step * seconds / (steps - 1))
+    found = schedule(seconds).due(ramp.source, ramp.target, now - ramp.started)
+    if found is None:
+        return Due(wanted)  # nothing to warm from, no one to hand over to, nothing changes, or over
+    current = found.current
+    return Due(current.members, current.transition, ramp, found.step, found.steps, ramp.started + found.next_in)

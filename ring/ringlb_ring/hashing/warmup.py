@@ -101,6 +101,50 @@ def plan(old_members: Sequence[str], new_members: Sequence[str], steps: int) -> 
     return out
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """When each step of a warm-up of ``seconds`` is due: one push every ``step_seconds`` or
+    so, ``min_steps`` to ``max_steps`` of them; step k of S (1-based) is due
+    ``(k-1) * seconds / (S-1)`` after the start, so the first slice moves at once and the
+    final table comes ``seconds`` after it. The operator and the local supervisor differ only
+    in the step length (one push reaches a fleet of balancer pods, or one balancer)."""
+
+    seconds: float
+    step_seconds: float
+    min_steps: int = 2
+    max_steps: int = MAX_STEPS
+
+    @property
+    def steps(self) -> int:
+        return max(self.min_steps, min(self.max_steps, 1 + int(self.seconds // self.step_seconds)))
+
+    def due(self, source: Sequence[str], target: Sequence[str], elapsed: float) -> Due | None:
+        """The step of the change from ``source`` to ``target`` due ``elapsed`` seconds after it
+        began (a clock that went back counts as the start). None when there is nothing to
+        ramp (no source, no target, the same members) or the ramp is over: the direct table
+        of ``target`` is then what to push."""
+        if self.seconds <= 0 or not source or not target or set(source) == set(target):
+            return None
+        if elapsed >= self.seconds:  # not left to the division below: k * s / (S-1) rounds
+            return None
+        steps = self.steps
+        step = min(steps, 1 + int(max(0.0, elapsed) * (steps - 1) // self.seconds))
+        if step >= steps:
+            return None
+        return Due(plan(source, target, steps)[step - 1], step, steps, step * self.seconds / (steps - 1))
+
+
+@dataclass(frozen=True)
+class Due:
+    """A step of a warm-up in progress: what to push (``current``), which step of how many,
+    and ``next_in``: seconds from the start of the warm-up until the next step is due."""
+
+    current: Step
+    step: int
+    steps: int
+    next_in: float
+
+
 def blend(members: Sequence[str], old: Strategy, new: Strategy, fraction: float) -> Maglev | Ring:
     """The intermediate table over ``members`` (old's and new's members, in the document's
     order): the first ``fraction`` of what changes owner between ``old`` and ``new`` moved."""

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from ringlb_balancer.local.warmup import Due, Ramp, due, step_count
+from ringlb_balancer.local.warmup import Due, Ramp, due, schedule
 from ringlb_ring import hashing
 from ringlb_ring.hashing.warmup import MAX_STEPS
 
@@ -33,7 +33,7 @@ def replay(published, target, servable, seconds, times, strategy="maglev"):
 
 @pytest.mark.parametrize("seconds, steps", [(0.5, 4), (3, 4), (4, 5), (10, 11), (10.9, 11), (1000, MAX_STEPS)])
 def test_one_step_a_second_within_bounds(seconds, steps):
-    assert step_count(seconds) == steps
+    assert schedule(seconds).steps == steps
 
 
 @pytest.mark.parametrize("seconds, strategy", [(0, "maglev"), (10, "round-robin"), (10, "random"), (10, "seed")])

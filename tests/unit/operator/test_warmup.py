@@ -45,7 +45,7 @@ def rows(names: list[str]) -> dict[str, Any]:
 # -- the step due -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("seconds", "steps"), [(1, 2), (4, 2), (5, 2), (10, 3), (20, 5), (60, 13), (3600, 20)])
 def test_step_count(seconds: int, steps: int) -> None:
-    assert warmup.step_count(seconds) == steps
+    assert warmup.schedule(seconds).steps == steps
 
 
 @pytest.mark.parametrize(

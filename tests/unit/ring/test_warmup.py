@@ -273,3 +273,26 @@ def test_document_transition_errors(members, transition, message):
 def test_document_transition_needs_a_strategy_with_final_owners():
     with pytest.raises(MembershipError, match="hashing: transition: only for strategies maglev, ring, not 'random'"):
         parse(doc_of(["A", "B"], {"from": ["A", "B"], "to": ["A"], "fraction": 0.5}, strategy="random"))
+
+
+@given(
+    seconds=st.floats(0.5, 3600),
+    step_seconds=st.sampled_from([1.0, 5.0]),
+    times=st.lists(st.floats(-10, 4000), min_size=2, max_size=20),
+)
+def test_a_schedule_moves_forward_only_and_ends_at_the_direct_table(seconds, step_seconds, times) -> None:
+    """Later is never an earlier step; the next step is due after now; past ``seconds`` the ramp
+    is over (None: push the direct table of the target)."""
+    schedule = warmup.Schedule(seconds, step_seconds, 2, 20)
+    source, target = ("a", "b", "c"), ("a", "b", "c", "d")
+    seen = 0
+    for elapsed in sorted(times):
+        due = schedule.due(source, target, elapsed)
+        if elapsed >= seconds:
+            assert due is None
+            continue
+        assert due is not None and 2 <= due.steps <= 20
+        assert seen <= due.step < due.steps and due.next_in > max(0.0, elapsed)
+        assert due.current.transition is not None and due.current.transition.fraction == due.step / due.steps
+        seen = due.step
+    assert schedule.due(source, source, 0.0) is None and schedule.due((), target, 0.0) is None
