@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import shutil
@@ -257,3 +258,37 @@ def owner_of(local: LocalMode, key: str) -> str:
     reply = requests.get(f"{local.url}/status/lookup", params={"key": key}, timeout=WAIT)
     reply.raise_for_status()
     return json.loads(reply.content)["owner"]
+
+
+def test_a_warm_up_shows_its_ramp_then_ends(browser: Browser, tmp_path: Path) -> None:
+    """``ringlb dev --warmup``: after ``/add`` the page shows the joining member, how far the
+    keys have moved and each member's share once the warm-up ends; when the final table is in
+    force the panel goes and the shares are the final ones."""
+    local = LocalMode(tmp_path, "--warmup", "20")
+    page = browser.new_page(viewport={"width": 1440, "height": 820})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        local.wait_replicas(3)
+        page.goto(f"{local.url}/status")
+        expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        expect(page.locator("#warmup")).to_be_hidden()
+        reply = requests.post(f"{local.url}/add", json={"n": 1}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        expect(page.locator("#warmup")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#warmup-text")).to_contain_text("joining Server 4")
+        fraction = float(page.locator("#warmup-progress").get_attribute("data-fraction"))
+        assert 0.0 < fraction < 1.0, fraction
+        final = page.locator('#members tbody tr[data-name="Server 4"] td.share .final')
+        expect(final).to_have_count(1)
+        final_share = float(final.get_attribute("data-final"))
+        assert 0.2 < final_share < 0.3, final_share  # a quarter of the keys, once the warm-up ends
+        expect(page.locator("#warmup")).to_be_hidden(timeout=4 * WAIT_MS)  # the 20 s ramp, then the final table
+        expect(page.locator("#members td.share .final")).to_have_count(0)
+        shares = shares_on_page(page)
+        assert len(shares) == 4 and math.isclose(shares["Server 4"], final_share, rel_tol=1e-9), shares
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        page.close()
+        leftovers = local.stop()
+        assert not leftovers, f"processes outlived ringlb dev: {leftovers}"
