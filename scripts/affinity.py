@@ -14,7 +14,13 @@ N (``DELETE /rm`` of Server 1, a warm member), a replica SIGKILLed (the supervis
 only the scale-up and the scale-down, ``--warmup 0`` and ``--warmup W``, spaced W + settle
 seconds apart. Per event: keys moved (from the tables before and after), lost hits (misses
 above the steady rate, summed until the next event), peak miss rate (the most misses in one
-second), time back to the steady hit rate, p99 until the next event, failed requests.
+second), time back to the steady hit rate, p99 until the next event, failed requests. Last, two
+steady-only maglev runs where one key takes ``--hot-share`` of the requests, without and with
+bounded load: hit rate and p99, overall and the hot key's.
+
+W defaults to 60 s: a key that moves is a miss only when next requested, and the tail keys of
+this Zipf stream come every few seconds, so a step every second of a short warm-up still lands
+the misses of several steps in the same second; a longer ramp spreads them thinner.
 
 Writes docs/analysis/affinity.json and affinity-*.png; the last line printed is
 ``hit_rate_maglev=H hit_rate_round_robin=R warmup_peak_miss_ratio=P warmup_p99_ratio=Q failed=F``:
@@ -26,9 +32,11 @@ failed request of every run.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -63,6 +71,8 @@ STRATEGIES = {  # label -> (strategy, bounded load)
 EVENTS = ("scale-up", "scale-down", "replica-kill", "balancer-restart")
 VICTIM = "Server 2"  # SIGKILLed
 LEAVER = "Server 1"  # removed by the scale-down: a warm member, whose keys land on others' caches
+HOT_KEY = "key-hot"  # the hot-key runs' one key that takes ``hot_share`` of all requests
+HOT_RUNS = {"maglev-hot": 0.0, "maglev-bounded-hot": 1.25}  # label -> bounded load
 SMOOTH = 5  # seconds of trailing window for "back to the steady hit rate"
 TOLERANCE = 0.02  # ... within this much of it (plus 3 standard errors of the window)
 
@@ -79,7 +89,8 @@ class Settings:
     rate: float = 120.0
     cache_size: int = 160
     miss_cost_ms: float = 10.0
-    warmup: float = 30.0
+    warmup: float = 60.0
+    hot_share: float = 0.2
     fill: float = 5.0  # seconds of load before the steady window
     steady: float = 12.0
     spacing: float = 10.0  # seconds between the events of a strategy run
@@ -172,6 +183,23 @@ def event_figures(
     }
 
 
+def hot_figures(samples: Sequence[Sample], start: float, end: float) -> dict[str, Any]:
+    """What the hot key does in the steady window: its share of the requests, its own hit rate
+    and p99, how many replicas answered it, and the busiest replica's share of all answers."""
+    window = [s for s in samples if start <= s.start < end]
+    hot = [s for s in window if s.key == HOT_KEY]
+    answered = [s for s in hot if not s.failure]
+    hits = sum(1 for s in answered if s.cache == "hit")
+    served = collections.Counter(s.replica for s in window if s.replica)
+    return {
+        "share": len(hot) / len(window) if window else None,
+        "hit_rate": hits / len(answered) if answered else None,
+        "p99_ms": percentile(latencies(hot, start, end), 99),
+        "replicas": len({s.replica for s in answered}),
+        "busiest_replica_share": max(served.values()) / sum(served.values()) if served else None,
+    }
+
+
 def moved(before: dict[str, Any], after: dict[str, Any], keys: Sequence[str]) -> float | None:
     """Fraction of ``keys`` whose owner differs between two membership documents; None for
     strategies where the key does not choose the member."""
@@ -239,8 +267,10 @@ def run(
     spacing: float,
     opts: Settings,
     workdir: Path,
+    hot: float = 0.0,
 ) -> dict[str, Any]:
-    """One ``ringlb dev`` stack under the Zipf load, the events at fixed times; figures."""
+    """One ``ringlb dev`` stack under the Zipf load (with ``hot``: that share of the requests
+    replaced by one key, ``HOT_KEY``), the events at fixed times; figures."""
     args = [
         "--replicas",
         str(opts.replicas),
@@ -262,6 +292,10 @@ def run(
     times = {name: start + i * spacing for i, name in enumerate(events)}
     duration = start + len(events) * spacing
     stream = zipf_keys(int(duration * opts.rate), opts.keys, opts.exponent, opts.seed)
+    if hot:
+        draw = random.Random(opts.seed + 1)
+        stream = [HOT_KEY if draw.random() < hot else key for key in stream]
+        keys.append(HOT_KEY)
     marks: dict[str, dict[str, Any]] = {}
     try:
         stack.wait_replicas(opts.replicas)
@@ -320,6 +354,7 @@ def run(
         "bounded_load": bounded,
         "warmup_s": warmup,
         "steady": steady,
+        **({"hot": hot_figures(samples, opts.fill, start)} if hot else {}),
         "events": figures,
         "requests": outcome.sent,
         "failed": outcome.failed,
@@ -398,7 +433,7 @@ def plot_events(runs: dict[str, dict[str, Any]], path: Path) -> None:
         ("failed", "failed requests"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    labels = list(runs)
+    labels = [label for label, r in runs.items() if r["events"]]  # the hot-key runs have none
     width = 0.8 / max(len(labels), 1)
     for ax, (metric, title) in zip(axes.flat, metrics):
         for j, label in enumerate(labels):
@@ -434,6 +469,27 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
                 head + f"| {name} | {f(e['keys_moved'], '{:.3f}')} | {f(e['lost_hits'], '{:.0f}')} | "
                 f"{e['peak_miss_rate']} | {f(e['back_to_steady_s'], '{:.0f}')} | {f(e['p99_ms'])} | {e['failed']} |"
             )
+    return "\n".join(lines)
+
+
+def hot_table(runs: dict[str, dict[str, Any]]) -> str:
+    def f(v: Any, fmt: str = "{:.1f}") -> str:
+        return "—" if v is None else fmt.format(v)
+
+    lines = [
+        "| run | bounded load | hit rate | p50 ms | p99 ms | hot key's share | its hit rate | its p99 ms | "
+        "replicas answering it | busiest replica's share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in runs.items():
+        if "hot" not in r:
+            continue
+        s, h = r["steady"], r["hot"]
+        lines.append(
+            f"| {label} | {r['bounded_load'] or 'off'} | {f(s['hit_rate'], '{:.3f}')} | {f(s['p50_ms'])} | "
+            f"{f(s['p99_ms'])} | {f(h['share'], '{:.3f}')} | {f(h['hit_rate'], '{:.3f}')} | {f(h['p99_ms'])} | "
+            f"{h['replicas']} | {f(h['busiest_replica_share'], '{:.3f}')} |"
+        )
     return "\n".join(lines)
 
 
@@ -498,6 +554,15 @@ def readme_section(result: dict[str, Any], command: str) -> str:
             "",
             table(result["runs"]),
             "",
+            f"One hot key: maglev without and with bounded load (c = {HOT_RUNS['maglev-bounded-hot']:g}), "
+            f"the same stream but {o['hot_share']:.0%} of the requests replaced by one key, `{HOT_KEY}`; "
+            f"figures over the steady window (no events). With bounded load a request for the hot key goes to "
+            "the next member of its preference order whenever its owner holds more than c times the mean "
+            "in-flight count, so the key ends up cached on several replicas: each such first request there is "
+            "a miss, the owner's queue is shorter.",
+            "",
+            hot_table(result["runs"]),
+            "",
             "```",
             last_line(s),
             "```",
@@ -531,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies", default=",".join(STRATEGIES), help="comma-separated labels of the strategy runs"
     )
     parser.add_argument("--no-warmup-runs", action="store_true", help="skip the two maglev warm-up comparison runs")
+    parser.add_argument("--no-hot-runs", action="store_true", help="skip the two hot-key runs")
     for name, value in asdict(d).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
     parser.add_argument("--out", type=Path, default=OUT, help="where the JSON and the plots go")
@@ -545,12 +611,13 @@ def main(argv: list[str] | None = None) -> int:
         and 0 < opts.rate <= 2000
         and opts.spacing > 0
         and 0 <= opts.warmup <= 600
+        and 0 < opts.hot_share < 1
         and opts.fill >= 0
         and opts.steady >= 1
     ):
         parser.error(
             "out of range: --replicas 1..20, --keys 1..1000000, --rate 0..2000, --warmup 0..600, "
-            "--spacing > 0, --steady >= 1"
+            "--hot-share strictly between 0 and 1, --spacing > 0, --steady >= 1"
         )
     t_start = time.monotonic()
     runs: dict[str, dict[str, Any]] = {}
@@ -563,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs[label] = run(
                     label, "maglev", 0.0, warmup, ("scale-up", "scale-down"), opts.warmup + opts.settle, opts, Path(tmp)
                 )
+        if not args.no_hot_runs:
+            for label, bounded in HOT_RUNS.items():
+                runs[label] = run(label, "maglev", bounded, 0.0, (), opts.spacing, opts, Path(tmp), opts.hot_share)
     result: dict[str, Any] = {
         "settings": asdict(opts),
         "cores": os.cpu_count(),
