@@ -448,10 +448,12 @@ def plot_events(runs: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def table(runs: dict[str, dict[str, Any]]) -> str:
-    def f(v: Any, fmt: str = "{:.1f}") -> str:
-        return "—" if v is None else fmt.format(v)
+def shown(v: Any, fmt: str = "{:.1f}") -> str:
+    """A figure for the tables: — where there is none."""
+    return "—" if v is None else fmt.format(v)
 
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| run | steady hit rate | p50 ms | p99 ms | event | keys moved | lost hits | peak misses/s | "
         "back to steady s | p99 during ms | failed |",
@@ -461,21 +463,19 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         s = r["steady"]
         for i, (name, e) in enumerate(r["events"].items()):
             head = (
-                f"| {label} | {f(s['hit_rate'], '{:.3f}')} | {f(s['p50_ms'])} | {f(s['p99_ms'])} "
+                f"| {label} | {shown(s['hit_rate'], '{:.3f}')} | {shown(s['p50_ms'])} | {shown(s['p99_ms'])} "
                 if i == 0
                 else "| | | | "
             )
             lines.append(
-                head + f"| {name} | {f(e['keys_moved'], '{:.3f}')} | {f(e['lost_hits'], '{:.0f}')} | "
-                f"{e['peak_miss_rate']} | {f(e['back_to_steady_s'], '{:.0f}')} | {f(e['p99_ms'])} | {e['failed']} |"
+                head + f"| {name} | {shown(e['keys_moved'], '{:.3f}')} | {shown(e['lost_hits'], '{:.0f}')} | "
+                f"{e['peak_miss_rate']} | {shown(e['back_to_steady_s'], '{:.0f}')} | {shown(e['p99_ms'])} | "
+                f"{e['failed']} |"
             )
     return "\n".join(lines)
 
 
 def hot_table(runs: dict[str, dict[str, Any]]) -> str:
-    def f(v: Any, fmt: str = "{:.1f}") -> str:
-        return "—" if v is None else fmt.format(v)
-
     lines = [
         "| run | bounded load | hit rate | p50 ms | p99 ms | hot key's share | its hit rate | its p99 ms | "
         "replicas answering it | busiest replica's share |",
@@ -486,9 +486,10 @@ def hot_table(runs: dict[str, dict[str, Any]]) -> str:
             continue
         s, h = r["steady"], r["hot"]
         lines.append(
-            f"| {label} | {r['bounded_load'] or 'off'} | {f(s['hit_rate'], '{:.3f}')} | {f(s['p50_ms'])} | "
-            f"{f(s['p99_ms'])} | {f(h['share'], '{:.3f}')} | {f(h['hit_rate'], '{:.3f}')} | {f(h['p99_ms'])} | "
-            f"{h['replicas']} | {f(h['busiest_replica_share'], '{:.3f}')} |"
+            f"| {label} | {r['bounded_load'] or 'off'} | {shown(s['hit_rate'], '{:.3f}')} | {shown(s['p50_ms'])} | "
+            f"{shown(s['p99_ms'])} | {shown(h['share'], '{:.3f}')} | {shown(h['hit_rate'], '{:.3f}')} | "
+            f"{shown(h['p99_ms'])} | "
+            f"{h['replicas']} | {shown(h['busiest_replica_share'], '{:.3f}')} |"
         )
     return "\n".join(lines)
 

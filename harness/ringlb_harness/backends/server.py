@@ -148,22 +148,22 @@ async def body_chunks(reader: asyncio.StreamReader, req: Request, piece: int = 1
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailer fields
                     pass
                 return
-            left = size
-            while left:
-                data = await reader.read(min(left, piece))
-                if not data:
-                    raise ConnectionError("body cut short")
-                left -= len(data)
+            async for data in _exactly(reader, size, piece):
                 yield data
             await reader.readexactly(2)
     else:
-        left = int(req.header("Content-Length") or 0)
-        while left:
-            data = await reader.read(min(left, piece))
-            if not data:
-                raise ConnectionError("body cut short")
-            left -= len(data)
+        async for data in _exactly(reader, int(req.header("Content-Length") or 0), piece):
             yield data
+
+
+async def _exactly(reader: asyncio.StreamReader, size: int, piece: int):
+    """``size`` bytes as they arrive, in pieces of at most ``piece`` bytes."""
+    while size:
+        data = await reader.read(min(size, piece))
+        if not data:
+            raise ConnectionError("body cut short")
+        size -= len(data)
+        yield data
 
 
 def head_bytes(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
