@@ -15,10 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +23,7 @@ import pytest
 import requests
 import yaml
 
+from ringlb_harness.load import LoadResult, run_load
 from ringlb_harness.net import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,46 +266,12 @@ def forward(web: str) -> Iterator[PortForward]:
         pf.close()
 
 
-@dataclass
-class LoadResult:
-    per_server: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    sent: int = 0
-
-
-HELLO = re.compile(r"Hello from Server: (.+)$")
-
-
 def load(
     url: str, requests_total: int, threads: int = 32, seconds: float = 120.0, stop: threading.Event | None = None
 ) -> LoadResult:
-    """GET /home ``requests_total`` times with random keys, bounded in count and time."""
-    result = LoadResult()
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
-
-    def worker(count: int) -> None:
-        session = requests.Session()
-        for _ in range(count):
-            if time.monotonic() > deadline or (stop is not None and stop.is_set()):
-                return
-            try:
-                reply = session.get(url + "/home", headers={"X-Request-ID": uuid.uuid4().hex}, timeout=10)
-                server = HELLO.search(reply.json()["message"]).group(1) if reply.ok else None
-                error = None if server else f"{reply.status_code} {reply.text[:100]}"
-            except (requests.RequestException, ValueError, AttributeError, KeyError) as exc:
-                server, error = None, f"{type(exc).__name__}: {exc}"[:200]
-            with lock:
-                result.sent += 1
-                if server:
-                    result.per_server[server] += 1
-                else:
-                    result.failures.append(error or "?")
-
-    shares = [requests_total // threads + (i < requests_total % threads) for i in range(threads)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(worker, shares))  # list(): re-raises anything a worker did not catch
-    return result
+    """GET /home ``requests_total`` times with random keys from ``threads`` threads, bounded in
+    count and time (the harness's closed loop)."""
+    return run_load(url + "/home", requests_total, threads, timeout=10, max_seconds=seconds, stop=stop, progress=False)
 
 
 def rep(url: str) -> list[str]:
