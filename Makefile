@@ -12,7 +12,7 @@ IMAGES := $(IMG_BALANCER) $(IMG_REPLICA) $(IMG_OPERATOR)
 KIND_CLUSTER ?= ringlb
 
 .DEFAULT_GOAL := help
-.PHONY: help venv dev lint test test-tools unit integration e2e bench bench-memory fuzz analysis affinity faults images crd deploy undeploy \
+.PHONY: help venv dev lint test test-tools test-hogged unit integration e2e bench bench-memory fuzz analysis affinity faults images crd deploy undeploy \
 	kind-up kind-down kind-node-image kind-e2e port-forward local-up local-down local-e2e local-images clean
 
 help: ## list targets
@@ -74,6 +74,9 @@ bench: venv ## ringlb vs nginx and HAProxy: replica table + CPU overhead table (
 
 bench-memory: venv ## ringlb worker RSS while 1 GiB streams down to a slow client and up to a slow backend
 	$(PY) scripts/memory.py $(ARGS)
+
+test-hogged: venv test-tools ## make test's suite RUNS times (default 10) with every core busy beside it (~5 min a run; not in CI)
+	scripts/test-hogged.sh $(or $(RUNS),10)
 
 fuzz: venv ## long request-path fuzz of the balancer (minutes, not in CI; ARGS="--seconds 600")
 	$(PY) scripts/fuzz.py $(ARGS)
