@@ -560,7 +560,9 @@ def readme_section(result: dict[str, Any], command: str) -> str:
             f"figures over the steady window (no events). With bounded load a request for the hot key goes to "
             "the next member of its preference order whenever its owner holds more than c times the mean "
             "in-flight count, so the key ends up cached on several replicas: each such first request there is "
-            "a miss, the owner's queue is shorter.",
+            "a miss, the owner's queue is shorter. It acts only on an owner that is busier than the others by "
+            "that factor: at a rate the replicas absorb, few requests are ever placed elsewhere (the replicas "
+            "answering the hot key say how many).",
             "",
             hot_table(result["runs"]),
             "",
@@ -571,6 +573,12 @@ def readme_section(result: dict[str, Any], command: str) -> str:
             "Goals (on these defaults):",
             "",
             *goals(s),
+            "",
+            "The p99 ratio compares the p99 of the requests sent during a warm-up with the steady p99 of the same "
+            "run. When every key fits the caches the steady p99 is a hit's; a miss costs "
+            f"{o['miss_cost_ms']:g} ms more, so any event window with over 1 % misses has a p99 near the miss "
+            "cost, warm-up or not: the ratio then says how much slower a miss is than a hit, and the peak "
+            "misses per second are what shows the warm-up spreading the misses out.",
             "",
             "Failed requests by event: " + ("; ".join(failures) if failures else "none") + ".",
             "",
