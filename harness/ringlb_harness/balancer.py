@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any
 
 import requests
 
+from ringlb_balancer.local.supervisor import balancer_command
 from ringlb_harness import proc
 from ringlb_harness.net import LOOPBACK, free_port
 
 TOKEN = "push-token"
-COMMAND = [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"]
+COMMAND = balancer_command()
 
 
 def member(name: str, port: int, host: str = LOOPBACK) -> dict[str, str]:

@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from ringlb_balancer.local.supervisor import balancer_command
 from ringlb_harness.net import free_port, wait_until
 
 TOKEN = "push-token"
@@ -98,14 +98,7 @@ class BalancerProcess:
             RINGLB_DRAIN_SECONDS="0",
         )
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:ringlb_balancer.gunicorn_conf",
-                "ringlb_balancer.wsgi:app",
-            ],
+            balancer_command(),
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,

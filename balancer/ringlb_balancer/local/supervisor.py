@@ -77,6 +77,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def balancer_command() -> list[str]:
+    """The balancer as its image runs it (settings from ``RINGLB_*`` in the environment); the
+    harness and tests start it so too."""
+    return [sys.executable, "-m", "gunicorn", "-c", "python:ringlb_balancer.gunicorn_conf", "ringlb_balancer.wsgi:app"]
+
+
 def replica_command(port: int, workers: int = 1, extra: Sequence[str] = ()) -> list[str]:
     """A replica as local mode runs it (the image's gunicorn, gthread with 4 threads), with an
     idle keep-alive of 30 s so that the balancer's connection reuse does not depend on speed.
@@ -252,15 +258,7 @@ class Supervisor:
             RINGLB_TLS_KEY=self.config.tls_key,
             RINGLB_DRAIN_SECONDS="0",  # nothing routes around a local balancer: stop at once
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:ringlb_balancer.gunicorn_conf",
-            "ringlb_balancer.wsgi:app",
-        ]
-        self.balancer = self._popen(cmd, env, "balancer")
+        self.balancer = self._popen(balancer_command(), env, "balancer")
 
     @staticmethod
     def _stop_all(processes: list[subprocess.Popen[bytes] | None], grace: float = 5.0) -> None:

@@ -207,6 +207,7 @@ def test_request_dropped_fields():
         b"x-forwarded-proto",
         b"forwarded",
         b"x-real-ip",
+        b"x-ringlb-key",
     ):
         assert name in framing.REQUEST_DROPPED
     assert framing.HOP_BY_HOP | {b"content-length"} == framing.RESPONSE_DROPPED
